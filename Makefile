@@ -1,0 +1,36 @@
+# The README's two commands are `make demo` and `make test`; both run `make setup` first.
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test lint typecheck unit integration bench clean
+
+setup:
+	./scripts/bootstrap
+
+demo: setup
+	$(PY) -m djscale.demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks || true
+
+typecheck: setup
+	$(VENV)/bin/mypy src
+
+test: setup
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/mypy src
+	$(VENV)/bin/pytest -q
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest -q tests/integration
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf .djscale .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""A small Django project run by ``make demo`` on the local cluster."""

@@ -1,0 +1,31 @@
+"""Settings of the demo project: everything about the cluster comes from djscale.toml."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from djscale.settings import from_topology
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-secret")
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "djscale",
+    "demo",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+ROOT_URLCONF = "demo.urls"
+WSGI_APPLICATION = "demo.wsgi.application"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+globals().update(from_topology(os.environ.get("DJSCALE_TOPOLOGY", BASE_DIR / "djscale.toml")))

@@ -1,0 +1,9 @@
+from django.urls import include, path
+
+from demo import views
+
+urlpatterns = [
+    path("", include("djscale.urls")),
+    path("whoami", views.whoami),
+    path("visit", views.visit),
+]

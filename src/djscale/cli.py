@@ -1,0 +1,138 @@
+"""The ``djscale`` command line.
+
+::
+
+    djscale cluster up     [--topology FILE] [--state-dir DIR] [--only PART,...]
+    djscale cluster status [--topology FILE] [--state-dir DIR]
+    djscale cluster logs   [--topology FILE] [--state-dir DIR] [SERVICE] [-n LINES]
+    djscale cluster down   [--topology FILE] [--state-dir DIR] [--purge]
+    djscale topology check [FILE]
+
+Errors djscale knows about (a bad topology file, a service that failed to start) are
+printed as ``djscale: error: ...`` with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from djscale.errors import DjscaleError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="djscale", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cluster = sub.add_parser("cluster", help="run the topology as a local cluster")
+    csub = cluster.add_subparsers(dest="action", required=True)
+    for action, text in (("up", "start every service and wait until it is ready"),
+                         ("down", "stop every service"),
+                         ("status", "show each service's pid, address and health"),
+                         ("logs", "show the end of the services' logs")):
+        p = csub.add_parser(action, help=text)
+        p.add_argument("--topology", "-t", default="djscale.toml",
+                       help="topology file (default: ./djscale.toml)")
+        p.add_argument("--state-dir", default=None,
+                       help="state folder (default: $DJSCALE_STATE_DIR or ./.djscale)")
+        if action == "up":
+            p.add_argument("--only", default="",
+                           help="comma-separated parts: postgres,redis,migrate,app,lb,celery")
+        if action == "down":
+            p.add_argument("--purge", action="store_true", help="also delete all data")
+        if action == "logs":
+            p.add_argument("service", nargs="?", default="", help="one service (default: all)")
+            p.add_argument("-n", "--lines", type=int, default=20)
+
+    topo = sub.add_parser("topology", help="work with topology files")
+    tsub = topo.add_subparsers(dest="action", required=True)
+    check = tsub.add_parser("check", help="validate a topology file")
+    check.add_argument("file", nargs="?", default="djscale.toml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except DjscaleError as exc:
+        # One line for the problem; a service that failed to start adds its log's tail.
+        print(f"djscale: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("djscale: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from djscale.topology import load
+
+    if args.command == "topology":
+        topology = load(args.file)
+        groups = ", ".join(f"{g.name} (+{g.replicas} replicas)" for g in topology.database_groups)
+        print(f"{args.file}: ok: databases {groups}; redis {topology.redis.mode}; "
+              f"{topology.app.servers} app servers behind {topology.lb.kind} "
+              f"({topology.lb.method}); {topology.celery.workers} celery workers")
+        return 0
+
+    from djscale.cluster import LocalCluster
+    from djscale.cluster.state import default_state_dir
+
+    topology = load(args.topology)
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    cluster = LocalCluster(topology, state_dir)
+
+    if args.action == "up":
+        from djscale.cluster import PARTS
+        only = [p for p in args.only.split(",") if p] or list(PARTS)
+        cluster.up(only=only)
+        _print_status(cluster)
+        if "lb" in only:
+            host, port = cluster.address("lb")
+            print(f"\nload balancer: http://{host}:{port}/")
+        return 0
+    if args.action == "status":
+        if not cluster.state.services:
+            print(f"no cluster recorded in {state_dir}")
+            return 1
+        healthy = _print_status(cluster)
+        return 0 if healthy else 1
+    if args.action == "logs":
+        from djscale.cluster.supervisor import tail
+        for proc in cluster.processes():
+            if args.service and proc.name != args.service:
+                continue
+            print(f"==> {proc.name} ({proc.log}) <==")
+            print(tail(proc.log, args.lines))
+        return 0
+    if args.action == "down":
+        cluster.down(purge=args.purge)
+        print(f"cluster in {state_dir} stopped" + (" and purged" if args.purge else ""))
+        return 0
+    raise AssertionError(args.action)
+
+
+def _print_status(cluster: object) -> bool:
+    from djscale.cluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    rows = cluster.status()
+    header = ("SERVICE", "KIND", "PID", "ADDRESS", "HEALTHY", "DETAIL")
+    table = [header] + [
+        (r.name, r.kind, str(r.pid or "-"), r.address,
+         "yes" if r.healthy else ("no" if r.running else "stopped"), r.detail)
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return all(r.healthy for r in rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The local cluster: the whole topology as real processes on one machine.
+
+:class:`LocalCluster` boots, probes and stops every service of a :class:`Topology` in
+dependency order (databases, Redis, migrations, app servers, load balancer, Celery),
+keeping their data, logs and configs under a state folder and their addresses in
+``cluster.json``. ``up`` is idempotent: running services are kept, stopped ones are
+restarted on the same ports and data. The CLI (``djscale cluster``), the pytest fixtures
+(:mod:`djscale.testing`), the demo and the benchmarks all use this class.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from djscale.cluster import postgres as pg
+from djscale.cluster import redis as rd
+from djscale.cluster.lb import Upstream, lb_process
+from djscale.cluster.state import ClusterState
+from djscale.cluster.supervisor import ManagedProcess, free_port, run
+from djscale.errors import ClusterError
+from djscale.topology import AUTO, DatabaseGroup, Port, Topology
+
+__all__ = ["PARTS", "LocalCluster", "ServiceStatus"]
+
+PARTS = ("postgres", "redis", "migrate", "app", "lb", "celery")
+"""The parts of a cluster, in start order; ``up(only=...)`` takes a subset."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One row of ``djscale cluster status``."""
+
+    name: str
+    kind: str
+    pid: int
+    address: str
+    running: bool
+    healthy: bool
+    detail: str = ""
+
+
+def http_ok(host: str, port: int, path: str = "/health/live", timeout: float = 1.0) -> bool:
+    """Return True if an HTTP GET of ``path`` answers with a status below 500."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": "localhost"})
+        return conn.getresponse().status < 500
+    finally:
+        conn.close()
+
+
+class LocalCluster:
+    """Boot and manage the services of ``topology`` under ``state_dir``."""
+
+    def __init__(self, topology: Topology, state_dir: str | Path) -> None:
+        self.topology = topology
+        self.state_dir = Path(state_dir).absolute()
+        self.state = ClusterState.read(self.state_dir)
+        self.state.topology = topology.source
+        self.log_dir = self.state_dir / "logs"
+
+    # ------------------------------------------------------------------ helpers
+
+    def process(self, name: str) -> ManagedProcess:
+        """The recorded process of service ``name`` (KeyError when unknown)."""
+        return ManagedProcess.from_record(self.state.services[name])
+
+    def processes(self) -> list[ManagedProcess]:
+        """All recorded processes, in start order."""
+        return [ManagedProcess.from_record(r) for r in self.state.services.values()]
+
+    def address(self, name: str) -> tuple[str, int]:
+        """``(host, port)`` of a service of this cluster."""
+        address = self.state.address(name)
+        if address is None:
+            raise ClusterError(f"service {name!r} is not part of this cluster")
+        return address
+
+    def _port(self, name: str, host: str, configured: Port) -> int:
+        recorded = self.state.address(name)
+        if recorded is not None:
+            return recorded[1]
+        if configured != AUTO:
+            return int(configured)
+        return free_port(host)
+
+    def _record(self, proc: ManagedProcess) -> None:
+        self.state.services[proc.name] = proc.to_record()
+        self.state.write()
+
+    def _log(self, name: str) -> Path:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return self.log_dir / f"{name}.log"
+
+    def _ensure(self, proc: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
+        """Start ``proc`` unless its recorded twin is already running, then wait for it."""
+        previous = self.state.services.get(proc.name)
+        if previous and previous.get("pid"):
+            running = ManagedProcess.from_record(previous)
+            if running.alive():
+                # Already up: keep it, and check it the way `status` does.
+                proc.pid = running.pid
+                self._record(proc)
+                proc.wait_ready(lambda: self._probe(proc)[0], timeout)
+                return
+        proc.start()
+        self._record(proc)
+        proc.wait_ready(probe, timeout)
+
+    def env(self, service: str = "") -> dict[str, str]:
+        """Environment for Django processes (app servers, Celery, migrations)."""
+        base = Path(self.topology.source).parent if self.topology.source != "<memory>" \
+            else Path.cwd()
+        pythonpath = (base / self.topology.project.pythonpath).resolve()
+        paths = [str(pythonpath), *filter(None, [os.environ.get("PYTHONPATH", "")])]
+        return {
+            "DJANGO_SETTINGS_MODULE": self.topology.project.settings,
+            "DJSCALE_TOPOLOGY": str(Path(self.topology.source).absolute()),
+            "DJSCALE_STATE_DIR": str(self.state_dir),
+            "DJSCALE_SERVICE": service,
+            "PYTHONPATH": os.pathsep.join(paths),
+        }
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, only: Iterable[str] = PARTS) -> None:
+        """Start every service (or the parts in ``only``) and wait until each is ready."""
+        parts = set(only)
+        unknown = parts - set(PARTS)
+        if unknown:
+            raise ClusterError(f"unknown cluster part(s) {sorted(unknown)}; "
+                               f"choose from {', '.join(PARTS)}")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if "postgres" in parts:
+            for group in self.topology.database_groups:
+                self._up_group(group)
+        if "redis" in parts:
+            self._up_redis()
+        if "migrate" in parts:
+            self.migrate()
+        if "app" in parts:
+            self._up_apps()
+        if "lb" in parts:
+            self._up_lb()
+        if "celery" in parts:
+            self._up_celery()
+
+    def _up_group(self, group: DatabaseGroup) -> None:
+        home = pg.pg_home(self.state_dir)
+        name = f"pg-{group.name}"
+        port = self._port(name, group.host, group.port)
+        data = home / group.name
+        log = self._log(name)
+        pg.init_primary(name, data, group.user, log)
+        primary = pg.pg_process(name, data_dir=data, host=group.host, port=port, log=log,
+                                role="primary", group=group.name)
+        primary.extra = {"database": group.database, "user": group.user}
+        self._ensure(primary, lambda: _pg_ready(group.host, port, group.user), 60)
+        pg.ensure_database(group.host, port, group.user, group.database)
+        for i, alias in enumerate(group.replica_aliases):
+            rname = f"pg-{alias.replace('_', '-')}"
+            configured = group.replica_ports[i] if i < len(group.replica_ports) else AUTO
+            rport = self._port(rname, group.host, configured)
+            rdata = home / alias
+            rlog = self._log(rname)
+            pg.init_replica(rname, rdata, group.host, port, group.user, alias, rlog)
+            replica = pg.pg_process(rname, data_dir=rdata, host=group.host, port=rport,
+                                    log=rlog, role="replica", group=group.name)
+            replica.extra = {"database": group.database, "user": group.user, "alias": alias}
+            self._ensure(replica, lambda p=rport: _replica_ready(  # type: ignore[misc]
+                group.host, p, group.user, group.database), 60)
+
+    def _up_redis(self) -> None:
+        spec = self.topology.redis
+        home = self.state_dir / "redis"
+        if spec.mode == "single":
+            port = self._port("redis", spec.host, spec.port)
+            proc = rd.redis_process("redis", host=spec.host, port=port, data_dir=home / "redis",
+                                    log=self._log("redis"), cluster=False)
+            self._ensure(proc, lambda: rd.ping(spec.host, port), 20)
+            return
+        nodes = []
+        for i in range(1, spec.nodes + 1):
+            name = f"redis-{i}"
+            configured = spec.port if (i == 1 and spec.port != AUTO) else AUTO
+            port = self._port(name, spec.host, configured)
+            node = rd.redis_process(name, host=spec.host, port=port, data_dir=home / name,
+                                    log=self._log(name), cluster=True, role="cluster-node")
+            self._ensure(node, lambda p=port: rd.ping(spec.host, p), 20)  # type: ignore[misc]
+            nodes.append(node)
+        rd.create_cluster(nodes, spec.replicas_per_master, self._log("redis-cluster"))
+        for node in nodes:
+            node.wait_ready(lambda n=node: rd.cluster_ok(n.host, n.port), 30)  # type: ignore[misc]
+        if self.topology.celery.workers:
+            # Celery cannot use a Redis Cluster as broker: it gets a node of its own.
+            port = self._port("redis-broker", spec.host, AUTO)
+            proc = rd.redis_process("redis-broker", host=spec.host, port=port,
+                                    data_dir=home / "broker", log=self._log("redis-broker"),
+                                    cluster=False, role="broker")
+            self._ensure(proc, lambda: rd.ping(spec.host, port), 20)
+
+    def django_admin(self, *args: str, service: str = "django-admin",
+                     timeout: float = 300) -> str:
+        """Run ``django-admin`` with the project's settings and this cluster's addresses."""
+        env = {**os.environ, **self.env(service)}
+        return run([sys.executable, "-m", "django", *args], service=service,
+                   log=self._log(service), env=env, timeout=timeout)
+
+    def migrate(self) -> None:
+        """Apply migrations on every primary (routers decide what goes where)."""
+        for group in self.topology.database_groups:
+            self.django_admin("migrate", "--noinput", "--database", group.name,
+                              service=f"migrate-{group.name}")
+
+    def _up_apps(self) -> None:
+        spec = self.topology.app
+        for i in range(spec.servers):
+            name = f"app-{i + 1}"
+            port = self._port(name, spec.host, spec.port(i))
+            cmd = [sys.executable, "-m", "gunicorn", self.topology.project.wsgi,
+                   "--bind", f"{spec.host}:{port}", "--workers", str(spec.workers),
+                   "--threads", str(spec.threads), "--timeout", str(spec.timeout),
+                   "--graceful-timeout", "5", "--name", name,
+                   "--backlog", "2048", "--access-logfile", "-" if os.environ.get(
+                       "DJSCALE_ACCESS_LOG") else "/dev/null"]
+            proc = ManagedProcess(name=name, kind="gunicorn", role="app", host=spec.host,
+                                  port=port, cmd=cmd, log=str(self._log(name)),
+                                  env=self.env(name), stop_signal=signal.SIGTERM,
+                                  extra={"weight": spec.weight(i)})
+            self._ensure(proc, lambda p=port: http_ok(spec.host, p), 60)  # type: ignore[misc]
+
+    def upstreams(self) -> list[Upstream]:
+        """The app servers as load-balancer upstreams."""
+        spec = self.topology.app
+        ups = []
+        for i in range(spec.servers):
+            name = f"app-{i + 1}"
+            host, port = self.address(name)
+            ups.append(Upstream(name=name, host=host, port=port, weight=spec.weight(i)))
+        return ups
+
+    def _up_lb(self) -> None:
+        spec = self.topology.lb
+        port = self._port("lb", spec.host, spec.port)
+        proc = lb_process(spec, self.upstreams(), port=port, run_dir=self.state_dir / "lb",
+                          log=self._log("lb"))
+        self._ensure(proc, lambda: http_ok(spec.host, port), 30)
+
+    def _up_celery(self) -> None:
+        spec = self.topology.celery
+        for i in range(spec.workers):
+            name = f"celery-{i + 1}"
+            log = self._log(name)
+            cmd = [sys.executable, "-m", "celery", "-A", spec.app, "worker",
+                   "--concurrency", str(spec.concurrency), "--hostname", f"{name}@%h",
+                   "--queues", ",".join(spec.queues), "--loglevel", "INFO",
+                   "--without-gossip", "--without-mingle"]
+            proc = ManagedProcess(name=name, kind="celery", role="worker", cmd=cmd,
+                                  log=str(log), env=self.env(name),
+                                  stop_signal=signal.SIGTERM)
+            start = log.stat().st_size if log.exists() else 0
+            self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
+                lg, s, " ready."), 60)
+
+    # ------------------------------------------------------------------ status / down
+
+    def status(self) -> list[ServiceStatus]:
+        """Probe every recorded service."""
+        rows = []
+        for proc in self.processes():
+            running = proc.alive()
+            healthy = False
+            detail = ""
+            try:
+                if running:
+                    healthy, detail = self._probe(proc)
+            except Exception as exc:  # noqa: BLE001 - a failed probe is "unhealthy"
+                detail = type(exc).__name__
+            address = f"{proc.host}:{proc.port}" if proc.port else "-"
+            rows.append(ServiceStatus(proc.name, proc.kind, proc.pid if running else 0,
+                                      address, running, healthy, detail))
+        return rows
+
+    def _probe(self, proc: ManagedProcess) -> tuple[bool, str]:
+        if proc.kind == "postgres":
+            user, db = proc.extra["user"], proc.extra["database"]
+            if proc.role == "replica":
+                st = pg.replica_status(proc.host, proc.port, user, db)
+                lag = "?" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
+                return st.in_recovery, f"lag {lag} / {st.lag_bytes or 0} B"
+            return _pg_ready(proc.host, proc.port, user), "primary"
+        if proc.kind == "redis":
+            return rd.ping(proc.host, proc.port), proc.role
+        if proc.kind in ("gunicorn", "nginx", "haproxy"):
+            return http_ok(proc.host, proc.port), proc.role
+        return True, proc.role
+
+    def down(self, *, purge: bool = False) -> None:
+        """Stop every service (reverse start order); with ``purge`` delete all data too."""
+        errors = []
+        for proc in reversed(self.processes()):
+            try:
+                proc.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                errors.append(f"{proc.name}: {exc}")
+            self.state.services[proc.name]["pid"] = 0
+        if self.state.services:
+            self.state.write()
+        if purge:
+            home = self.state_dir / "postgres"
+            if home.is_symlink():
+                shutil.rmtree(home.resolve(), ignore_errors=True)
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        if errors:
+            raise ClusterError("some services did not stop cleanly: " + "; ".join(errors))
+
+    def stop_service(self, name: str, *, crash: bool = False) -> None:
+        """Stop one service (``crash``: SIGKILL, as in a machine failure)."""
+        proc = self.process(name)
+        if crash:
+            proc.kill()
+        else:
+            proc.stop()
+
+    def start_service(self, name: str, timeout: float = 60) -> None:
+        """Start one recorded service again on its port and data, and wait until ready."""
+        proc = self.process(name)
+        if proc.alive():
+            return
+        proc.start()
+        self._record(proc)
+        proc.wait_ready(lambda: self._probe(proc)[0], timeout)
+
+
+def _pg_ready(host: str, port: int, user: str) -> bool:
+    with pg.connect(host, port, user, "postgres", timeout=1) as conn:
+        conn.execute("SELECT 1")
+    return True
+
+
+def _replica_ready(host: str, port: int, user: str, database: str) -> bool:
+    st = pg.replica_status(host, port, user, database)
+    return st.in_recovery
+
+
+def _log_says(log: Path, offset: int, needle: str) -> bool:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            return needle.encode() in fh.read()
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+"""Database routing over PostgreSQL primaries and replicas."""

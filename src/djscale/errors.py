@@ -1,0 +1,59 @@
+"""The djscale exception hierarchy.
+
+::
+
+    DjscaleError
+    ├── TopologyError          the topology file is missing, malformed or invalid
+    ├── ClusterError           a local-cluster operation failed
+    │   └── ServiceStartError  one service did not become ready (names it, shows its log)
+    ├── RoutingError           no database can serve a query
+    │   ├── NoReplicaAvailable no usable replica and fallback to the primary is disabled
+    │   └── ShardKeyMissing    a query on a sharded model gives no way to find its shard
+    └── ConfigurationError     settings that djscale cannot work with
+
+Every message says what went wrong and what to do about it; the CLI prints the message
+on one line and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DjscaleError(Exception):
+    """Base class of every error raised by djscale."""
+
+
+class TopologyError(DjscaleError):
+    """The topology file is missing, malformed, or has an invalid value."""
+
+
+class ClusterError(DjscaleError):
+    """A local-cluster operation failed."""
+
+
+class ServiceStartError(ClusterError):
+    """A service of the local cluster failed to start or to become ready."""
+
+    def __init__(self, service: str, reason: str, log_tail: str = "") -> None:
+        self.service = service
+        self.reason = reason
+        self.log_tail = log_tail
+        message = f"service {service!r} failed to start: {reason}"
+        if log_tail:
+            message += f"\n--- last lines of its log ---\n{log_tail}"
+        super().__init__(message)
+
+
+class RoutingError(DjscaleError):
+    """No database alias can serve a query."""
+
+
+class NoReplicaAvailable(RoutingError):
+    """No replica is usable and falling back to the primary is disabled."""
+
+
+class ShardKeyMissing(RoutingError):
+    """A query on a sharded model gives no way to find its shard."""
+
+
+class ConfigurationError(DjscaleError):
+    """Django settings that djscale cannot work with."""

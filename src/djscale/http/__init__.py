@@ -1,0 +1,1 @@
+"""The HTTP edge: health endpoints, Cache-Control, request ids, trusted proxies."""

@@ -1,0 +1,156 @@
+"""Django settings derived from the topology.
+
+:func:`from_topology` turns a :class:`~djscale.topology.Topology` (and, for ``auto``
+ports, the state file of the running local cluster) into ``DATABASES``, ``CACHES``,
+``DATABASE_ROUTERS``, the session engine, the Celery broker URL and the ``DJSCALE``
+settings read by the routers and the replica pool. Use it at the bottom of a settings
+module::
+
+    from djscale.settings import from_topology
+    globals().update(from_topology())   # $DJSCALE_TOPOLOGY or ./djscale.toml
+
+This module must not open connections or start anything: it only computes settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from djscale.cluster.state import ClusterState, default_state_dir
+from djscale.errors import ConfigurationError
+from djscale.topology import AUTO, DatabaseGroup, Port, Topology, load
+
+__all__ = ["database_settings", "from_topology", "resolve_topology"]
+
+
+def resolve_topology(topology: Topology | str | Path | None) -> Topology:
+    """A Topology, a path to a file, or None for ``$DJSCALE_TOPOLOGY`` / ``./djscale.toml``."""
+    if isinstance(topology, Topology):
+        return topology
+    path = topology or os.environ.get("DJSCALE_TOPOLOGY") or "djscale.toml"
+    return load(path)
+
+
+class _Addresses:
+    def __init__(self, state: ClusterState | None) -> None:
+        self.state = state
+
+    def get(self, service: str, host: str, port: Port) -> tuple[str, int]:
+        if port != AUTO:
+            return host, int(port)
+        found = self.state.address(service) if self.state is not None else None
+        if found is None:
+            where = self.state.path if self.state is not None else "the state folder"
+            raise ConfigurationError(
+                f"{service} has port \"auto\" and no running local cluster records it in "
+                f"{where}; start it with `djscale cluster up` or give the topology a fixed port"
+            )
+        return found
+
+
+def database_settings(group: DatabaseGroup, host: str, port: int, *,
+                      replica_of: str | None = None) -> dict[str, Any]:
+    """One ``DATABASES`` entry for a member of a replication group."""
+    options: dict[str, Any] = {"connect_timeout": 2}
+    if group.pool:
+        options["pool"] = {"min_size": 1, "max_size": 8, "timeout": 5}
+    entry: dict[str, Any] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": group.database,
+        "USER": group.user,
+        "PASSWORD": os.environ.get("DJSCALE_DB_PASSWORD", ""),
+        "HOST": host,
+        "PORT": str(port),
+        "CONN_MAX_AGE": 0 if group.pool else group.conn_max_age,
+        "CONN_HEALTH_CHECKS": not group.pool,
+        "OPTIONS": options,
+        "TEST": {"NAME": f"test_{group.database}"},
+    }
+    if replica_of is not None:
+        # Django's test runner must not create a test database on a replica: it reads the
+        # primary's test database through streaming replication.
+        entry["TEST"] = {"MIRROR": replica_of}
+    return entry
+
+
+def from_topology(topology: Topology | str | Path | None = None, *,
+                  state_dir: str | Path | None = None) -> dict[str, Any]:
+    """Return Django settings for the topology's databases, caches, routers and broker.
+
+    ``auto`` ports are resolved from the local cluster's state in ``state_dir`` (default
+    ``$DJSCALE_STATE_DIR`` or ``./.djscale``); fixed ports are used as they are.
+    Raise :class:`~djscale.errors.ConfigurationError` when an address cannot be resolved.
+    """
+    topo = resolve_topology(topology)
+    sdir = Path(state_dir) if state_dir is not None else default_state_dir()
+    state = ClusterState.read(sdir) if (sdir / "cluster.json").exists() else None
+    addr = _Addresses(state)
+
+    databases: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for group in topo.database_groups:
+        host, port = addr.get(f"pg-{group.name}", group.host, group.port)
+        databases[group.name] = database_settings(group, host, port)
+        for i, alias in enumerate(group.replica_aliases):
+            configured = group.replica_ports[i] if i < len(group.replica_ports) else AUTO
+            rhost, rport = addr.get(f"pg-{alias.replace('_', '-')}", group.host, configured)
+            databases[alias] = database_settings(group, rhost, rport, replica_of=group.name)
+        groups[group.name] = {
+            "PRIMARY": group.name,
+            "REPLICAS": list(group.replica_aliases),
+            "MAX_LAG_SECONDS": group.max_lag_seconds,
+            "MAX_LAG_BYTES": group.max_lag_bytes,
+            "POLICY": group.replica_policy,
+        }
+
+    redis_urls, broker_url = _redis_urls(topo, addr)
+    cache_location: str | list[str] = redis_urls if len(redis_urls) > 1 else redis_urls[0]
+    caches = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": cache_location,
+            "KEY_PREFIX": topo.project.name,
+        },
+        "sessions": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": cache_location,
+            "KEY_PREFIX": f"{topo.project.name}:sess",
+        },
+    }
+
+    return {
+        "DATABASES": databases,
+        "DATABASE_ROUTERS": ["djscale.db.routers.PrimaryReplicaRouter"],
+        "CACHES": caches,
+        "SESSION_ENGINE": "django.contrib.sessions.backends.cache",
+        "SESSION_CACHE_ALIAS": "sessions",
+        "CELERY_BROKER_URL": broker_url,
+        "DJSCALE": {
+            "TOPOLOGY": topo.source,
+            "REPLICATION_GROUPS": groups,
+            "SHARDS": [s.name for s in topo.shards],
+            "REDIS_MODE": topo.redis.mode,
+            "REDIS_URLS": redis_urls,
+            "TRUSTED_PROXIES": [topo.lb.host],
+            "APP_SERVERS": topo.app.servers,
+        },
+    }
+
+
+def _redis_urls(topo: Topology, addr: _Addresses) -> tuple[list[str], str]:
+    spec = topo.redis
+    if spec.mode == "single":
+        host, port = addr.get("redis", spec.host, spec.port)
+        return [f"redis://{host}:{port}/0"], f"redis://{host}:{port}/1"
+    urls = []
+    for i in range(1, spec.nodes + 1):
+        port_i: Port = spec.port if (i == 1 and spec.port != AUTO) else AUTO
+        host, port = addr.get(f"redis-{i}", spec.host, port_i)
+        urls.append(f"redis://{host}:{port}")
+    broker = ""
+    if topo.celery.workers:
+        host, port = addr.get("redis-broker", spec.host, AUTO)
+        broker = f"redis://{host}:{port}/0"
+    return urls, broker

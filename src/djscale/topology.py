@@ -1,0 +1,464 @@
+"""Parse and validate ``djscale.toml`` into frozen dataclasses.
+
+This module owns the shape of the topology file and nothing else: it does not choose
+ports, start processes or build Django settings. Every other part of djscale reads the
+:class:`Topology` returned by :func:`load` (or :func:`parse`) instead of the file.
+
+An invalid file raises :class:`~djscale.errors.TopologyError` whose message names the key
+(``lb.method``), the bad value and what is allowed, on one line.
+
+Example::
+
+    [project]
+    name = "demo"
+    pythonpath = "examples/demo"
+    settings = "demo.settings"
+    wsgi = "demo.wsgi:application"
+
+    [postgres]
+    database = "app"
+    replicas = 2
+
+    [[shards]]
+    name = "shard1"
+    replicas = 1
+
+    [redis]
+    mode = "single"            # or "cluster" with masters >= 3
+
+    [app]
+    servers = 2
+    workers = 2
+    weights = [1, 1]
+
+    [lb]
+    kind = "nginx"             # or "haproxy"
+    method = "round_robin"     # least_conn, ip_hash
+
+    [celery]
+    workers = 1
+    app = "demo.celery:app"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from djscale.errors import TopologyError
+
+__all__ = [
+    "AUTO",
+    "AppSpec",
+    "CelerySpec",
+    "DatabaseGroup",
+    "LoadBalancerSpec",
+    "Port",
+    "ProjectSpec",
+    "RedisSpec",
+    "Topology",
+    "load",
+    "parse",
+]
+
+AUTO: Literal["auto"] = "auto"
+"""Port value meaning "choose a free port when the cluster starts"."""
+
+Port = int | Literal["auto"]
+
+LB_KINDS = ("nginx", "haproxy")
+LB_METHODS = ("round_robin", "least_conn", "ip_hash")
+REDIS_MODES = ("single", "cluster")
+REPLICA_POLICIES = ("random", "weighted", "least_lag")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+_DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:\-]+$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """The Django project the app servers and Celery workers run."""
+
+    name: str = "djscale"
+    pythonpath: str = "."
+    settings: str = "project.settings"
+    wsgi: str = "project.wsgi:application"
+
+
+@dataclass(frozen=True)
+class DatabaseGroup:
+    """A PostgreSQL primary and its streaming replicas (one replication group).
+
+    ``name`` is the Django alias of the primary (``default`` for the main group); replica
+    aliases are ``{name}_replica{i}`` for ``i`` in ``1..replicas``.
+    """
+
+    name: str
+    database: str = "app"
+    user: str = "djscale"
+    host: str = "127.0.0.1"
+    port: Port = AUTO
+    replicas: int = 0
+    replica_ports: tuple[Port, ...] = ()
+    max_lag_seconds: float = 5.0
+    max_lag_bytes: int = 16 * 1024 * 1024
+    replica_policy: str = "random"
+    conn_max_age: int = 60
+    pool: bool = False
+
+    @property
+    def replica_aliases(self) -> tuple[str, ...]:
+        """Django aliases of this group's replicas, in order."""
+        return tuple(f"{self.name}_replica{i}" for i in range(1, self.replicas + 1))
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The primary's alias followed by the replicas' aliases."""
+        return (self.name, *self.replica_aliases)
+
+
+@dataclass(frozen=True)
+class RedisSpec:
+    """Redis: one node, or a Redis Cluster of ``masters`` masters with replicas each."""
+
+    mode: str = "single"
+    host: str = "127.0.0.1"
+    port: Port = AUTO
+    masters: int = 3
+    replicas_per_master: int = 1
+
+    @property
+    def nodes(self) -> int:
+        """How many redis-server processes this spec needs."""
+        if self.mode == "single":
+            return 1
+        return self.masters * (1 + self.replicas_per_master)
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """Stateless gunicorn app servers."""
+
+    servers: int = 2
+    workers: int = 2
+    threads: int = 1
+    host: str = "127.0.0.1"
+    ports: tuple[Port, ...] = ()
+    weights: tuple[int, ...] = ()
+    timeout: int = 30
+
+    def weight(self, index: int) -> int:
+        """Load-balancer weight of app server ``index`` (0-based); 1 when unset."""
+        return self.weights[index] if index < len(self.weights) else 1
+
+    def port(self, index: int) -> Port:
+        """Configured port of app server ``index`` (0-based); ``auto`` when unset."""
+        return self.ports[index] if index < len(self.ports) else AUTO
+
+
+@dataclass(frozen=True)
+class LoadBalancerSpec:
+    """The load balancer in front of the app servers."""
+
+    kind: str = "nginx"
+    method: str = "round_robin"
+    host: str = "127.0.0.1"
+    port: Port = AUTO
+    max_fails: int = 2
+    fail_timeout: int = 5
+    health_check_interval_ms: int = 1000
+    slowstart_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class CelerySpec:
+    """Celery workers (the broker is the topology's Redis)."""
+
+    workers: int = 0
+    concurrency: int = 2
+    app: str = ""
+    queues: tuple[str, ...] = ("celery",)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole cluster: the single source of truth for settings, processes and manifests."""
+
+    project: ProjectSpec = field(default_factory=ProjectSpec)
+    postgres: DatabaseGroup = field(default_factory=lambda: DatabaseGroup(name="default"))
+    shards: tuple[DatabaseGroup, ...] = ()
+    redis: RedisSpec = field(default_factory=RedisSpec)
+    app: AppSpec = field(default_factory=AppSpec)
+    lb: LoadBalancerSpec = field(default_factory=LoadBalancerSpec)
+    celery: CelerySpec = field(default_factory=CelerySpec)
+    source: str = "<memory>"
+
+    @property
+    def database_groups(self) -> tuple[DatabaseGroup, ...]:
+        """The main group followed by the shard groups."""
+        return (self.postgres, *self.shards)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Section:
+    """Typed access to one table of the file; every error names the full key."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
+        self.data = data
+        self.path = path
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise TopologyError(
+                f"unknown key {self._key(unknown[0])!r}; allowed keys in "
+                f"[{path or 'top level'}]: {', '.join(sorted(allowed))}"
+            )
+
+    def _key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _bad(self, name: str, value: object, allowed: str) -> TopologyError:
+        return TopologyError(f"{self._key(name)} = {value!r} is invalid: expected {allowed}")
+
+    def str(self, name: str, default: str, *, choices: Sequence[str] = (),
+            pattern: re.Pattern[str] | None = None, what: str = "a string") -> str:
+        value = self.data.get(name, default)
+        if not isinstance(value, str):
+            raise self._bad(name, value, what)
+        if choices and value not in choices:
+            raise self._bad(name, value, "one of " + ", ".join(repr(c) for c in choices))
+        if pattern is not None and not pattern.match(value):
+            raise self._bad(name, value, what)
+        return value
+
+    def int(self, name: str, default: int, *, minimum: int = 0,
+            maximum: int | None = None) -> int:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(name, value, f"an integer >= {minimum}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise self._bad(name, value, f"an integer {bound}")
+        return value
+
+    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise self._bad(name, value, f"a number >= {minimum}")
+        return float(value)
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise self._bad(name, value, "true or false")
+        return value
+
+    def port(self, name: str, default: Port = AUTO) -> Port:
+        return _port(self.data.get(name, default), self._key(name))
+
+    def ports(self, name: str) -> tuple[Port, ...]:
+        value = self.data.get(name, [])
+        if not isinstance(value, list):
+            raise self._bad(name, value, 'a list of ports (integers or "auto")')
+        return tuple(_port(v, f"{self._key(name)}[{i}]") for i, v in enumerate(value))
+
+    def ints(self, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+        value = self.data.get(name, [])
+        if not isinstance(value, list) or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value
+        ):
+            raise self._bad(name, value, f"a list of integers >= {minimum}")
+        return tuple(value)
+
+    def strs(self, name: str, default: Sequence[str]) -> tuple[str, ...]:
+        value = self.data.get(name, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self._bad(name, value, "a list of non-empty strings")
+        return tuple(value)
+
+
+def _port(value: object, key: str) -> Port:
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise TopologyError(f'{key} = {value!r} is invalid: expected "auto" or a port 1-65535')
+    return value
+
+
+def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise TopologyError(f"{name} = {value!r} is invalid: expected a table [{name}]")
+    return value
+
+
+_HOST = "a host name or IP address"
+
+
+def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGroup | None,
+           ) -> DatabaseGroup:
+    base = defaults or DatabaseGroup(name=name)
+    s = _Section(data, path, (
+        "name", "database", "user", "host", "port", "replicas", "replica_ports",
+        "max_lag_seconds", "max_lag_bytes", "replica_policy", "conn_max_age", "pool",
+    ))
+    group = DatabaseGroup(
+        name=name,
+        database=s.str("database", base.database, pattern=_DB_NAME_RE,
+                       what="a PostgreSQL identifier (letters, digits, _)"),
+        user=s.str("user", base.user, pattern=_DB_NAME_RE,
+                   what="a PostgreSQL role name (letters, digits, _)"),
+        host=s.str("host", base.host, pattern=_HOST_RE, what=_HOST),
+        port=s.port("port"),
+        replicas=s.int("replicas", 0, maximum=16),
+        replica_ports=s.ports("replica_ports"),
+        max_lag_seconds=s.float("max_lag_seconds", base.max_lag_seconds),
+        max_lag_bytes=s.int("max_lag_bytes", base.max_lag_bytes),
+        replica_policy=s.str("replica_policy", base.replica_policy, choices=REPLICA_POLICIES),
+        conn_max_age=s.int("conn_max_age", base.conn_max_age),
+        pool=s.bool("pool", base.pool),
+    )
+    if len(group.replica_ports) > group.replicas:
+        raise TopologyError(
+            f"{path}.replica_ports has {len(group.replica_ports)} entries but {path}.replicas "
+            f"= {group.replicas}: give at most one port per replica"
+        )
+    if group.pool and group.conn_max_age:
+        # Django refuses persistent connections together with its pool.
+        group = DatabaseGroup(**{**group.__dict__, "conn_max_age": 0})
+    return group
+
+
+def parse(data: Mapping[str, Any], *, source: str = "<memory>") -> Topology:
+    """Validate an already-decoded topology mapping; raise TopologyError when invalid."""
+    try:
+        return _parse(data, source)
+    except TopologyError as exc:
+        raise TopologyError(f"{source}: {exc}") from None
+
+
+def _parse(data: Mapping[str, Any], source: str) -> Topology:
+    _Section(data, "", ("project", "postgres", "shards", "redis", "app", "lb", "celery"))
+
+    p = _Section(_table(data, "project"), "project", ("name", "pythonpath", "settings", "wsgi"))
+    project = ProjectSpec(
+        name=p.str("name", "djscale", pattern=_NAME_RE,
+                   what="a lowercase name (letters, digits, _; starting with a letter)"),
+        pythonpath=p.str("pythonpath", "."),
+        settings=p.str("settings", "project.settings",
+                       pattern=re.compile(r"^[A-Za-z_][\w.]*$"), what="a dotted module path"),
+        wsgi=p.str("wsgi", "project.wsgi:application",
+                   pattern=re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"),
+                   what="'module.path:callable'"),
+    )
+
+    postgres = _group(_table(data, "postgres"), "postgres", "default", None)
+
+    raw_shards = data.get("shards", [])
+    if not isinstance(raw_shards, list):
+        raise TopologyError(
+            f"shards = {raw_shards!r} is invalid: expected an array of tables [[shards]]"
+        )
+    shards: list[DatabaseGroup] = []
+    for i, raw in enumerate(raw_shards):
+        path = f"shards[{i}]"
+        if not isinstance(raw, dict):
+            raise TopologyError(f"{path} = {raw!r} is invalid: expected a table")
+        name = raw.get("name", f"shard{i + 1}")
+        if not isinstance(name, str) or not _NAME_RE.match(name) or name == "default":
+            raise TopologyError(
+                f"{path}.name = {name!r} is invalid: expected a lowercase alias "
+                "(letters, digits, _) other than 'default'"
+            )
+        if any(s.name == name for s in shards):
+            raise TopologyError(f"{path}.name = {name!r} is invalid: shard names must be unique")
+        shards.append(_group(raw, path, name, postgres))
+
+    r = _Section(_table(data, "redis"), "redis",
+                 ("mode", "host", "port", "masters", "replicas_per_master"))
+    redis = RedisSpec(
+        mode=r.str("mode", "single", choices=REDIS_MODES),
+        host=r.str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        port=r.port("port"),
+        masters=r.int("masters", 3, minimum=3, maximum=16),
+        replicas_per_master=r.int("replicas_per_master", 1, maximum=4),
+    )
+
+    a = _Section(_table(data, "app"), "app",
+                 ("servers", "workers", "threads", "host", "ports", "weights", "timeout"))
+    app = AppSpec(
+        servers=a.int("servers", 2, minimum=1, maximum=64),
+        workers=a.int("workers", 2, minimum=1, maximum=64),
+        threads=a.int("threads", 1, minimum=1, maximum=64),
+        host=a.str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        ports=a.ports("ports"),
+        weights=a.ints("weights", minimum=1),
+        timeout=a.int("timeout", 30, minimum=1),
+    )
+    for key, values in (("ports", app.ports), ("weights", app.weights)):
+        if len(values) > app.servers:
+            raise TopologyError(
+                f"app.{key} has {len(values)} entries but app.servers = {app.servers}: "
+                "give at most one per app server"
+            )
+
+    lbs = _Section(_table(data, "lb"), "lb", (
+        "kind", "method", "host", "port", "max_fails", "fail_timeout",
+        "health_check_interval_ms", "slowstart_seconds",
+    ))
+    lb = LoadBalancerSpec(
+        kind=lbs.str("kind", "nginx", choices=LB_KINDS),
+        method=lbs.str("method", "round_robin", choices=LB_METHODS),
+        host=lbs.str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        port=lbs.port("port"),
+        max_fails=lbs.int("max_fails", 2, minimum=1),
+        fail_timeout=lbs.int("fail_timeout", 5, minimum=1),
+        health_check_interval_ms=lbs.int("health_check_interval_ms", 1000, minimum=100),
+        slowstart_seconds=lbs.int("slowstart_seconds", 5),
+    )
+
+    c = _Section(_table(data, "celery"), "celery", ("workers", "concurrency", "app", "queues"))
+    celery = CelerySpec(
+        workers=c.int("workers", 0, maximum=32),
+        concurrency=c.int("concurrency", 2, minimum=1, maximum=64),
+        app=c.str("app", "", pattern=re.compile(r"^([A-Za-z_][\w.]*(:[A-Za-z_]\w*)?)?$"),
+                  what="'module.path:app'"),
+        queues=c.strs("queues", ("celery",)),
+    )
+    if celery.workers and not celery.app:
+        raise TopologyError(
+            f"celery.workers = {celery.workers} needs celery.app "
+            "(the Celery application, e.g. 'project.celery:app')"
+        )
+
+    return Topology(project=project, postgres=postgres, shards=tuple(shards), redis=redis,
+                    app=app, lb=lb, celery=celery, source=source)
+
+
+def load(path: str | Path) -> Topology:
+    """Read and validate a topology file.
+
+    Raise :class:`~djscale.errors.TopologyError` with a one-line message when the file is
+    missing, is not valid TOML, or holds an invalid value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: topology file not found") from None
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read topology file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise TopologyError(f"{path}: topology file is not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, source=str(path))
