@@ -13,7 +13,6 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
-	$(VENV)/bin/ruff format --check src tests examples benchmarks || true
 
 typecheck: setup
 	$(VENV)/bin/mypy src

@@ -227,7 +227,7 @@ class _Section:
     def _bad(self, name: str, value: object, allowed: str) -> TopologyError:
         return TopologyError(f"{self._key(name)} = {value!r} is invalid: expected {allowed}")
 
-    def str(self, name: str, default: str, *, choices: Sequence[str] = (),
+    def get_str(self, name: str, default: str, *, choices: Sequence[str] = (),
             pattern: re.Pattern[str] | None = None, what: str = "a string") -> str:
         value = self.data.get(name, default)
         if not isinstance(value, str):
@@ -238,7 +238,7 @@ class _Section:
             raise self._bad(name, value, what)
         return value
 
-    def int(self, name: str, default: int, *, minimum: int = 0,
+    def get_int(self, name: str, default: int, *, minimum: int = 0,
             maximum: int | None = None) -> int:
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -248,13 +248,13 @@ class _Section:
             raise self._bad(name, value, f"an integer {bound}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def get_float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
             raise self._bad(name, value, f"a number >= {minimum}")
         return float(value)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def get_bool(self, name: str, default: bool) -> bool:
         value = self.data.get(name, default)
         if not isinstance(value, bool):
             raise self._bad(name, value, "true or false")
@@ -311,19 +311,19 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
     ))
     group = DatabaseGroup(
         name=name,
-        database=s.str("database", base.database, pattern=_DB_NAME_RE,
+        database=s.get_str("database", base.database, pattern=_DB_NAME_RE,
                        what="a PostgreSQL identifier (letters, digits, _)"),
-        user=s.str("user", base.user, pattern=_DB_NAME_RE,
+        user=s.get_str("user", base.user, pattern=_DB_NAME_RE,
                    what="a PostgreSQL role name (letters, digits, _)"),
-        host=s.str("host", base.host, pattern=_HOST_RE, what=_HOST),
+        host=s.get_str("host", base.host, pattern=_HOST_RE, what=_HOST),
         port=s.port("port"),
-        replicas=s.int("replicas", 0, maximum=16),
+        replicas=s.get_int("replicas", 0, maximum=16),
         replica_ports=s.ports("replica_ports"),
-        max_lag_seconds=s.float("max_lag_seconds", base.max_lag_seconds),
-        max_lag_bytes=s.int("max_lag_bytes", base.max_lag_bytes),
-        replica_policy=s.str("replica_policy", base.replica_policy, choices=REPLICA_POLICIES),
-        conn_max_age=s.int("conn_max_age", base.conn_max_age),
-        pool=s.bool("pool", base.pool),
+        max_lag_seconds=s.get_float("max_lag_seconds", base.max_lag_seconds),
+        max_lag_bytes=s.get_int("max_lag_bytes", base.max_lag_bytes),
+        replica_policy=s.get_str("replica_policy", base.replica_policy, choices=REPLICA_POLICIES),
+        conn_max_age=s.get_int("conn_max_age", base.conn_max_age),
+        pool=s.get_bool("pool", base.pool),
     )
     if len(group.replica_ports) > group.replicas:
         raise TopologyError(
@@ -349,12 +349,12 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
 
     p = _Section(_table(data, "project"), "project", ("name", "pythonpath", "settings", "wsgi"))
     project = ProjectSpec(
-        name=p.str("name", "djscale", pattern=_NAME_RE,
+        name=p.get_str("name", "djscale", pattern=_NAME_RE,
                    what="a lowercase name (letters, digits, _; starting with a letter)"),
-        pythonpath=p.str("pythonpath", "."),
-        settings=p.str("settings", "project.settings",
+        pythonpath=p.get_str("pythonpath", "."),
+        settings=p.get_str("settings", "project.settings",
                        pattern=re.compile(r"^[A-Za-z_][\w.]*$"), what="a dotted module path"),
-        wsgi=p.str("wsgi", "project.wsgi:application",
+        wsgi=p.get_str("wsgi", "project.wsgi:application",
                    pattern=re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"),
                    what="'module.path:callable'"),
     )
@@ -384,23 +384,23 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
     r = _Section(_table(data, "redis"), "redis",
                  ("mode", "host", "port", "masters", "replicas_per_master"))
     redis = RedisSpec(
-        mode=r.str("mode", "single", choices=REDIS_MODES),
-        host=r.str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        mode=r.get_str("mode", "single", choices=REDIS_MODES),
+        host=r.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
         port=r.port("port"),
-        masters=r.int("masters", 3, minimum=3, maximum=16),
-        replicas_per_master=r.int("replicas_per_master", 1, maximum=4),
+        masters=r.get_int("masters", 3, minimum=3, maximum=16),
+        replicas_per_master=r.get_int("replicas_per_master", 1, maximum=4),
     )
 
     a = _Section(_table(data, "app"), "app",
                  ("servers", "workers", "threads", "host", "ports", "weights", "timeout"))
     app = AppSpec(
-        servers=a.int("servers", 2, minimum=1, maximum=64),
-        workers=a.int("workers", 2, minimum=1, maximum=64),
-        threads=a.int("threads", 1, minimum=1, maximum=64),
-        host=a.str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        servers=a.get_int("servers", 2, minimum=1, maximum=64),
+        workers=a.get_int("workers", 2, minimum=1, maximum=64),
+        threads=a.get_int("threads", 1, minimum=1, maximum=64),
+        host=a.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
         ports=a.ports("ports"),
         weights=a.ints("weights", minimum=1),
-        timeout=a.int("timeout", 30, minimum=1),
+        timeout=a.get_int("timeout", 30, minimum=1),
     )
     for key, values in (("ports", app.ports), ("weights", app.weights)):
         if len(values) > app.servers:
@@ -414,21 +414,21 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
         "health_check_interval_ms", "slowstart_seconds",
     ))
     lb = LoadBalancerSpec(
-        kind=lbs.str("kind", "nginx", choices=LB_KINDS),
-        method=lbs.str("method", "round_robin", choices=LB_METHODS),
-        host=lbs.str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        kind=lbs.get_str("kind", "nginx", choices=LB_KINDS),
+        method=lbs.get_str("method", "round_robin", choices=LB_METHODS),
+        host=lbs.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
         port=lbs.port("port"),
-        max_fails=lbs.int("max_fails", 2, minimum=1),
-        fail_timeout=lbs.int("fail_timeout", 5, minimum=1),
-        health_check_interval_ms=lbs.int("health_check_interval_ms", 1000, minimum=100),
-        slowstart_seconds=lbs.int("slowstart_seconds", 5),
+        max_fails=lbs.get_int("max_fails", 2, minimum=1),
+        fail_timeout=lbs.get_int("fail_timeout", 5, minimum=1),
+        health_check_interval_ms=lbs.get_int("health_check_interval_ms", 1000, minimum=100),
+        slowstart_seconds=lbs.get_int("slowstart_seconds", 5),
     )
 
     c = _Section(_table(data, "celery"), "celery", ("workers", "concurrency", "app", "queues"))
     celery = CelerySpec(
-        workers=c.int("workers", 0, maximum=32),
-        concurrency=c.int("concurrency", 2, minimum=1, maximum=64),
-        app=c.str("app", "", pattern=re.compile(r"^([A-Za-z_][\w.]*(:[A-Za-z_]\w*)?)?$"),
+        workers=c.get_int("workers", 0, maximum=32),
+        concurrency=c.get_int("concurrency", 2, minimum=1, maximum=64),
+        app=c.get_str("app", "", pattern=re.compile(r"^([A-Za-z_][\w.]*(:[A-Za-z_]\w*)?)?$"),
                   what="'module.path:app'"),
         queues=c.strs("queues", ("celery",)),
     )

@@ -95,7 +95,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         try:
             if predicate():
                 return True
-        except Exception:  # noqa: BLE001 - a probe that raises is a probe that failed
+        except Exception:
             pass
         if time.monotonic() >= deadline:
             return False
@@ -122,7 +122,9 @@ def run(cmd: Sequence[str], *, service: str, log: str | Path | None = None,
             env=dict(env) if env is not None else None, check=False, **_user_kwargs(user),
         )
     except FileNotFoundError:
-        raise ServiceStartError(service, f"command not found: {cmd[0]} (run `make setup`)") from None
+        raise ServiceStartError(
+            service, f"command not found: {cmd[0]} (run `make setup`)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise ServiceStartError(service, f"`{' '.join(cmd)}` timed out after {timeout}s") from None
     output = (proc.stdout or "") + (proc.stderr or "")
@@ -202,7 +204,7 @@ class ManagedProcess:
         if not ok:
             reason = ("exited during start-up" if not self.alive()
                       else f"not ready after {timeout:.0f}s")
-            raise ServiceStartError(self.name, reason, tail(self.log))
+            raise ServiceStartError(self.name, reason, tail(self.log, 40))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the whole process group: ``stop_signal``, then SIGKILL after ``timeout``."""
@@ -249,7 +251,7 @@ class ManagedProcess:
         return cls(**dict(record))
 
 
-class _Died(Exception):
+class _Died(BaseException):  # not an Exception: wait_until must let it through
     pass
 
 

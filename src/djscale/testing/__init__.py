@@ -1,0 +1,118 @@
+"""Real services for tests: boot a topology once per test session, stop it at the end.
+
+Two entry points:
+
+- :func:`shared_cluster` boots the cluster a Django *test settings module* needs, once per
+  process tree: the first caller boots it under a temporary folder and exports
+  ``DJSCALE_STATE_DIR``; child processes (gunicorn app servers, Celery workers started by
+  the tests) find it there and reuse it. Use it in the settings module::
+
+      from djscale.testing import shared_cluster
+      from djscale.settings import from_topology
+      cluster = shared_cluster(BASE_DIR / "topology.toml")
+      globals().update(from_topology(cluster.topology, state_dir=cluster.state_dir))
+
+- :class:`ClusterFactory` (the ``djscale_cluster_factory`` pytest fixture) boots further,
+  independent clusters from a topology mapping for tests that break things.
+
+Every cluster booted here is stopped and its data deleted when the session ends (also
+when a test fails or the run is interrupted), via the pytest plugin's session hook and
+an ``atexit`` fallback.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from djscale.cluster import PARTS, LocalCluster
+from djscale.cluster.state import ClusterState
+from djscale.topology import Topology, load, parse
+
+__all__ = ["ClusterFactory", "shared_cluster", "stop_all"]
+
+_owned: list[LocalCluster] = []
+_shared: LocalCluster | None = None
+
+DEFAULT_PARTS = ("postgres", "redis")
+
+
+def _register(cluster: LocalCluster) -> LocalCluster:
+    if not _owned:
+        atexit.register(stop_all)
+    _owned.append(cluster)
+    return cluster
+
+
+def stop_all() -> None:
+    """Stop and delete every cluster this process booted (idempotent)."""
+    while _owned:
+        cluster = _owned.pop()
+        with contextlib.suppress(Exception):
+            cluster.down(purge=True)
+
+
+def shared_cluster(topology: str | Path | Topology,
+                   parts: Iterable[str] = DEFAULT_PARTS) -> LocalCluster:
+    """The process tree's shared test cluster, booted on first use.
+
+    When ``DJSCALE_STATE_DIR`` names a folder with a running cluster (this is a child
+    process of the tests), that cluster is returned as it is and not owned here.
+    """
+    global _shared
+    if _shared is not None:
+        return _shared
+    topo = topology if isinstance(topology, Topology) else load(topology)
+    inherited = os.environ.get("DJSCALE_STATE_DIR")
+    if inherited and ClusterState.read(Path(inherited)).services:
+        _shared = LocalCluster(topo, inherited)
+        return _shared
+    state_dir = Path(tempfile.mkdtemp(prefix="djscale-test-"))
+    cluster = _register(LocalCluster(topo, state_dir))
+    os.environ["DJSCALE_STATE_DIR"] = str(state_dir)
+    try:
+        cluster.up(only=list(parts))
+    except BaseException:
+        stop_all()
+        raise
+    _shared = cluster
+    return cluster
+
+
+class ClusterFactory:
+    """Boot independent clusters from topology mappings; stop them all on :meth:`close`."""
+
+    def __init__(self, base_dir: Path | None = None) -> None:
+        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="djscale-clusters-"))
+        self.clusters: list[LocalCluster] = []
+
+    def __call__(self, topology: Mapping[str, Any] | Topology, *,
+                 parts: Iterable[str] = PARTS, name: str = "",
+                 source: str | Path | None = None) -> LocalCluster:
+        """Boot ``topology`` (a mapping in the file's shape, or a Topology) and return it.
+
+        ``source`` is where relative paths of the topology (``project.pythonpath``) start.
+        """
+        if isinstance(topology, Topology):
+            topo = topology
+        else:
+            topo = parse(topology, source=str(source) if source else "<memory>")
+        state_dir = self.base_dir / (name or f"cluster{len(self.clusters) + 1}")
+        cluster = _register(LocalCluster(topo, state_dir))
+        self.clusters.append(cluster)
+        cluster.up(only=list(parts))
+        return cluster
+
+    def close(self) -> None:
+        """Stop and delete every cluster booted by this factory."""
+        for cluster in reversed(self.clusters):
+            with contextlib.suppress(Exception):
+                cluster.down(purge=True)
+            if cluster in _owned:
+                _owned.remove(cluster)
+        self.clusters.clear()
