@@ -1,0 +1,1 @@
+"""djscale benchmarks: ratios measured side by side in one run (``make bench``)."""

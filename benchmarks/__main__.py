@@ -1,0 +1,119 @@
+"""``make bench``: run every ``benchmarks/bench_*.py`` in one run and write the results.
+
+Writes ``docs/benchmarks.md`` (a table of ratios, the command, machine facts) and
+``benchmarks/results.json``. ``python -m benchmarks [--quick] [topic ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+import traceback
+from pathlib import Path
+
+from benchmarks.common import ROOT, Context, Result
+from djscale.testing import ClusterFactory, stop_all
+
+
+def _machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{platform.platform()}, Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM")
+
+
+def _fmt(x: float) -> str:
+    if x != x:  # nan
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def write_report(results: list[Result], failures: list[str], command: str,
+                 plots: list[Path]) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every figure is a ratio of two measurements taken side by side in the same run on",
+        "the same machine; absolute numbers are shown for orientation only. Regenerate with:",
+        "",
+        f"    {command}",
+        "",
+        f"Run: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} on {_machine()}.",
+        "",
+        "| topic | measurement | value | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(
+            f"| {r.topic} | {r.name} | {_fmt(r.value)} {r.unit} | {r.baseline_name}: "
+            f"{_fmt(r.baseline)} {r.unit} | {_fmt(r.ratio)}x | {r.target} | {met} |"
+        )
+    notes = [f"- **{r.topic} / {r.name}**: {r.notes}" for r in results if r.notes]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p.stem}]({p.relative_to(ROOT / 'docs').as_posix()})" for p in plots]
+    if failures:
+        lines += ["", "## Benchmarks that failed in this run", "", *[f"- {f}" for f in failures]]
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs/benchmarks.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "benchmarks/results.json").write_text(json.dumps(
+        {"command": command, "machine": _machine(),
+         "results": [r.as_dict() for r in results], "failures": failures}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("topics", nargs="*", help="only these bench_<topic> modules")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
+    args = parser.parse_args(argv)
+    modules = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    if args.topics:
+        modules = [m for m in modules if m.removeprefix("bench_") in args.topics]
+    ctx = Context(factory=ClusterFactory(), quick=args.quick)
+    results: list[Result] = []
+    failures: list[str] = []
+    try:
+        for name in modules:
+            print(f"== {name}", flush=True)
+            try:
+                module = importlib.import_module(f"benchmarks.{name}")
+                got = module.run(ctx)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                traceback.print_exc()
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                continue
+            for r in got:
+                print(f"   {r.name}: {_fmt(r.value)} {r.unit} vs {r.baseline_name} "
+                      f"{_fmt(r.baseline)} {r.unit} = {_fmt(r.ratio)}x {r.target}", flush=True)
+            results.extend(got)
+    finally:
+        ctx.factory.close()
+        stop_all()
+    command = "make bench" if not args.topics and not args.quick else \
+        "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_report(results, failures, command, ctx.plots)
+    print("wrote docs/benchmarks.md and benchmarks/results.json")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""What every benchmark module shares: the result record, timing helpers, wrk runs.
+
+A benchmark module is ``benchmarks/bench_<topic>.py`` with a function
+``run(ctx: Context) -> list[Result]``. Every :class:`Result` is a ratio of two figures
+measured in the same run, on the same machine, side by side (never an absolute timing
+compared with a number from elsewhere): machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from djscale.testing import ClusterFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    """One row of docs/benchmarks.md: ``value`` against ``baseline`` in the same run."""
+
+    topic: str
+    name: str
+    value: float
+    baseline: float
+    unit: str
+    baseline_name: str
+    higher_is_better: bool = True
+    target: str = ""
+    met: bool | None = None
+    notes: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """value / baseline."""
+        return self.value / self.baseline if self.baseline else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["ratio"] = self.ratio
+        return d
+
+
+@dataclass
+class Context:
+    """Shared by the benchmark modules of one run: a cluster factory and a scratch folder."""
+
+    factory: ClusterFactory
+    scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="djbench-")))
+    quick: bool = False
+    plots: list[Path] = field(default_factory=list)
+
+
+def per_call_seconds(fn: Callable[[], object], *, number: int = 20000, repeat: int = 5) -> float:
+    """Best-of-``repeat`` mean seconds per call of ``fn`` over ``number`` calls."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, number: int = 5000,
+                rounds: int = 7) -> dict[str, float]:
+    """Median seconds per call of each function, measured in alternating rounds.
+
+    Alternating the candidates round by round spreads the machine's noise over all of
+    them, so their ratio is fairer than timing one after the other.
+    """
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples[name].append((time.perf_counter() - start) / number)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+@dataclass
+class WrkResult:
+    """What ``wrk`` reported."""
+
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+_LAT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def wrk(url: str, *, seconds: int = 5, connections: int = 16, threads: int = 2) -> WrkResult:
+    """Run ``wrk`` against ``url`` (bounded in time) and parse its report."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (run `make setup`)")
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+         "--latency", url],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    lat = {}
+    for pct, num, unit in _LAT.findall(out):
+        lat[pct] = float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+    return WrkResult(rps, lat.get("50", 0.0), lat.get("99", 0.0), errors, total)
