@@ -281,7 +281,7 @@ class LocalCluster:
             try:
                 if running:
                     healthy, detail = self._probe(proc)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed probe means "unhealthy"
                 detail = type(exc).__name__
             address = f"{proc.host}:{proc.port}" if proc.port else "-"
             rows.append(ServiceStatus(proc.name, proc.kind, proc.pid if running else 0,
@@ -308,7 +308,7 @@ class LocalCluster:
         for proc in reversed(self.processes()):
             try:
                 proc.stop()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
                 errors.append(f"{proc.name}: {exc}")
             self.state.services[proc.name]["pid"] = 0
         if self.state.services:

@@ -95,7 +95,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         try:
             if predicate():
                 return True
-        except Exception:
+        except Exception:  # noqa: BLE001 - a probe that raises is a probe that failed
             pass
         if time.monotonic() >= deadline:
             return False

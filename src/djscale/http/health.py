@@ -61,7 +61,7 @@ def run_checks() -> tuple[bool, dict[str, Any]]:
         try:
             check()
             results[name] = {"ok": True}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             ok = False
             results[name] = {"ok": False, "error": type(exc).__name__}
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
