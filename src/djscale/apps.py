@@ -6,8 +6,12 @@ from django.apps import AppConfig
 
 
 class DjscaleConfig(AppConfig):
-    """Registers djscale's system checks and models."""
+    """Registers djscale's system checks (the scalability checklist) on start-up."""
 
     name = "djscale"
     verbose_name = "djscale"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Import the modules that register system checks and signal handlers."""
+        # Each component adds its own import here (one line each).

@@ -30,11 +30,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from djscale.cluster import PARTS, LocalCluster
 from djscale.cluster.state import ClusterState
 from djscale.topology import Topology, load, parse
 
-__all__ = ["ClusterFactory", "shared_cluster", "stop_all"]
+__all__ = ["ClusterFactory", "shared_cluster", "stop_all", "write_topology"]
 
 _owned: list[LocalCluster] = []
 _shared: LocalCluster | None = None
@@ -67,11 +69,13 @@ def shared_cluster(topology: str | Path | Topology,
     global _shared
     if _shared is not None:
         return _shared
-    topo = topology if isinstance(topology, Topology) else load(topology)
     inherited = os.environ.get("DJSCALE_STATE_DIR")
     if inherited and ClusterState.read(Path(inherited)).services:
-        _shared = LocalCluster(topo, inherited)
+        # A process started by the cluster: its topology is the one that cluster runs.
+        source = os.environ.get("DJSCALE_TOPOLOGY") or ClusterState.read(Path(inherited)).topology
+        _shared = LocalCluster(load(source), inherited)
         return _shared
+    topo = topology if isinstance(topology, Topology) else load(topology)
     state_dir = Path(tempfile.mkdtemp(prefix="djscale-test-"))
     cluster = _register(LocalCluster(topo, state_dir))
     os.environ["DJSCALE_STATE_DIR"] = str(state_dir)
@@ -82,6 +86,16 @@ def shared_cluster(topology: str | Path | Topology,
         raise
     _shared = cluster
     return cluster
+
+
+def write_topology(data: Mapping[str, Any], path: Path, *, base: Path) -> Topology:
+    """Validate a topology mapping, write it as TOML to ``path`` and load it from there."""
+    parse(data, source=str(path))  # fail before writing anything
+    project = dict(data.get("project", {}))
+    project["pythonpath"] = str((base / project.get("pythonpath", ".")).resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps({**data, "project": project}), encoding="utf-8")
+    return load(path)
 
 
 class ClusterFactory:
@@ -96,13 +110,16 @@ class ClusterFactory:
                  source: str | Path | None = None) -> LocalCluster:
         """Boot ``topology`` (a mapping in the file's shape, or a Topology) and return it.
 
-        ``source`` is where relative paths of the topology (``project.pythonpath``) start.
+        A mapping is written to ``<state_dir>/djscale.toml`` (so processes of the cluster
+        can read it); relative ``project.pythonpath`` starts at ``source``'s folder, or at
+        the current folder.
         """
+        state_dir = self.base_dir / (name or f"cluster{len(self.clusters) + 1}")
         if isinstance(topology, Topology):
             topo = topology
         else:
-            topo = parse(topology, source=str(source) if source else "<memory>")
-        state_dir = self.base_dir / (name or f"cluster{len(self.clusters) + 1}")
+            topo = write_topology(topology, state_dir / "djscale.toml",
+                                  base=Path(source).parent if source else Path.cwd())
         cluster = _register(LocalCluster(topo, state_dir))
         self.clusters.append(cluster)
         cluster.up(only=list(parts))

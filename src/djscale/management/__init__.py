@@ -1,0 +1,1 @@
+"""djscale management commands."""
