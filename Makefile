@@ -9,7 +9,7 @@ setup:
 	./scripts/bootstrap
 
 demo: setup
-	$(PY) -m djscale.demo
+	$(PY) examples/demo/run.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
