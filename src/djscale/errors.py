@@ -9,7 +9,12 @@
     ├── RoutingError           no database can serve a query
     │   ├── NoReplicaAvailable no usable replica and fallback to the primary is disabled
     │   └── ShardKeyMissing    a query on a sharded model gives no way to find its shard
-    └── ConfigurationError     settings that djscale cannot work with
+    ├── ConfigurationError     settings that djscale cannot work with
+    ├── ServiceError           a call to another service failed (djscale.services)
+    │   ├── ServiceUnavailable the service could not be reached, or kept answering 5xx
+    │   │   └── CircuitOpen    its circuit breaker is open: the call was not even tried
+    │   └── ServiceTimeout     no answer within the call's time budget
+    └── EventError             an event could not be published or consumed (djscale.events)
 
 Every message says what went wrong and what to do about it; the CLI prints the message
 on one line and exits with status 2, never a traceback.
@@ -57,3 +62,34 @@ class ShardKeyMissing(RoutingError):
 
 class ConfigurationError(DjscaleError):
     """Django settings that djscale cannot work with."""
+
+
+class ServiceError(DjscaleError):
+    """A call to another service failed; ``service`` names it."""
+
+    def __init__(self, message: str, *, service: str = "") -> None:
+        self.service = service
+        super().__init__(message)
+
+
+class ServiceUnavailable(ServiceError):
+    """The service could not be reached, or kept answering 502/503/504 after retries."""
+
+
+class CircuitOpen(ServiceUnavailable):
+    """The service's circuit breaker is open: the call was refused without trying it.
+
+    ``retry_after`` is how many seconds remain until a trial call is allowed.
+    """
+
+    def __init__(self, message: str, *, service: str = "", retry_after: float = 0.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, service=service)
+
+
+class ServiceTimeout(ServiceError):
+    """The service gave no answer within the call's time budget (retries included)."""
+
+
+class EventError(DjscaleError):
+    """An event could not be published or consumed."""

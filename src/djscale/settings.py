@@ -135,6 +135,21 @@ def from_topology(topology: Topology | str | Path | None = None, *,
             "REDIS_URLS": redis_urls,
             "TRUSTED_PROXIES": [topo.lb.host],
             "APP_SERVERS": topo.app.servers,
+            "SERVICES": {
+                svc.name: {
+                    "URLS": list(svc.urls),
+                    "TIMEOUT": svc.timeout,
+                    "CONNECT_TIMEOUT": svc.connect_timeout,
+                    "RETRIES": svc.retries,
+                    "BREAKER": {
+                        "FAILURE_RATE": svc.breaker_failure_rate,
+                        "MINIMUM_CALLS": svc.breaker_minimum_calls,
+                        "WINDOW": svc.breaker_window,
+                        "RESET": svc.breaker_reset,
+                    },
+                }
+                for svc in topo.services
+            },
         },
     }
 

@@ -38,6 +38,20 @@ Example::
     [celery]
     workers = 1
     app = "demo.celery:app"
+
+    [services.users]           # upstreams that clients and the gateway may call
+    urls = ["http://127.0.0.1:8101"]
+    timeout = 2.0              # budget of one call, retries included (seconds)
+    retries = 2                # extra attempts, idempotent requests only
+
+    [gateway]
+    rate_limit = 100           # requests per client per rate_window; 0 = off
+    [[gateway.routes]]
+    prefix = "/api/users/"
+    service = "users"
+    [[gateway.compositions]]
+    path = "/api/profile/{user_id}"
+    parts = { user = "users:/users/{user_id}", orders = "orders:/orders/?user={user_id}" }
 """
 
 from __future__ import annotations
@@ -55,11 +69,15 @@ __all__ = [
     "AUTO",
     "AppSpec",
     "CelerySpec",
+    "CompositionSpec",
     "DatabaseGroup",
+    "GatewaySpec",
     "LoadBalancerSpec",
     "Port",
     "ProjectSpec",
     "RedisSpec",
+    "RouteSpec",
+    "ServiceSpec",
     "Topology",
     "load",
     "parse",
@@ -77,6 +95,11 @@ REPLICA_POLICIES = ("random", "weighted", "least_lag")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.:\-]+$")
+_URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~\-/]*)?$")
+_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
+_CPATH_RE = re.compile(r"^/[A-Za-z0-9._~\-/{}]*$")
+_TEMPLATE_RE = re.compile(r"^/[A-Za-z0-9._~\-/{}?=&]*$")
+_PLACEHOLDER_RE = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
 
 T = TypeVar("T")
 
@@ -187,6 +210,71 @@ class CelerySpec:
 
 
 @dataclass(frozen=True)
+class ServiceSpec:
+    """An upstream HTTP service that service clients and the gateway may call.
+
+    ``timeout`` is the budget of one call with its retries; ``retries`` extra attempts
+    are made for idempotent requests only. The circuit breaker opens when at least
+    ``breaker_minimum_calls`` calls in the last ``breaker_window`` seconds failed at a
+    rate of ``breaker_failure_rate`` or more, and lets a trial call through after
+    ``breaker_reset`` seconds.
+    """
+
+    name: str
+    urls: tuple[str, ...]
+    timeout: float = 5.0
+    connect_timeout: float = 1.0
+    retries: int = 2
+    breaker_failure_rate: float = 0.5
+    breaker_minimum_calls: int = 5
+    breaker_window: float = 10.0
+    breaker_reset: float = 5.0
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """A gateway route: requests under ``prefix`` go to the service named ``service``.
+
+    ``timeout`` and ``retries`` override the service's values for this route (None: the
+    service's); ``strip_prefix`` removes the prefix before forwarding.
+    """
+
+    prefix: str
+    service: str
+    strip_prefix: bool = False
+    timeout: float | None = None
+    retries: int | None = None
+
+
+@dataclass(frozen=True)
+class CompositionSpec:
+    """An aggregated gateway endpoint: GET ``path`` calls every part concurrently.
+
+    ``parts`` are ``(key, service, path template)``; placeholders such as ``{user_id}``
+    come from ``path``. A failed part listed in ``optional`` becomes ``null``; any other
+    failed part fails the whole answer.
+    """
+
+    path: str
+    parts: tuple[tuple[str, str, str], ...]
+    optional: tuple[str, ...] = ()
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    """The ASGI API gateway: routes, aggregated endpoints and per-client rate limit."""
+
+    host: str = "127.0.0.1"
+    port: Port = AUTO
+    routes: tuple[RouteSpec, ...] = ()
+    compositions: tuple[CompositionSpec, ...] = ()
+    rate_limit: int = 0
+    rate_window: float = 1.0
+    max_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Topology:
     """A whole cluster: the single source of truth for settings, processes and manifests."""
 
@@ -197,7 +285,17 @@ class Topology:
     app: AppSpec = field(default_factory=AppSpec)
     lb: LoadBalancerSpec = field(default_factory=LoadBalancerSpec)
     celery: CelerySpec = field(default_factory=CelerySpec)
+    services: tuple[ServiceSpec, ...] = ()
+    gateway: GatewaySpec = field(default_factory=GatewaySpec)
     source: str = "<memory>"
+
+    def service(self, name: str) -> ServiceSpec:
+        """The service called ``name``; TopologyError naming the known ones otherwise."""
+        for spec in self.services:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.services) or "none"
+        raise TopologyError(f"no service {name!r} in [services] (configured: {known})")
 
     @property
     def database_groups(self) -> tuple[DatabaseGroup, ...]:
@@ -345,7 +443,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<memory>") -> Topology:
 
 
 def _parse(data: Mapping[str, Any], source: str) -> Topology:
-    _Section(data, "", ("project", "postgres", "shards", "redis", "app", "lb", "celery"))
+    _Section(data, "", ("project", "postgres", "shards", "redis", "app", "lb", "celery",
+                        "services", "gateway"))
 
     p = _Section(_table(data, "project"), "project", ("name", "pythonpath", "settings", "wsgi"))
     project = ProjectSpec(
@@ -438,8 +537,136 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
             "(the Celery application, e.g. 'project.celery:app')"
         )
 
+    services = _services(_table(data, "services"))
+    gateway = _gateway(_table(data, "gateway"), {s.name for s in services})
+
     return Topology(project=project, postgres=postgres, shards=tuple(shards), redis=redis,
-                    app=app, lb=lb, celery=celery, source=source)
+                    app=app, lb=lb, celery=celery, services=services, gateway=gateway,
+                    source=source)
+
+
+def _services(data: Mapping[str, Any]) -> tuple[ServiceSpec, ...]:
+    specs = []
+    for name, raw in data.items():
+        path = f"services.{name}"
+        if not _NAME_RE.match(name):
+            raise TopologyError(f"[{path}] is invalid: a service name is lowercase letters, "
+                                "digits and _, starting with a letter")
+        if not isinstance(raw, dict):
+            raise TopologyError(f"{path} = {raw!r} is invalid: expected a table [{path}]")
+        s = _Section(raw, path, (
+            "urls", "timeout", "connect_timeout", "retries", "breaker_failure_rate",
+            "breaker_minimum_calls", "breaker_window", "breaker_reset",
+        ))
+        urls = s.strs("urls", ())
+        if not urls:
+            raise TopologyError(f"{path}.urls is missing: give at least one base URL "
+                                "such as \"http://127.0.0.1:8101\"")
+        for i, url in enumerate(urls):
+            if not _URL_RE.match(url):
+                raise TopologyError(
+                    f"{path}.urls[{i}] = {url!r} is invalid: expected http(s)://host[:port]"
+                    "[/path] without query or fragment")
+        rate = s.get_float("breaker_failure_rate", 0.5)
+        if not 0 < rate <= 1:
+            raise s._bad("breaker_failure_rate", rate, "a number in (0, 1]")
+        specs.append(ServiceSpec(
+            name=name, urls=urls,
+            timeout=_positive(s, "timeout", 5.0),
+            connect_timeout=_positive(s, "connect_timeout", 1.0),
+            retries=s.get_int("retries", 2, maximum=10),
+            breaker_failure_rate=rate,
+            breaker_minimum_calls=s.get_int("breaker_minimum_calls", 5, minimum=1),
+            breaker_window=_positive(s, "breaker_window", 10.0),
+            breaker_reset=_positive(s, "breaker_reset", 5.0),
+        ))
+    return tuple(specs)
+
+
+def _positive(s: _Section, name: str, default: float) -> float:
+    value = s.get_float(name, default)
+    if value <= 0:
+        raise s._bad(name, value, "a number > 0")
+    return value
+
+
+def _gateway(data: Mapping[str, Any], services: set[str]) -> GatewaySpec:
+    g = _Section(data, "gateway", ("host", "port", "routes", "compositions", "rate_limit",
+                                   "rate_window", "max_body_bytes"))
+
+    def known(key: str, name: object) -> str:
+        if not isinstance(name, str) or name not in services:
+            raise TopologyError(
+                f"{key} = {name!r} is invalid: expected a service of [services] "
+                f"({', '.join(sorted(services)) or 'none configured'})")
+        return name
+
+    routes: list[RouteSpec] = []
+    for i, raw in enumerate(_array(data, "gateway.routes", "routes")):
+        path = f"gateway.routes[{i}]"
+        r = _Section(raw, path, ("prefix", "service", "strip_prefix", "timeout", "retries"))
+        prefix = r.get_str("prefix", "", pattern=_PREFIX_RE,
+                           what="a path starting with / (letters, digits, ._~-/)")
+        if any(x.prefix == prefix for x in routes):
+            raise TopologyError(f"{path}.prefix = {prefix!r} is invalid: prefixes must be unique")
+        routes.append(RouteSpec(
+            prefix=prefix,
+            service=known(f"{path}.service", raw.get("service")),
+            strip_prefix=r.get_bool("strip_prefix", False),
+            timeout=_positive(r, "timeout", 1.0) if "timeout" in raw else None,
+            retries=r.get_int("retries", 0, maximum=10) if "retries" in raw else None,
+        ))
+
+    compositions: list[CompositionSpec] = []
+    for i, raw in enumerate(_array(data, "gateway.compositions", "compositions")):
+        path = f"gateway.compositions[{i}]"
+        c = _Section(raw, path, ("path", "parts", "optional", "timeout"))
+        cpath = c.get_str("path", "", pattern=_CPATH_RE,
+                          what="a path starting with / with {placeholders}")
+        names = set(_PLACEHOLDER_RE.findall(cpath))
+        raw_parts = raw.get("parts", {})
+        if not isinstance(raw_parts, dict) or not raw_parts:
+            raise TopologyError(f"{path}.parts = {raw_parts!r} is invalid: expected a table "
+                                "of key = \"service:/path/{placeholder}\"")
+        parts = []
+        for key, target in raw_parts.items():
+            pkey = f"{path}.parts.{key}"
+            service, _, template = (target if isinstance(target, str) else "").partition(":")
+            if not template or not _TEMPLATE_RE.match(template):
+                raise TopologyError(f"{pkey} = {target!r} is invalid: expected "
+                                    "\"service:/path\" such as \"orders:/orders/?user={user_id}\"")
+            known(f"{pkey} (service)", service)
+            unknown = set(_PLACEHOLDER_RE.findall(template)) - names
+            if unknown:
+                raise TopologyError(f"{pkey} = {target!r} is invalid: placeholder "
+                                    f"{{{sorted(unknown)[0]}}} does not appear in {cpath!r}")
+            parts.append((key, service, template))
+        optional = c.strs("optional", ())
+        if set(optional) - set(raw_parts):
+            raise TopologyError(f"{path}.optional = {list(optional)!r} is invalid: expected "
+                                f"keys of {path}.parts ({', '.join(raw_parts)})")
+        compositions.append(CompositionSpec(
+            path=cpath, parts=tuple(parts), optional=optional,
+            timeout=_positive(c, "timeout", 1.0) if "timeout" in raw else None,
+        ))
+
+    return GatewaySpec(
+        host=g.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        port=g.port("port"),
+        routes=tuple(routes),
+        compositions=tuple(compositions),
+        rate_limit=g.get_int("rate_limit", 0),
+        rate_window=_positive(g, "rate_window", 1.0),
+        max_body_bytes=g.get_int("max_body_bytes", 1024 * 1024, minimum=1),
+    )
+
+
+def _array(data: Mapping[str, Any], key: str, name: str) -> list[Mapping[str, Any]]:
+    value = data.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TopologyError(f"{key} = {value!r} is invalid: expected an array of tables "
+                            f"[[{key}]]")
+    return value
 
 
 def load(path: str | Path) -> Topology:

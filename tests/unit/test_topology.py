@@ -109,3 +109,74 @@ def test_cli_reports_a_bad_file_on_one_line_with_exit_status_2(tmp_path: Path,
         assert len(lines) == 1, proc.stderr
         assert lines[0].startswith("djscale: error: ")
         assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------- services and gateway
+
+_SERVICES = {"users": {"urls": ["http://127.0.0.1:8101"], "timeout": 2.0, "retries": 1},
+             "orders": {"urls": ["http://127.0.0.1:8102/api"]}}
+
+
+def test_services_and_gateway_routes_load_with_defaults() -> None:
+    topo = parse({"services": _SERVICES, "gateway": {
+        "rate_limit": 10,
+        "routes": [{"prefix": "/api/users/", "service": "users", "timeout": 0.5},
+                   {"prefix": "/api/orders/", "service": "orders", "strip_prefix": True}],
+        "compositions": [{"path": "/api/profile/{user_id}", "optional": ["orders"],
+                          "parts": {"user": "users:/users/{user_id}",
+                                    "orders": "orders:/orders/?user={user_id}"}}]}})
+    assert topo.service("users").timeout == 2.0
+    assert topo.service("orders").retries == 2
+    assert topo.service("orders").urls == ("http://127.0.0.1:8102/api",)
+    route = topo.gateway.routes[0]
+    assert (route.prefix, route.service, route.timeout, route.retries) == (
+        "/api/users/", "users", 0.5, None)
+    assert topo.gateway.routes[1].strip_prefix is True
+    comp = topo.gateway.compositions[0]
+    assert comp.parts == (("user", "users", "/users/{user_id}"),
+                          ("orders", "orders", "/orders/?user={user_id}"))
+    assert comp.optional == ("orders",)
+    assert topo.gateway.rate_limit == 10
+
+
+def test_unknown_service_lookup_names_the_configured_ones() -> None:
+    with pytest.raises(TopologyError, match=r"no service 'carts' in \[services\] "
+                                            r"\(configured: users, orders\)"):
+        parse({"services": _SERVICES}).service("carts")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"services": {"users": {}}}, "services.users.urls is missing"),
+    ({"services": {"users": {"urls": ["ftp://x"]}}},
+     "services.users.urls[0] = 'ftp://x' is invalid: expected http(s)://host[:port]"),
+    ({"services": {"users": {"urls": ["http://h/?q=1"]}}}, "services.users.urls[0]"),
+    ({"services": {"users": {"urls": ["http://h"], "timeout": 0}}},
+     "services.users.timeout = 0.0 is invalid: expected a number > 0"),
+    ({"services": {"users": {"urls": ["http://h"], "breaker_failure_rate": 2}}},
+     "services.users.breaker_failure_rate = 2.0 is invalid: expected a number in (0, 1]"),
+    ({"services": {"Users": {"urls": ["http://h"]}}}, "[services.Users] is invalid"),
+    ({"gateway": {"routes": [{"prefix": "/a", "service": "nope"}]}},
+     "gateway.routes[0].service = 'nope' is invalid: expected a service of [services]"),
+    ({"services": _SERVICES, "gateway": {"routes": [{"prefix": "a", "service": "users"}]}},
+     "gateway.routes[0].prefix = 'a' is invalid: expected a path starting with /"),
+    ({"services": _SERVICES, "gateway": {"routes": [{"prefix": "/a", "service": "users"},
+                                                    {"prefix": "/a", "service": "orders"}]}},
+     "gateway.routes[1].prefix = '/a' is invalid: prefixes must be unique"),
+    ({"services": _SERVICES, "gateway": {"routes": [{"prefix": "/a", "service": "users",
+                                                     "colour": "red"}]}},
+     "unknown key 'gateway.routes[0].colour'"),
+    ({"services": _SERVICES, "gateway": {"compositions": [
+        {"path": "/p/{a}", "parts": {"x": "users:/y/{b}"}}]}},
+     "gateway.compositions[0].parts.x = 'users:/y/{b}' is invalid: placeholder {b}"),
+    ({"services": _SERVICES, "gateway": {"compositions": [
+        {"path": "/p/{a}", "parts": {"x": "carts:/y/{a}"}}]}},
+     "gateway.compositions[0].parts.x (service) = 'carts' is invalid"),
+    ({"services": _SERVICES, "gateway": {"compositions": [
+        {"path": "/p/{a}", "parts": {"x": "users:/y/{a}"}, "optional": ["z"]}]}},
+     "gateway.compositions[0].optional = ['z'] is invalid: expected keys of"),
+    ({"gateway": {"routes": "x"}}, "gateway.routes = 'x' is invalid: expected an array"),
+])
+def test_invalid_services_and_gateway_name_key_and_value(data: dict, message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse(data)
+    assert message in str(info.value)
