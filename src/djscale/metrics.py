@@ -1,0 +1,224 @@
+"""Prometheus metrics of every djscale layer, and how they are collected.
+
+This module owns the metric *definitions* (names, labels, help) and small typed helpers
+that the other layers call to record a fact (``record_router_decision(group=..., target=...)``);
+it must not import those layers. The ``/metrics`` view lives in :mod:`djscale.http.metrics`.
+
+Metrics (all prefixed ``djscale_``; counters get ``_total`` from prometheus_client):
+
+=====================================  ===================================================
+``http_requests_total``                requests by method, status class and view
+``http_request_duration_seconds``      request latency histogram by method
+``router_decisions_total``             reads/writes routed to primary / replica / fallback
+``replica_lag_seconds`` / ``_bytes``   last measured lag of each replica
+``shard_queries_total``                queries per physical shard
+``cache_requests_total``               cache hits and misses per level (l1, l2)
+``cache_invalidations_total``          invalidations received / sent, by source
+``cache_stampede_waits_total``         requests that waited for another computation
+``circuit_breaker_state``              0 closed, 1 half-open, 2 open, per upstream service
+``outbox_backlog``                     outbox rows not yet published
+``health_check_up``                    1 when a readiness check passed, else 0
+=====================================  ===================================================
+
+**Several processes** (gunicorn workers): prometheus_client keeps each process's values in
+memory, so a scrape would see one random worker. Its multiprocess mode writes values to
+files under ``$PROMETHEUS_MULTIPROC_DIR`` and the ``/metrics`` view sums them. The variable
+must be set before the first metric is created; :func:`configure_multiprocess` (run when
+this module is imported) sets it for app servers of a djscale cluster
+(``$DJSCALE_STATE_DIR/metrics/<service>``). In production set it yourself, empty the
+folder before gunicorn starts, and call :func:`gunicorn_child_exit` from the gunicorn
+``child_exit`` hook. Gauges use the ``max``/``mostrecent`` modes so dead workers' files
+never need cleaning for correct values.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CACHE_INVALIDATIONS",
+    "CACHE_REQUESTS",
+    "CIRCUIT_BREAKER_STATE",
+    "HEALTH_CHECK_UP",
+    "HTTP_REQUESTS",
+    "HTTP_REQUEST_DURATION",
+    "OUTBOX_BACKLOG",
+    "REPLICA_LAG_BYTES",
+    "REPLICA_LAG_SECONDS",
+    "ROUTER_DECISIONS",
+    "SHARD_QUERIES",
+    "STAMPEDE_WAITS",
+    "configure_multiprocess",
+    "gunicorn_child_exit",
+    "multiprocess_dir",
+    "record_cache",
+    "record_circuit_state",
+    "record_invalidation",
+    "record_outbox_backlog",
+    "record_replica_lag",
+    "record_router_decision",
+    "record_shard_query",
+    "record_stampede_wait",
+]
+
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess folder in use, or None in single-process mode."""
+    return os.environ.get(_ENV) or os.environ.get("prometheus_multiproc_dir") or None  # noqa: SIM112
+
+
+def configure_multiprocess() -> str | None:
+    """Turn on multiprocess mode for a gunicorn app server of a djscale cluster.
+
+    Does nothing when ``PROMETHEUS_MULTIPROC_DIR`` is already set (the operator chose) or
+    when this process is not a gunicorn worker started by the cluster. Returns the folder
+    in use, if any.
+    """
+    current = multiprocess_dir()
+    if current:
+        return current
+    state_dir = os.environ.get("DJSCALE_STATE_DIR")
+    service = os.environ.get("DJSCALE_SERVICE")
+    if not (state_dir and service and "gunicorn" in sys.modules):
+        return None
+    folder = Path(state_dir) / "metrics" / service
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # fall back to per-process metrics rather than failing start-up
+    os.environ[_ENV] = str(folder)
+    # prometheus_client picks its value class when it is first imported: pick again so
+    # every metric created from now on writes to the shared folder.
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return str(folder)
+
+
+def gunicorn_child_exit(server: object, worker: object) -> None:
+    """gunicorn ``child_exit`` hook: drop a dead worker's live-gauge files."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(int(getattr(worker, "pid", 0)))  # type: ignore[no-untyped-call]
+
+
+configure_multiprocess()
+
+# ------------------------------------------------------------------ HTTP (djscale.http)
+
+HTTP_REQUESTS = Counter(
+    "djscale_http_requests", "HTTP requests answered by Django, by method, status class and view.",
+    ["method", "status", "view"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "djscale_http_request_duration_seconds", "Time Django spent answering a request.",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+HEALTH_CHECK_UP = Gauge(
+    "djscale_health_check_up", "1 when the last readiness check passed, else 0.",
+    ["check"], multiprocess_mode="mostrecent",
+)
+
+# ------------------------------------------------------------------ databases
+
+ROUTER_DECISIONS = Counter(
+    "djscale_router_decisions", "Database routing decisions: primary, replica or fallback.",
+    ["group", "operation", "target"],
+)
+REPLICA_LAG_SECONDS = Gauge(
+    "djscale_replica_lag_seconds", "Last measured replication lag of a replica in seconds.",
+    ["alias"], multiprocess_mode="mostrecent",
+)
+REPLICA_LAG_BYTES = Gauge(
+    "djscale_replica_lag_bytes", "Last measured replication lag of a replica in bytes of WAL.",
+    ["alias"], multiprocess_mode="mostrecent",
+)
+SHARD_QUERIES = Counter(
+    "djscale_shard_queries", "Queries sent to each physical shard database.", ["shard"],
+)
+
+# ------------------------------------------------------------------ cache
+
+CACHE_REQUESTS = Counter(
+    "djscale_cache_requests", "Cache lookups by level (l1, l2) and result (hit, miss).",
+    ["level", "result"],
+)
+CACHE_INVALIDATIONS = Counter(
+    "djscale_cache_invalidations", "Cache invalidations by direction (sent, received).",
+    ["direction"],
+)
+STAMPEDE_WAITS = Counter(
+    "djscale_cache_stampede_waits",
+    "Cache misses that waited for another process to compute the value.",
+)
+
+# ------------------------------------------------------------------ services and events
+
+CIRCUIT_BREAKER_STATE = Gauge(
+    "djscale_circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+    ["service"], multiprocess_mode="max",
+)
+OUTBOX_BACKLOG = Gauge(
+    "djscale_outbox_backlog", "Outbox events written but not yet published.",
+    multiprocess_mode="mostrecent",
+)
+
+_BREAKER = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
+
+
+def record_router_decision(*, group: str, operation: Literal["read", "write"],
+                           target: Literal["primary", "replica", "fallback"]) -> None:
+    """Count one routing decision (``fallback``: a read sent to the primary for lack of
+    a usable replica)."""
+    ROUTER_DECISIONS.labels(group, operation, target).inc()
+
+
+def record_replica_lag(*, alias: str, seconds: float | None, lag_bytes: int | None) -> None:
+    """Record the lag last measured on replica ``alias`` (None: unknown, not recorded)."""
+    if seconds is not None:
+        REPLICA_LAG_SECONDS.labels(alias).set(seconds)
+    if lag_bytes is not None:
+        REPLICA_LAG_BYTES.labels(alias).set(lag_bytes)
+
+
+def record_shard_query(*, shard: str) -> None:
+    """Count one query sent to physical shard ``shard``."""
+    SHARD_QUERIES.labels(shard).inc()
+
+
+def record_cache(*, level: Literal["l1", "l2"], hit: bool, count: int = 1) -> None:
+    """Count ``count`` cache lookups at ``level`` that hit or missed."""
+    CACHE_REQUESTS.labels(level, "hit" if hit else "miss").inc(count)
+
+
+def record_invalidation(*, direction: Literal["sent", "received"], count: int = 1) -> None:
+    """Count cache invalidations sent to or received from other processes."""
+    CACHE_INVALIDATIONS.labels(direction).inc(count)
+
+
+def record_stampede_wait() -> None:
+    """Count one request that waited for another computation instead of recomputing."""
+    STAMPEDE_WAITS.inc()
+
+
+def record_circuit_state(*, service: str, state: str) -> None:
+    """Record a circuit breaker's state: ``closed``, ``half-open`` or ``open``."""
+    try:
+        CIRCUIT_BREAKER_STATE.labels(service).set(_BREAKER[state.lower()])
+    except KeyError:
+        raise ValueError(f"unknown circuit breaker state {state!r}; "
+                         "expected closed, half-open or open") from None
+
+
+def record_outbox_backlog(*, rows: int) -> None:
+    """Record how many outbox events wait to be published."""
+    OUTBOX_BACKLOG.set(rows)
