@@ -14,7 +14,10 @@
     │   ├── ServiceUnavailable the service could not be reached, or kept answering 5xx
     │   │   └── CircuitOpen    its circuit breaker is open: the call was not even tried
     │   └── ServiceTimeout     no answer within the call's time budget
-    └── EventError             an event could not be published or consumed (djscale.events)
+    ├── EventError             an event could not be published or consumed (djscale.events)
+    └── InefficientQueries     queries the project's query policy forbids (djscale.queries)
+        ├── NPlusOneDetected   one line ran the same query shape again and again
+        └── QueryBudgetExceeded more queries than a view's, task's or test's budget
 
 Every message says what went wrong and what to do about it; the CLI prints the message
 on one line and exits with status 2, never a traceback.
@@ -93,3 +96,15 @@ class ServiceTimeout(ServiceError):
 
 class EventError(DjscaleError):
     """An event could not be published or consumed."""
+
+
+class InefficientQueries(DjscaleError):
+    """A request, task or test ran queries that the project's query policy forbids."""
+
+
+class NPlusOneDetected(InefficientQueries):
+    """The same query shape ran again and again from one line (lazy loading in a loop)."""
+
+
+class QueryBudgetExceeded(InefficientQueries):
+    """A view, task or test ran more queries than its budget allows."""
