@@ -20,9 +20,9 @@ from typing import Any
 
 from djscale.cluster.state import ClusterState, default_state_dir
 from djscale.errors import ConfigurationError
-from djscale.topology import AUTO, DatabaseGroup, Port, Topology, load
+from djscale.topology import AUTO, DatabaseGroup, PgBouncerSpec, Port, Topology, load
 
-__all__ = ["database_settings", "from_topology", "resolve_topology"]
+__all__ = ["address_variable", "database_settings", "from_topology", "resolve_topology"]
 
 
 def resolve_topology(topology: Topology | str | Path | None) -> Topology:
@@ -38,6 +38,14 @@ class _Addresses:
         self.state = state
 
     def get(self, service: str, host: str, port: Port) -> tuple[str, int]:
+        override = os.environ.get(address_variable(service))
+        if override:
+            # Deployments (Kubernetes) name each service's address in the environment.
+            found_host, _, found_port = override.rpartition(":")
+            if not found_host or not found_port.isdigit():
+                raise ConfigurationError(
+                    f"{address_variable(service)} = {override!r} is invalid: expected host:port")
+            return found_host, int(found_port)
         if port != AUTO:
             return host, int(port)
         found = self.state.address(service) if self.state is not None else None
@@ -50,9 +58,25 @@ class _Addresses:
         return found
 
 
+def address_variable(service: str) -> str:
+    """The environment variable that overrides a service's address (``host:port``).
+
+    ``pgbouncer-default`` -> ``DJSCALE_ADDR_PGBOUNCER_DEFAULT``. It wins over the topology
+    and the local cluster's state; generated Kubernetes manifests set one per service.
+    """
+    return "DJSCALE_ADDR_" + service.upper().replace("-", "_")
+
+
 def database_settings(group: DatabaseGroup, host: str, port: int, *,
-                      replica_of: str | None = None) -> dict[str, Any]:
-    """One ``DATABASES`` entry for a member of a replication group."""
+                      replica_of: str | None = None,
+                      pgbouncer: PgBouncerSpec | None = None) -> dict[str, Any]:
+    """One ``DATABASES`` entry for a member of a replication group.
+
+    With ``pgbouncer`` (the entry points at a PgBouncer) in transaction mode, a client's
+    consecutive transactions may run on different server connections: cursors declared
+    WITH HOLD (Django's server-side cursors outside a transaction) and prepared
+    statements would be lost between them, so both are turned off.
+    """
     options: dict[str, Any] = {"connect_timeout": 2}
     if group.pool:
         options["pool"] = {"min_size": 1, "max_size": 8, "timeout": 5}
@@ -72,6 +96,9 @@ def database_settings(group: DatabaseGroup, host: str, port: int, *,
         # Django's test runner must not create a test database on a replica: it reads the
         # primary's test database through streaming replication.
         entry["TEST"] = {"MIRROR": replica_of}
+    if pgbouncer is not None and pgbouncer.pool_mode == "transaction":
+        entry["DISABLE_SERVER_SIDE_CURSORS"] = True
+        options["prepare_threshold"] = None
     return entry
 
 
@@ -91,8 +118,14 @@ def from_topology(topology: Topology | str | Path | None = None, *,
     databases: dict[str, dict[str, Any]] = {}
     groups: dict[str, dict[str, Any]] = {}
     for group in topo.database_groups:
-        host, port = addr.get(f"pg-{group.name}", group.host, group.port)
-        databases[group.name] = database_settings(group, host, port)
+        if topo.pgbouncer.enabled:
+            bport: Port = topo.pgbouncer.port if group is topo.postgres else AUTO
+            host, port = addr.get(f"pgbouncer-{group.name}", group.host, bport)
+            databases[group.name] = database_settings(group, host, port,
+                                                      pgbouncer=topo.pgbouncer)
+        else:
+            host, port = addr.get(f"pg-{group.name}", group.host, group.port)
+            databases[group.name] = database_settings(group, host, port)
         for i, alias in enumerate(group.replica_aliases):
             configured = group.replica_ports[i] if i < len(group.replica_ports) else AUTO
             rhost, rport = addr.get(f"pg-{alias.replace('_', '-')}", group.host, configured)
@@ -135,6 +168,7 @@ def from_topology(topology: Topology | str | Path | None = None, *,
             "REDIS_URLS": redis_urls,
             "TRUSTED_PROXIES": [topo.lb.host],
             "APP_SERVERS": topo.app.servers,
+            "PGBOUNCER": topo.pgbouncer.pool_mode if topo.pgbouncer.enabled else None,
             "SERVICES": {
                 svc.name: {
                     "URLS": list(svc.urls),

@@ -72,7 +72,9 @@ __all__ = [
     "CompositionSpec",
     "DatabaseGroup",
     "GatewaySpec",
+    "KubernetesSpec",
     "LoadBalancerSpec",
+    "PgBouncerSpec",
     "Port",
     "ProjectSpec",
     "RedisSpec",
@@ -275,6 +277,54 @@ class GatewaySpec:
 
 
 @dataclass(frozen=True)
+class PgBouncerSpec:
+    """PgBouncer in front of every primary (off unless ``enabled``).
+
+    In ``transaction`` mode a server connection is lent to a client for one transaction
+    only, so many app-server connections share ``default_pool_size`` server connections
+    per database; Django then needs server-side cursors off (:mod:`djscale.settings`).
+    ``port`` is the port of the main group's PgBouncer; shards' PgBouncers get free ports.
+    """
+
+    enabled: bool = False
+    pool_mode: str = "transaction"
+    default_pool_size: int = 20
+    max_client_conn: int = 2000
+    port: Port = AUTO
+
+
+@dataclass(frozen=True)
+class KubernetesSpec:
+    """How ``djscale deploy kubernetes`` renders the topology as manifests.
+
+    Defaults derive from the rest of the topology: the namespace and image from the
+    project name, the autoscaler's minimum from ``app.servers``. Secrets are named, never
+    given: ``db_secret`` (type ``kubernetes.io/basic-auth``: the database user and
+    password) and ``app_secret`` (key ``DJANGO_SECRET_KEY``) must exist in the namespace.
+    """
+
+    namespace: str = "djscale"
+    image: str = "djscale:latest"
+    min_replicas: int = 2
+    max_replicas: int = 8
+    target_cpu_percent: int = 70
+    ingress_host: str = ""
+    ingress_class: str = "nginx"
+    tls_secret: str = ""
+    db_secret: str = "djscale-db"
+    app_secret: str = "djscale-app"
+    cpu_request: str = "250m"
+    cpu_limit: str = "1"
+    memory_request: str = "256Mi"
+    memory_limit: str = "512Mi"
+    storage_size: str = "10Gi"
+    storage_class: str = ""
+    postgres_image: str = "ghcr.io/cloudnative-pg/postgresql:15"
+    redis_image: str = "redis:7.0"
+    pooler_instances: int = 2
+
+
+@dataclass(frozen=True)
 class Topology:
     """A whole cluster: the single source of truth for settings, processes and manifests."""
 
@@ -287,6 +337,8 @@ class Topology:
     celery: CelerySpec = field(default_factory=CelerySpec)
     services: tuple[ServiceSpec, ...] = ()
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
+    pgbouncer: PgBouncerSpec = field(default_factory=PgBouncerSpec)
+    kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
     source: str = "<memory>"
 
     def service(self, name: str) -> ServiceSpec:
@@ -444,7 +496,7 @@ def parse(data: Mapping[str, Any], *, source: str = "<memory>") -> Topology:
 
 def _parse(data: Mapping[str, Any], source: str) -> Topology:
     _Section(data, "", ("project", "postgres", "shards", "redis", "app", "lb", "celery",
-                        "services", "gateway"))
+                        "services", "gateway", "pgbouncer", "kubernetes"))
 
     p = _Section(_table(data, "project"), "project", ("name", "pythonpath", "settings", "wsgi"))
     project = ProjectSpec(
@@ -542,6 +594,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
 
     return Topology(project=project, postgres=postgres, shards=tuple(shards), redis=redis,
                     app=app, lb=lb, celery=celery, services=services, gateway=gateway,
+                    pgbouncer=_pgbouncer(_table(data, "pgbouncer")),
+                    kubernetes=_kubernetes(_table(data, "kubernetes"), project, app),
                     source=source)
 
 
@@ -667,6 +721,82 @@ def _array(data: Mapping[str, Any], key: str, name: str) -> list[Mapping[str, An
         raise TopologyError(f"{key} = {value!r} is invalid: expected an array of tables "
                             f"[[{key}]]")
     return value
+
+
+POOL_MODES = ("transaction", "session")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/:@]*$")
+_CPU_RE = re.compile(r"^[0-9]+(\.[0-9]+)?m?$")
+_MEMORY_RE = re.compile(r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+
+
+def _pgbouncer(data: Mapping[str, Any]) -> PgBouncerSpec:
+    s = _Section(data, "pgbouncer",
+                 ("enabled", "pool_mode", "default_pool_size", "max_client_conn", "port"))
+    return PgBouncerSpec(
+        enabled=s.get_bool("enabled", False),
+        pool_mode=s.get_str("pool_mode", "transaction", choices=POOL_MODES),
+        default_pool_size=s.get_int("default_pool_size", 20, minimum=1, maximum=10000),
+        max_client_conn=s.get_int("max_client_conn", 2000, minimum=1, maximum=100000),
+        port=s.port("port"),
+    )
+
+
+def _kubernetes(data: Mapping[str, Any], project: ProjectSpec, app: AppSpec) -> KubernetesSpec:
+    s = _Section(data, "kubernetes", (
+        "namespace", "image", "min_replicas", "max_replicas", "target_cpu_percent",
+        "ingress_host", "ingress_class", "tls_secret", "db_secret", "app_secret",
+        "cpu_request", "cpu_limit", "memory_request", "memory_limit", "storage_size",
+        "storage_class", "postgres_image", "redis_image", "pooler_instances",
+    ))
+    base = project.name.replace("_", "-")
+    label = "a Kubernetes name (lowercase letters, digits, -)"
+    image = "a container image reference such as 'registry.example.com/shop:1.2'"
+
+    def name(key: str, default: str, *, optional: bool = False) -> str:
+        value = s.get_str(key, default, what=label)
+        if (value or not optional) and not _DNS_LABEL_RE.match(value):
+            raise s._bad(key, value, label)
+        return value
+
+    min_replicas = s.get_int("min_replicas", app.servers, minimum=1, maximum=1000)
+    spec = KubernetesSpec(
+        namespace=name("namespace", base),
+        image=s.get_str("image", f"{base}:latest", pattern=_IMAGE_RE, what=image),
+        min_replicas=min_replicas,
+        max_replicas=s.get_int("max_replicas", max(4 * min_replicas, 2), minimum=1,
+                               maximum=1000),
+        target_cpu_percent=s.get_int("target_cpu_percent", 70, minimum=1, maximum=100),
+        ingress_host=s.get_str("ingress_host", "", what="a DNS host name"),
+        ingress_class=name("ingress_class", "nginx", optional=True),
+        tls_secret=name("tls_secret", "", optional=True),
+        db_secret=name("db_secret", f"{base}-db"),
+        app_secret=name("app_secret", f"{base}-app"),
+        cpu_request=s.get_str("cpu_request", "250m", pattern=_CPU_RE,
+                              what="a CPU quantity such as '250m' or '2'"),
+        cpu_limit=s.get_str("cpu_limit", "1", pattern=_CPU_RE,
+                            what="a CPU quantity such as '500m' or '2'"),
+        memory_request=s.get_str("memory_request", "256Mi", pattern=_MEMORY_RE,
+                                 what="a memory quantity such as '256Mi' or '1Gi'"),
+        memory_limit=s.get_str("memory_limit", "512Mi", pattern=_MEMORY_RE,
+                               what="a memory quantity such as '512Mi' or '2Gi'"),
+        storage_size=s.get_str("storage_size", "10Gi", pattern=_MEMORY_RE,
+                               what="a storage quantity such as '10Gi'"),
+        storage_class=s.get_str("storage_class", "", what="a storage class name"),
+        postgres_image=s.get_str("postgres_image", "ghcr.io/cloudnative-pg/postgresql:15",
+                                 pattern=_IMAGE_RE, what=image),
+        redis_image=s.get_str("redis_image", "redis:7.0", pattern=_IMAGE_RE, what=image),
+        pooler_instances=s.get_int("pooler_instances", 2, minimum=1, maximum=64),
+    )
+    if spec.ingress_host and not _DNS_NAME_RE.match(spec.ingress_host):
+        raise s._bad("ingress_host", spec.ingress_host,
+                     "a DNS host name such as 'shop.example.com'")
+    if spec.max_replicas < spec.min_replicas:
+        raise TopologyError(
+            f"kubernetes.max_replicas = {spec.max_replicas} is invalid: expected at least "
+            f"kubernetes.min_replicas ({spec.min_replicas})")
+    return spec
 
 
 def load(path: str | Path) -> Topology:

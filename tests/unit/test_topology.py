@@ -180,3 +180,40 @@ def test_invalid_services_and_gateway_name_key_and_value(data: dict, message: st
     with pytest.raises(TopologyError) as info:
         parse(data)
     assert message in str(info.value)
+
+
+# --------------------------------------------------------------- pgbouncer and kubernetes
+
+
+def test_pgbouncer_is_off_by_default_and_pools_transactions_when_on() -> None:
+    assert parse({}).pgbouncer.enabled is False
+    spec = parse({"pgbouncer": {"enabled": True, "default_pool_size": 10, "port": 6432}}).pgbouncer
+    assert (spec.enabled, spec.pool_mode, spec.default_pool_size, spec.port) == (
+        True, "transaction", 10, 6432)
+
+
+def test_kubernetes_defaults_derive_from_the_project_and_app_servers() -> None:
+    k = parse({"project": {"name": "my_shop"}, "app": {"servers": 3}}).kubernetes
+    assert (k.namespace, k.image, k.db_secret, k.app_secret) == (
+        "my-shop", "my-shop:latest", "my-shop-db", "my-shop-app")
+    assert (k.min_replicas, k.max_replicas) == (3, 12)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"pgbouncer": {"pool_mode": "statement"}},
+     "pgbouncer.pool_mode = 'statement' is invalid: expected one of 'transaction', 'session'"),
+    ({"pgbouncer": {"default_pool_size": 0}}, "pgbouncer.default_pool_size = 0 is invalid"),
+    ({"pgbouncer": {"pool": 3}}, "unknown key 'pgbouncer.pool'"),
+    ({"kubernetes": {"namespace": "My_NS"}},
+     "kubernetes.namespace = 'My_NS' is invalid: expected a Kubernetes name"),
+    ({"kubernetes": {"cpu_limit": "lots"}}, "kubernetes.cpu_limit = 'lots' is invalid"),
+    ({"kubernetes": {"memory_request": "1GB"}}, "kubernetes.memory_request = '1GB' is invalid"),
+    ({"kubernetes": {"min_replicas": 4, "max_replicas": 2}},
+     "kubernetes.max_replicas = 2 is invalid: expected at least kubernetes.min_replicas (4)"),
+    ({"kubernetes": {"ingress_host": "Shop Example"}}, "kubernetes.ingress_host"),
+    ({"kubernetes": {"image": "bad image"}}, "kubernetes.image = 'bad image' is invalid"),
+])
+def test_invalid_pgbouncer_and_kubernetes_values_name_the_key(data: dict, message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse(data)
+    assert message in str(info.value)

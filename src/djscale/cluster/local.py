@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from djscale.cluster import pgbouncer as pgb
 from djscale.cluster import postgres as pg
 from djscale.cluster import redis as rd
 from djscale.cluster.lb import Upstream, lb_process
@@ -29,7 +30,7 @@ from djscale.topology import AUTO, DatabaseGroup, Port, Topology
 
 __all__ = ["PARTS", "LocalCluster", "ServiceStatus"]
 
-PARTS = ("postgres", "redis", "migrate", "app", "lb", "celery")
+PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery")
 """The parts of a cluster, in start order; ``up(only=...)`` takes a subset."""
 
 
@@ -141,6 +142,9 @@ class LocalCluster:
         if "postgres" in parts:
             for group in self.topology.database_groups:
                 self._up_group(group)
+        if "pgbouncer" in parts and self.topology.pgbouncer.enabled:
+            for group in self.topology.database_groups:
+                self._up_pgbouncer(group)
         if "redis" in parts:
             self._up_redis()
         if "migrate" in parts:
@@ -176,6 +180,21 @@ class LocalCluster:
             replica.extra = {"database": group.database, "user": group.user, "alias": alias}
             self._ensure(replica, lambda p=rport: _replica_ready(  # type: ignore[misc]
                 group.host, p, group.user, group.database), 60)
+
+    def _up_pgbouncer(self, group: DatabaseGroup) -> None:
+        """PgBouncer in front of the group's primary (``[pgbouncer] enabled = true``)."""
+        spec = self.topology.pgbouncer
+        name = f"pgbouncer-{group.name}"
+        port = self._port(name, group.host,
+                          spec.port if group is self.topology.postgres else AUTO)
+        server_host, server_port = self.address(f"pg-{group.name}")
+        ini = pgb.write_config(pg.pg_home(self.state_dir) / name, spec=spec, host=group.host,
+                               port=port, server_host=server_host, server_port=server_port,
+                               user=group.user)
+        proc = pgb.pgbouncer_process(name, ini=ini, host=group.host, port=port,
+                                     log=self._log(name), group=group.name)
+        proc.extra = {"database": group.database, "user": group.user}
+        self._ensure(proc, lambda: pgb.ready(group.host, port, group.user, group.database), 30)
 
     def _up_redis(self) -> None:
         spec = self.topology.redis
@@ -296,6 +315,9 @@ class LocalCluster:
                 lag = "?" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
                 return st.in_recovery, f"lag {lag} / {st.lag_bytes or 0} B"
             return _pg_ready(proc.host, proc.port, user), "primary"
+        if proc.kind == "pgbouncer":
+            return pgb.ready(proc.host, proc.port, proc.extra["user"],
+                             proc.extra["database"]), proc.role
         if proc.kind == "redis":
             return rd.ping(proc.host, proc.port), proc.role
         if proc.kind in ("gunicorn", "nginx", "haproxy"):
