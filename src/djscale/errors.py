@@ -14,6 +14,9 @@
     │   ├── ServiceUnavailable the service could not be reached, or kept answering 5xx
     │   │   └── CircuitOpen    its circuit breaker is open: the call was not even tried
     │   └── ServiceTimeout     no answer within the call's time budget
+    ├── CacheError             the tiered cache cannot do what was asked (djscale.cache)
+    │   ├── CacheUnavailable   Redis is unreachable for an operation that needs it (incr)
+    │   └── CacheKeyError      a @cached argument cannot be encoded into a key
     ├── EventError             an event could not be published or consumed (djscale.events)
     └── InefficientQueries     queries the project's query policy forbids (djscale.queries)
         ├── NPlusOneDetected   one line ran the same query shape again and again
@@ -108,3 +111,15 @@ class NPlusOneDetected(InefficientQueries):
 
 class QueryBudgetExceeded(InefficientQueries):
     """A view, task or test ran more queries than its budget allows."""
+
+
+class CacheError(DjscaleError):
+    """The tiered cache cannot do what was asked."""
+
+
+class CacheUnavailable(CacheError):
+    """Redis (L2) is unreachable for an operation that cannot run on L1 alone (incr)."""
+
+
+class CacheKeyError(CacheError, TypeError):
+    """An argument of a ``@cached`` call cannot be encoded into a stable cache key."""

@@ -140,16 +140,23 @@ def from_topology(topology: Topology | str | Path | None = None, *,
 
     redis_urls, broker_url = _redis_urls(topo, addr)
     cache_location: str | list[str] = redis_urls if len(redis_urls) > 1 else redis_urls[0]
+    cluster = topo.redis.mode == "cluster"
     caches = {
+        # In-process L1 over Redis L2, invalidated across processes (docs/cache.md).
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "djscale.cache.TieredCache",
             "LOCATION": cache_location,
             "KEY_PREFIX": topo.project.name,
+            "OPTIONS": {"CLUSTER": cluster},
         },
+        # Sessions: Redis only (no L1, every app server sees the same session at once),
+        # backed by the database through the cached_db engine so a Redis restart or
+        # outage logs nobody out.
         "sessions": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "djscale.cache.TieredCache",
             "LOCATION": cache_location,
             "KEY_PREFIX": f"{topo.project.name}:sess",
+            "OPTIONS": {"CLUSTER": cluster, "L1_MAX_ENTRIES": 0},
         },
     }
 
@@ -157,7 +164,7 @@ def from_topology(topology: Topology | str | Path | None = None, *,
         "DATABASES": databases,
         "DATABASE_ROUTERS": ["djscale.db.routers.PrimaryReplicaRouter"],
         "CACHES": caches,
-        "SESSION_ENGINE": "django.contrib.sessions.backends.cache",
+        "SESSION_ENGINE": "django.contrib.sessions.backends.cached_db",
         "SESSION_CACHE_ALIAS": "sessions",
         "CELERY_BROKER_URL": broker_url,
         "DJSCALE": {

@@ -1,0 +1,161 @@
+"""Cross-process L1 invalidation over Redis pub/sub.
+
+One :class:`InvalidationBus` per Redis location per process: every write through a
+:class:`~djscale.cache.TieredCache` publishes the written keys on a channel, and a
+daemon listener thread in every other process evicts them from its L1 stores within
+milliseconds. Messages carry the publishing process's id so a process does not evict
+the value it has just written itself.
+
+A process that is not subscribed cannot know what others wrote, so the listener
+flushes every registered L1 store when it loses its subscription *and* again when it
+has resubscribed (values cached in between may be stale), and :attr:`connected` tells
+the cache not to fill L1 from Redis meanwhile. The listener reconnects by itself with a
+short back-off.
+
+Wire format: ``<origin hex>|k|key\\0key...`` (evict keys) or ``<origin hex>|f|`` (flush).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+import weakref
+from typing import Any
+
+from djscale.cache import metrics
+from djscale.cache.l1 import LocalStore
+from djscale.cache.l2 import FAILURES, RedisL2
+
+__all__ = ["InvalidationBus"]
+
+log = logging.getLogger("djscale.cache")
+
+_PING_EVERY = 2.0
+_RECONNECT: tuple[type[BaseException], ...] = (*FAILURES, TimeoutError)
+_MAX_BACKOFF = 1.0
+
+
+class InvalidationBus:
+    """Publishes this process's writes and applies other processes' writes to L1."""
+
+    def __init__(self, l2: RedisL2, channel: str) -> None:
+        self.l2 = l2
+        self.channel = channel
+        self.origin = uuid.uuid4().hex.encode()
+        self.connected = threading.Event()
+        self._stores: weakref.WeakSet[LocalStore] = weakref.WeakSet()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.received = 0
+
+    # ------------------------------------------------------------------ publishing side
+
+    def register(self, store: LocalStore) -> None:
+        """Have the listener evict from ``store`` too; starts the listener on first use."""
+        self._stores.add(store)
+        self.start()
+
+    def keys_message(self, keys: list[str]) -> tuple[str, bytes]:
+        """``(channel, message)`` asking other processes to evict ``keys``."""
+        return self.channel, self.origin + b"|k|" + "\0".join(keys).encode()
+
+    def flush_message(self) -> tuple[str, bytes]:
+        """``(channel, message)`` asking other processes to flush their L1."""
+        return self.channel, self.origin + b"|f|"
+
+    # ------------------------------------------------------------------ listener
+
+    def start(self) -> None:
+        """Start the listener thread (idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"djscale-cache-bus:{self.channel}")
+            self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the listener (tests, process shutdown)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self.connected.clear()
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        """Block until subscribed; return False on timeout."""
+        return self.connected.wait(timeout)
+
+    def _flush_all(self, reason: str) -> None:
+        for store in list(self._stores):
+            store.flush()
+        metrics.L1_FLUSHES.labels(reason).inc()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            conn: Any = None
+            pubsub: Any = None
+            try:
+                conn = self.l2.pubsub_connection()
+                pubsub = conn.pubsub()
+                pubsub.subscribe(self.channel)
+                deadline = time.monotonic() + 2.0
+                while True:  # wait for the subscription to be confirmed
+                    msg = pubsub.get_message(timeout=0.5)
+                    if msg is not None and msg["type"] == "subscribe":
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("no subscribe confirmation")
+                # Anything cached while we were not listening may be stale.
+                self._flush_all("resubscribed")
+                self.connected.set()
+                backoff = 0.05
+                last_ping = time.monotonic()
+                while not self._stop.is_set():
+                    msg = pubsub.get_message(timeout=0.5)
+                    if msg is not None and msg["type"] == "message":
+                        self._apply(msg["data"])
+                    elif msg is None and time.monotonic() - last_ping > _PING_EVERY:
+                        # Detects a silently dead connection (no FIN) within seconds.
+                        pubsub.ping()
+                        last_ping = time.monotonic()
+            except _RECONNECT as exc:
+                if self.connected.is_set():
+                    self.connected.clear()
+                    self._flush_all("subscription_lost")
+                    log.warning("cache invalidation subscription to %s lost (%s); L1 flushed, "
+                                "resubscribing", self.l2.location, type(exc).__name__)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            except Exception:
+                log.exception("cache invalidation listener failed; L1 flushed, restarting")
+                self.connected.clear()
+                self._flush_all("listener_error")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            finally:
+                for closable in (pubsub, conn):
+                    if closable is not None:
+                        with contextlib.suppress(Exception):  # closing a dead socket
+                            closable.close()
+        self.connected.clear()
+
+    def _apply(self, data: bytes) -> None:
+        origin, _, rest = data.partition(b"|")
+        if origin == self.origin:
+            return
+        op, _, body = rest.partition(b"|")
+        self.received += 1
+        metrics.INVALIDATIONS_RECEIVED.inc()
+        if op == b"f":
+            self._flush_all("remote_clear")
+            return
+        keys = body.decode().split("\0") if body else []
+        for store in list(self._stores):
+            store.discard_many(keys)

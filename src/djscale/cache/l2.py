@@ -1,0 +1,352 @@
+"""The Redis second level (L2): one client per cache location, shared by all threads.
+
+:class:`RedisL2` talks to a single Redis node or a Redis Cluster (``cluster=True``) and
+owns the wire format (``int`` as a plain Redis integer so ``INCRBY`` works, anything
+else pickled), short connect/socket timeouts, no client-side retries, and the failure
+policy: every call goes through :meth:`RedisL2.run`, which consults the location's
+:class:`~djscale.cache.breaker.CircuitBreaker` and turns connection errors into the
+caller's fallback value. Redis *answers* (e.g. "value is not an integer") are not
+failures and propagate.
+
+Like Django's ``RedisCacheClient`` it splits the client from the cache API; unlike it,
+it supports Redis Cluster, reads the key's remaining TTL with the value (so L1 never
+outlives L2), and fails fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    RedisClusterException,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from djscale.cache import metrics
+from djscale.cache.breaker import CircuitBreaker
+from djscale.errors import ConfigurationError
+
+__all__ = ["UNAVAILABLE", "RedisL2", "dumps", "loads"]
+
+log = logging.getLogger("djscale.cache")
+
+T = TypeVar("T")
+
+FAILURES: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException, OSError,
+)
+
+
+class _Unavailable:
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNAVAILABLE: Any = _Unavailable()
+"""Fallback returned by :meth:`RedisL2.run` when Redis could not be reached."""
+
+_PICKLE = b"\x80"
+
+_INCR = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def dumps(value: Any) -> bytes | int:
+    """Serialize for Redis: exact ``int`` as is (INCR-able), anything else pickled."""
+    if type(value) is int:
+        return value
+    return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+
+def loads(raw: bytes | int) -> Any:
+    """Inverse of :func:`dumps` (also accepts the bytes Redis returns for an integer)."""
+    if type(raw) is int:
+        return raw
+    assert isinstance(raw, bytes)
+    if raw[:1] == _PICKLE:
+        return pickle.loads(raw)
+    return int(raw)
+
+
+def as_payload(raw: bytes) -> bytes | int:
+    """What L1 keeps for bytes read from Redis (integers decoded once)."""
+    return raw if raw[:1] == _PICKLE else int(raw)
+
+
+class RedisL2:
+    """Redis access for one cache location with fail-fast timeouts and a breaker."""
+
+    def __init__(self, servers: list[str], *, cluster: bool = False,
+                 connect_timeout: float = 0.25, socket_timeout: float = 0.5,
+                 max_connections: int = 64, failure_threshold: int = 2,
+                 reset_timeout: float = 0.5, max_reset_timeout: float = 5.0,
+                 connection_kwargs: dict[str, Any] | None = None) -> None:
+        if not servers:
+            raise ConfigurationError("TieredCache LOCATION is empty: give it a redis:// URL "
+                                     "(or several for a Redis Cluster)")
+        self.servers = servers
+        self.cluster = cluster
+        self.location = ",".join(servers)
+        self.breaker = CircuitBreaker(failure_threshold=failure_threshold,
+                                      reset_timeout=reset_timeout,
+                                      max_reset_timeout=max_reset_timeout)
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": socket_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            **(connection_kwargs or {}),
+        }
+        self._kwargs = kwargs
+        self.client: Any
+        if cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            nodes = []
+            for url in servers:
+                parts = urlsplit(url if "//" in url else f"redis://{url}")
+                nodes.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
+            self.client = RedisCluster(startup_nodes=nodes, max_connections=max_connections,
+                                       **kwargs)
+        else:
+            self.client = redis.Redis.from_url(servers[0], max_connections=max_connections,
+                                               **kwargs)
+        self._incr = self.client.register_script(_INCR)
+        self._unlock = self.client.register_script(_UNLOCK)
+        self._warned = threading.Event()
+
+    # ------------------------------------------------------------------ failure policy
+
+    def run(self, op: Callable[[Any], T], fallback: T, *, write: bool = False) -> T:
+        """Call ``op(client)``; on an unreachable Redis return ``fallback`` instead.
+
+        Writes that fall back are counted as dropped and logged (once per outage).
+        """
+        if not self.breaker.allow():
+            metrics.L2_SKIPPED.labels(self.location).inc()
+            if write:
+                metrics.WRITES_DROPPED.labels(self.location).inc()
+            return fallback
+        try:
+            result = op(self.client)
+        except FAILURES as exc:
+            metrics.L2_ERRORS.labels(self.location).inc()
+            if write:
+                metrics.WRITES_DROPPED.labels(self.location).inc()
+            if self.breaker.failure() or not self._warned.is_set():
+                self._warned.set()
+                log.warning("Redis cache %s unreachable (%s: %s); serving from L1 / "
+                            "computing through and dropping cache writes until it returns",
+                            self.location, type(exc).__name__, exc)
+            return fallback
+        if self._warned.is_set():
+            self._warned.clear()
+            log.warning("Redis cache %s reachable again", self.location)
+        self.breaker.success()
+        return result
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open (Redis known to be unreachable)."""
+        return self.breaker.state != "open"
+
+    # ------------------------------------------------------------------ operations
+
+    def get(self, key: str) -> tuple[bytes | None, float | None] | Any:
+        """``(raw, ttl_seconds)``, ``(None, None)`` on a miss, UNAVAILABLE when down."""
+        def op(c: Any) -> tuple[bytes | None, float | None]:
+            pipe = c.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            raw, pttl = pipe.execute()
+            return raw, _ttl(pttl)
+        return self.run(op, UNAVAILABLE)
+
+    def get_many(self, keys: list[str]) -> dict[str, tuple[bytes, float | None]] | Any:
+        """Found keys -> ``(raw, ttl_seconds)``; UNAVAILABLE when down."""
+        def op(c: Any) -> dict[str, tuple[bytes, float | None]]:
+            pipe = c.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            got = pipe.execute()
+            return {k: (got[2 * i], _ttl(got[2 * i + 1])) for i, k in enumerate(keys)
+                    if got[2 * i] is not None}
+        return self.run(op, UNAVAILABLE)
+
+    def set(self, key: str, raw: bytes | int, timeout: int | None,
+            publish: tuple[str, bytes] | None = None) -> bool:
+        """SET with expiry (0: delete); return False if Redis was unreachable."""
+        def op(c: Any) -> bool:
+            pipe = c.pipeline(transaction=False)
+            if timeout == 0:
+                pipe.delete(key)
+            else:
+                pipe.set(key, raw, ex=timeout)
+            self._publish(c, pipe, publish)
+            return True
+        return self.run(op, False, write=True)
+
+    def add(self, key: str, raw: bytes | int, timeout: int | None,
+            publish: tuple[str, bytes] | None = None) -> bool | Any:
+        """SET NX; True if stored, False if present, UNAVAILABLE when down."""
+        def op(c: Any) -> bool:
+            if timeout == 0:
+                stored = bool(c.set(key, raw, nx=True))
+                if stored:
+                    c.delete(key)
+                return stored
+            stored = bool(c.set(key, raw, ex=timeout, nx=True))
+            if stored and publish is not None:
+                c.publish(*publish)
+            return stored
+        return self.run(op, UNAVAILABLE, write=True)
+
+    def set_many(self, data: dict[str, bytes | int], timeout: int | None,
+                 publish: tuple[str, bytes] | None = None) -> bool:
+        """SET several keys in one round trip; False if Redis was unreachable."""
+        def op(c: Any) -> bool:
+            pipe = c.pipeline(transaction=False)
+            for key, raw in data.items():
+                if timeout == 0:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, raw, ex=timeout)
+            self._publish(c, pipe, publish)
+            return True
+        return self.run(op, False, write=True)
+
+    def delete(self, keys: Iterable[str], publish: tuple[str, bytes] | None = None) -> int | Any:
+        """DEL; how many keys existed, UNAVAILABLE when down."""
+        keys = list(keys)
+
+        def op(c: Any) -> int:
+            pipe = c.pipeline(transaction=False)
+            for key in keys:  # one DEL per key: keys of a cluster live in different slots
+                pipe.delete(key)
+            results = self._publish(c, pipe, publish)
+            return sum(int(r) for r in results[:len(keys)])
+        return self.run(op, UNAVAILABLE, write=True)
+
+    def touch(self, key: str, timeout: int | None,
+              publish: tuple[str, bytes] | None = None) -> bool:
+        """EXPIRE / PERSIST / DEL (timeout 0); True if the key existed."""
+        def op(c: Any) -> bool:
+            pipe = c.pipeline(transaction=False)
+            if timeout is None:
+                pipe.persist(key)
+                pipe.exists(key)
+            elif timeout == 0:
+                pipe.delete(key)
+            else:
+                pipe.expire(key, timeout)
+            results = self._publish(c, pipe, publish)
+            return bool(results[1]) if timeout is None else bool(results[0])
+        return self.run(op, False, write=True)
+
+    def has_key(self, key: str) -> bool | Any:
+        """EXISTS; UNAVAILABLE when down."""
+        return self.run(lambda c: bool(c.exists(key)), UNAVAILABLE)
+
+    def incr(self, key: str, delta: int,
+             publish: tuple[str, bytes] | None = None) -> int | Any | None:
+        """Atomic INCRBY of an existing key: new value, None if missing, UNAVAILABLE."""
+        def op(c: Any) -> int | None:
+            try:
+                value = self._incr(keys=[key], args=[delta], client=c)
+            except ResponseError as exc:
+                raise TypeError(f"cannot increment the value of {key!r}: "
+                                "it is not an integer") from exc
+            if value is not None and publish is not None:
+                c.publish(*publish)
+            return None if value is None else int(value)
+        return self.run(op, UNAVAILABLE, write=True)
+
+    def incr_create(self, key: str, delta: int, timeout: int | None) -> int | Any:
+        """INCRBY creating the key at 0 (atomic counters); UNAVAILABLE when down."""
+        def op(c: Any) -> int:
+            pipe = c.pipeline(transaction=False)
+            pipe.incrby(key, delta)
+            if timeout is not None:
+                pipe.expire(key, timeout, nx=True)
+            return int(pipe.execute()[0])
+        return self.run(op, UNAVAILABLE, write=True)
+
+    def clear(self, publish: tuple[str, bytes] | None = None) -> bool:
+        """FLUSHDB (every primary of a cluster); False if Redis was unreachable."""
+        def op(c: Any) -> bool:
+            if self.cluster:
+                c.flushdb(target_nodes=c.PRIMARIES)
+            else:
+                c.flushdb()
+            if publish is not None:
+                c.publish(*publish)
+            return True
+        return self.run(op, False, write=True)
+
+    def lock(self, key: str, token: str, ttl_ms: int) -> bool | Any:
+        """SET NX PX: True if this caller now holds the lock; UNAVAILABLE when down."""
+        return self.run(lambda c: bool(c.set(key, token, nx=True, px=ttl_ms)), UNAVAILABLE)
+
+    def unlock(self, key: str, token: str) -> None:
+        """Release the lock if this caller still holds it."""
+        self.run(lambda c: self._unlock(keys=[key], args=[token], client=c), None)
+
+    def publish(self, channel: str, message: bytes) -> None:
+        """PUBLISH (cluster-wide in a Redis Cluster)."""
+        self.run(lambda c: c.publish(channel, message), None)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        with contextlib.suppress(*FAILURES):
+            self.client.close()
+
+    def _publish(self, client: Any, pipe: Any, publish: tuple[str, bytes] | None) -> list[Any]:
+        if publish is not None and not self.cluster:
+            pipe.publish(*publish)
+        results: list[Any] = pipe.execute()
+        if publish is not None and self.cluster:
+            client.publish(*publish)
+        return results
+
+    def pubsub_connection(self) -> Any:
+        """A plain client to subscribe with (in a cluster: the first reachable node)."""
+        errors = []
+        for url in self.servers:
+            conn = redis.Redis.from_url(url if "//" in url else f"redis://{url}",
+                                        **self._kwargs)
+            if not self.cluster:
+                return conn
+            try:
+                conn.ping()
+                return conn
+            except FAILURES as exc:
+                errors.append(exc)
+                conn.close()
+        raise RedisConnectionError(f"no cluster node reachable: {errors}")
+
+
+def _ttl(pttl: int | None) -> float | None:
+    if pttl is None or pttl < 0:
+        return None
+    return pttl / 1000.0
