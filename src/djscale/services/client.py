@@ -1,0 +1,260 @@
+"""Service clients: a thin facade over the resilient transport, one per upstream.
+
+:class:`ServiceClient` (sync) and :class:`AsyncServiceClient` call one service by name:
+they pool connections (httpx), spread calls over the service's URLs (round robin), add
+the headers that carry the caller's context (request id, auth; see
+:mod:`djscale.services.context`) and hand the request to a
+:class:`~djscale.services.transport.ResilientTransport`, which owns timeouts, retries and
+the circuit breaker. Build them from the topology's ``[services.<name>]`` table with
+:meth:`ServiceClient.from_spec`, or from Django settings with :func:`service_client`::
+
+    users = service_client("users")          # settings.DJSCALE["SERVICES"]["users"]
+    r = users.get(f"/users/{user_id}", timeout=0.5)
+    r.raise_for_status()
+
+Failures raise :class:`~djscale.errors.ServiceError` subclasses (never a bare httpx
+error); a final 4xx/5xx answer is returned for the caller to inspect.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from djscale.errors import ConfigurationError
+from djscale.services.breaker import BreakerRegistry, CircuitBreaker, breakers
+from djscale.services.context import outgoing_headers
+from djscale.services.policy import IDEMPOTENCY_KEY, RetryPolicy
+from djscale.services.transport import (
+    RETRIES_EXTENSION,
+    TIMEOUT_EXTENSION,
+    AsyncResilientTransport,
+    ResilientTransport,
+)
+from djscale.topology import ServiceSpec
+
+__all__ = ["AsyncServiceClient", "ServiceClient", "service_client"]
+
+_QueryParams = Mapping[str, Any] | None
+
+
+class _Base:
+    def __init__(self, *, name: str, urls: Sequence[str], headers: Mapping[str, str] | None,
+                 forward_auth: bool) -> None:
+        if not urls:
+            raise ConfigurationError(f"service {name!r} has no URL: give at least one")
+        self.name = name
+        self.urls = [httpx.URL(u) for u in urls]
+        self._next = itertools.cycle(range(len(self.urls)))
+        self._lock = threading.Lock()
+        self.headers = dict(headers or {})
+        self.forward_auth = forward_auth
+
+    def _build(self, client: httpx.Client | httpx.AsyncClient, method: str, path: str, *,
+               params: _QueryParams, json: Any, content: bytes | str | None,
+               headers: Mapping[str, str] | None, timeout: float | None,
+               retries: int | None, idempotency_key: str | None) -> httpx.Request:
+        if not path.startswith("/") or path.startswith("//"):
+            raise ValueError(f"path {path!r} must start with a single '/': a service client "
+                             "only calls its own service")
+        with self._lock:
+            base = self.urls[next(self._next)]
+        target, _, query = path.partition("?")
+        url = base.copy_with(path=base.path.rstrip("/") + target,
+                             query=query.encode() if query else None)
+        merged = {**self.headers, **outgoing_headers(forward_auth=self.forward_auth),
+                  **(headers or {})}
+        if idempotency_key:
+            merged[IDEMPOTENCY_KEY] = idempotency_key
+        extensions: dict[str, Any] = {}
+        if timeout is not None:
+            extensions[TIMEOUT_EXTENSION] = timeout
+        if retries is not None:
+            extensions[RETRIES_EXTENSION] = retries
+        return client.build_request(method, url, params=params, json=json, content=content,
+                                    headers=merged, extensions=extensions)
+
+
+def _transport_args(spec: ServiceSpec, registry: BreakerRegistry) -> dict[str, Any]:
+    return {
+        "timeout": spec.timeout,
+        "connect_timeout": spec.connect_timeout,
+        "retry": RetryPolicy(retries=spec.retries),
+        "breaker": registry.get(spec.name, failure_rate=spec.breaker_failure_rate,
+                                minimum_calls=spec.breaker_minimum_calls,
+                                window=spec.breaker_window, reset_timeout=spec.breaker_reset),
+    }
+
+
+class ServiceClient(_Base):
+    """Sync client of one service; thread-safe, pooled; close it (or use ``with``)."""
+
+    def __init__(self, *, name: str, urls: Sequence[str], timeout: float = 5.0,
+                 connect_timeout: float = 1.0, retry: RetryPolicy | None = None,
+                 breaker: CircuitBreaker | None = None, headers: Mapping[str, str] | None = None,
+                 forward_auth: bool = True, limits: httpx.Limits | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(name=name, urls=urls, headers=headers, forward_auth=forward_auth)
+        self.transport = ResilientTransport(
+            service=name, timeout=timeout, connect_timeout=connect_timeout, retry=retry,
+            breaker=breaker, transport=transport, limits=limits)
+        self._client = httpx.Client(transport=self.transport)
+
+    @classmethod
+    def from_spec(cls, spec: ServiceSpec, *, registry: BreakerRegistry = breakers,
+                  **kwargs: Any) -> ServiceClient:
+        """A client configured by a topology ``[services.<name>]`` table."""
+        return cls(urls=spec.urls, **{**_transport_args(spec, registry), **kwargs,
+                                      "name": spec.name})
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The service's circuit breaker."""
+        return self.transport.breaker
+
+    def request(self, method: str, path: str, *, params: _QueryParams = None,
+                json: Any = None, content: bytes | str | None = None,
+                headers: Mapping[str, str] | None = None, timeout: float | None = None,
+                retries: int | None = None, idempotency_key: str | None = None,
+                ) -> httpx.Response:
+        """Call ``method path`` on the service; ``timeout`` is this call's whole budget."""
+        request = self._build(self._client, method, path, params=params, json=json,
+                              content=content, headers=headers, timeout=timeout,
+                              retries=retries, idempotency_key=idempotency_key)
+        return self._client.send(request)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """GET ``path`` (retried on failure)."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        """POST ``path`` (retried only with an ``idempotency_key``)."""
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        """PUT ``path`` (retried on failure)."""
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> httpx.Response:
+        """PATCH ``path`` (retried only with an ``idempotency_key``)."""
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        """DELETE ``path`` (retried on failure)."""
+        return self.request("DELETE", path, **kwargs)
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._client.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncServiceClient(_Base):
+    """Async client of one service; pooled; close it with :meth:`aclose`."""
+
+    def __init__(self, *, name: str, urls: Sequence[str], timeout: float = 5.0,
+                 connect_timeout: float = 1.0, retry: RetryPolicy | None = None,
+                 breaker: CircuitBreaker | None = None, headers: Mapping[str, str] | None = None,
+                 forward_auth: bool = True, limits: httpx.Limits | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(name=name, urls=urls, headers=headers, forward_auth=forward_auth)
+        self.transport = AsyncResilientTransport(
+            service=name, timeout=timeout, connect_timeout=connect_timeout, retry=retry,
+            breaker=breaker, transport=transport, limits=limits)
+        self._client = httpx.AsyncClient(transport=self.transport)
+
+    @classmethod
+    def from_spec(cls, spec: ServiceSpec, *, registry: BreakerRegistry = breakers,
+                  **kwargs: Any) -> AsyncServiceClient:
+        """A client configured by a topology ``[services.<name>]`` table."""
+        return cls(urls=spec.urls, **{**_transport_args(spec, registry), **kwargs,
+                                      "name": spec.name})
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The service's circuit breaker."""
+        return self.transport.breaker
+
+    def build(self, method: str, path: str, *, params: _QueryParams = None,
+              json: Any = None, content: bytes | str | None = None,
+              headers: Mapping[str, str] | None = None, timeout: float | None = None,
+              retries: int | None = None, idempotency_key: str | None = None,
+              ) -> httpx.Request:
+        """Build (not send) a request; send it with :meth:`send`."""
+        return self._build(self._client, method, path, params=params, json=json,
+                           content=content, headers=headers, timeout=timeout,
+                           retries=retries, idempotency_key=idempotency_key)
+
+    async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """Send a request built by :meth:`build` (``stream``: body not read yet)."""
+        return await self._client.send(request, stream=stream)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Call ``method path`` on the service; ``timeout`` is this call's whole budget."""
+        return await self.send(self.build(method, path, **kwargs))
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        """GET ``path`` (retried on failure)."""
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        """POST ``path`` (retried only with an ``idempotency_key``)."""
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        """PUT ``path`` (retried on failure)."""
+        return await self.request("PUT", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        """DELETE ``path`` (retried on failure)."""
+        return await self.request("DELETE", path, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self._client.aclose()
+
+
+_clients: dict[str, ServiceClient] = {}
+_clients_lock = threading.Lock()
+
+
+def _spec_from_settings(name: str) -> ServiceSpec:
+    from django.conf import settings
+
+    services = getattr(settings, "DJSCALE", {}).get("SERVICES", {})
+    conf = services.get(name)
+    if conf is None:
+        known = ", ".join(sorted(services)) or "none"
+        raise ConfigurationError(
+            f"no service {name!r} in settings.DJSCALE['SERVICES'] (configured: {known}); "
+            f"add [services.{name}] to the topology file")
+    breaker = conf.get("BREAKER", {})
+    defaults = ServiceSpec(name=name, urls=())
+    return ServiceSpec(
+        name=name, urls=tuple(conf["URLS"]),
+        timeout=conf.get("TIMEOUT", defaults.timeout),
+        connect_timeout=conf.get("CONNECT_TIMEOUT", defaults.connect_timeout),
+        retries=conf.get("RETRIES", defaults.retries),
+        breaker_failure_rate=breaker.get("FAILURE_RATE", defaults.breaker_failure_rate),
+        breaker_minimum_calls=breaker.get("MINIMUM_CALLS", defaults.breaker_minimum_calls),
+        breaker_window=breaker.get("WINDOW", defaults.breaker_window),
+        breaker_reset=breaker.get("RESET", defaults.breaker_reset),
+    )
+
+
+def service_client(name: str) -> ServiceClient:
+    """The process's shared sync client of service ``name``, from Django settings."""
+    with _clients_lock:
+        client = _clients.get(name)
+        if client is None:
+            client = _clients[name] = ServiceClient.from_spec(_spec_from_settings(name))
+        return client

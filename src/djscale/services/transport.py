@@ -1,0 +1,212 @@
+"""Resilient httpx transports: time budget, retries and the circuit breaker.
+
+As in httpx, retries live in the transport, not in the client: :class:`ResilientTransport`
+(sync) and :class:`AsyncResilientTransport` wrap an ordinary connection-pooling httpx
+transport and own, for one upstream service:
+
+- a **time budget** per call, retries and backoff included (``timeout``; override per
+  request with the ``djscale.timeout`` extension). Every attempt gets what is left of the
+  budget, so a slow service answers :class:`~djscale.errors.ServiceTimeout` at the
+  configured time, not at a multiple of it;
+- **retries** with exponential backoff and full jitter, for idempotent requests only
+  (see :mod:`djscale.services.policy`; override per request with ``djscale.retries``):
+  after a connection error, a timeout, or a 502/503/504 answer;
+- the service's **circuit breaker**: refused calls raise
+  :class:`~djscale.errors.CircuitOpen` at once; connection errors, timeouts and 5xx
+  answers count as failures.
+
+Errors raised (see :mod:`djscale.errors`)::
+
+    ServiceError
+    ├── ServiceUnavailable   connection refused/reset, or no answer but 5xx
+    │   └── CircuitOpen      the breaker refused the call
+    └── ServiceTimeout       the time budget ran out
+
+A final 5xx answer is returned as a response (the caller decides), not raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from djscale.errors import ServiceError, ServiceTimeout, ServiceUnavailable
+from djscale.services.breaker import CircuitBreaker
+from djscale.services.policy import RetryPolicy, is_idempotent
+
+__all__ = ["AsyncResilientTransport", "ResilientTransport"]
+
+TIMEOUT_EXTENSION = "djscale.timeout"
+RETRIES_EXTENSION = "djscale.retries"
+
+# The request never left this machine: repeating it cannot cause a second effect.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _Call:
+    """The bookkeeping of one call: budget, attempts, and whether to try again."""
+
+    def __init__(self, owner: _Resilience, request: httpx.Request) -> None:
+        self.owner = owner
+        self.request = request
+        budget = request.extensions.get(TIMEOUT_EXTENSION, owner.timeout)
+        self.budget = float(budget)
+        self.deadline = owner.clock() + self.budget
+        self.retries = int(request.extensions.get(RETRIES_EXTENSION, owner.retry.retries))
+        self.idempotent = is_idempotent(request.method, request.headers)
+        self.attempt = 0
+
+    def remaining(self) -> float:
+        return self.deadline - self.owner.clock()
+
+    def start_attempt(self) -> None:
+        """Ask the breaker, then give this attempt what is left of the budget."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise self.timeout_error()
+        self.owner.breaker.before_call()
+        self.request.extensions = {
+            **self.request.extensions,
+            "timeout": {"connect": min(self.owner.connect_timeout, remaining),
+                        "read": remaining, "write": remaining, "pool": remaining},
+        }
+
+    def timeout_error(self) -> ServiceTimeout:
+        return ServiceTimeout(
+            f"service {self.owner.service!r} did not answer {self.request.method} "
+            f"{self.request.url.path} within {self.budget:g}s "
+            f"({self.attempt + 1} attempt(s)); it may be overloaded or down",
+            service=self.owner.service)
+
+    def on_error(self, exc: Exception) -> tuple[float, ServiceError]:
+        """Record a transport error; return (delay before retry, error if giving up)."""
+        self.owner.breaker.on_failure()
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, _NOT_SENT):
+            error: ServiceError = self.timeout_error()
+        elif isinstance(exc, httpx.TimeoutException) and self.remaining() <= 0:
+            error = self.timeout_error()
+        else:
+            error = ServiceUnavailable(
+                f"cannot reach service {self.owner.service!r} at "
+                f"{self.request.url.scheme}://{self.request.url.netloc.decode()}: "
+                f"{type(exc).__name__}: {exc or 'no details'}", service=self.owner.service)
+        may_retry = self.idempotent or isinstance(exc, _NOT_SENT)
+        return (self._delay() if may_retry else -1.0), error
+
+    def on_response(self, status: int) -> float:
+        """Record an answer; return the delay before a retry, or -1 to return it."""
+        if status >= 500:
+            self.owner.breaker.on_failure()
+        else:
+            self.owner.breaker.on_success()
+        if self.idempotent and self.owner.retry.retry_status(status):
+            return self._delay()
+        return -1.0
+
+    def _delay(self) -> float:
+        if self.attempt >= self.retries:
+            return -1.0
+        delay = self.owner.retry.delay(self.attempt + 1)
+        # A retry that could not finish before the deadline only adds load.
+        if self.remaining() - delay <= 0.001:
+            return -1.0
+        self.attempt += 1
+        return delay
+
+
+class _Resilience:
+    def __init__(self, *, service: str, timeout: float, connect_timeout: float,
+                 retry: RetryPolicy | None, breaker: CircuitBreaker | None,
+                 clock: Callable[[], float]) -> None:
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeout and connect_timeout must be > 0 seconds")
+        self.service = service
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker(service)
+        self.clock = clock
+
+
+class ResilientTransport(_Resilience, httpx.BaseTransport):
+    """Sync transport for one service: budget, retries, breaker around ``transport``."""
+
+    def __init__(self, *, service: str, timeout: float = 5.0, connect_timeout: float = 1.0,
+                 retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
+                 transport: httpx.BaseTransport | None = None,
+                 limits: httpx.Limits | None = None,
+                 sleep: Callable[[float], Any] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(service=service, timeout=timeout, connect_timeout=connect_timeout,
+                         retry=retry, breaker=breaker, clock=clock)
+        self.inner = transport or httpx.HTTPTransport(
+            limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20))
+        self.sleep = sleep
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` within the budget, retrying what may be retried."""
+        call = _Call(self, request)
+        while True:
+            call.start_attempt()
+            try:
+                response = self.inner.handle_request(request)
+            except httpx.TransportError as exc:
+                delay, error = call.on_error(exc)
+                if delay < 0:
+                    raise error from exc
+            except BaseException:
+                self.breaker.on_abandon()
+                raise
+            else:
+                delay = call.on_response(response.status_code)
+                if delay < 0:
+                    return response
+                response.close()
+            self.sleep(delay)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.inner.close()
+
+
+class AsyncResilientTransport(_Resilience, httpx.AsyncBaseTransport):
+    """Async twin of :class:`ResilientTransport`."""
+
+    def __init__(self, *, service: str, timeout: float = 5.0, connect_timeout: float = 1.0,
+                 retry: RetryPolicy | None = None, breaker: CircuitBreaker | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 limits: httpx.Limits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(service=service, timeout=timeout, connect_timeout=connect_timeout,
+                         retry=retry, breaker=breaker, clock=clock)
+        self.inner = transport or httpx.AsyncHTTPTransport(
+            limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` within the budget, retrying what may be retried."""
+        call = _Call(self, request)
+        while True:
+            call.start_attempt()
+            try:
+                response = await self.inner.handle_async_request(request)
+            except httpx.TransportError as exc:
+                delay, error = call.on_error(exc)
+                if delay < 0:
+                    raise error from exc
+            except BaseException:
+                self.breaker.on_abandon()
+                raise
+            else:
+                delay = call.on_response(response.status_code)
+                if delay < 0:
+                    return response
+                await response.aclose()
+            await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self.inner.aclose()
