@@ -1,0 +1,119 @@
+"""A bounded HTTP load generator that records every request's outcome over time.
+
+Used by the chaos scenarios: it sends a fixed number of requests (or stops at a deadline)
+from a few threads with keep-alive connections, and keeps, for each request, when it
+started, how long it took and its status (0 for a connection error or timeout), so a
+scenario can ask what happened *during* a fault window. Stdlib only, so that it runs
+wherever djscale does.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["LoadResult", "Sample", "run_load"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request: start time (monotonic), latency, status (0: no HTTP answer)."""
+
+    started: float
+    latency: float
+    status: int
+    method: str
+
+
+@dataclass
+class LoadResult:
+    """Every request of one load run, in completion order."""
+
+    samples: list[Sample] = field(default_factory=list)
+
+    def failed(self, method: str | None = None, *, since: float = 0.0,
+               until: float = float("inf")) -> list[Sample]:
+        """Requests (of ``method``) started in [since, until) that got no 2xx/3xx answer."""
+        return [s for s in self.window(since, until)
+                if (method is None or s.method == method) and not 200 <= s.status < 400]
+
+    def window(self, since: float, until: float) -> list[Sample]:
+        """Requests started in [since, until)."""
+        return [s for s in self.samples if since <= s.started < until]
+
+    def statuses(self, method: str | None = None) -> Counter[int]:
+        """How many requests (of ``method``) got each status."""
+        return Counter(s.status for s in self.samples if method is None or s.method == method)
+
+    def p99(self, since: float = 0.0, until: float = float("inf")) -> float:
+        """99th percentile latency (seconds) of the requests started in [since, until)."""
+        lat = sorted(s.latency for s in self.window(since, until))
+        if not lat:
+            return 0.0
+        return lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+    def ok(self, method: str) -> int:
+        """How many ``method`` requests were answered with 2xx."""
+        return sum(1 for s in self.samples if s.method == method and 200 <= s.status < 300)
+
+
+def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counter: list[int],
+            lock: threading.Lock, total: int, deadline: float, timeout: float,
+            result: LoadResult, stop: threading.Event) -> None:
+    conn: http.client.HTTPConnection | None = None
+    while True:
+        with lock:
+            n = counter[0]
+            if n >= total or time.monotonic() >= deadline or stop.is_set():
+                break
+            counter[0] += 1
+        method, path = plan(n)
+        started = time.monotonic()
+        status = 0
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn.request(method, path, body=b"" if method == "POST" else None,
+                         headers={"Connection": "keep-alive"})
+            resp = conn.getresponse()
+            resp.read()
+            status = resp.status
+            if resp.getheader("Connection", "").lower() == "close":
+                conn.close()
+                conn = None
+        except (OSError, http.client.HTTPException):
+            if conn is not None:
+                conn.close()
+            conn = None
+        sample = Sample(started, time.monotonic() - started, status, method)
+        with lock:
+            result.samples.append(sample)
+    if conn is not None:
+        conn.close()
+
+
+def run_load(host: str, port: int, plan: Callable[[int], tuple[str, str]], *, requests: int,
+             max_seconds: float, concurrency: int = 8, timeout: float = 10.0,
+             stop: threading.Event | None = None) -> LoadResult:
+    """Send ``requests`` requests (``plan(i)`` -> (method, path)) from ``concurrency`` threads.
+
+    Stops after ``requests`` requests, at ``max_seconds``, or when ``stop`` is set,
+    whichever comes first. Blocks until done; run it in a thread to inject faults meanwhile.
+    """
+    stop = stop or threading.Event()
+    result = LoadResult()
+    lock = threading.Lock()
+    counter = [0]
+    deadline = time.monotonic() + max_seconds
+    threads = [threading.Thread(target=_worker, daemon=True, args=(
+        host, port, plan, counter, lock, requests, deadline, timeout, result, stop))
+        for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max_seconds + timeout + 5)
+    return result
