@@ -22,8 +22,14 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "djscale",
     "tests.testapp",
+    "tests.edgeapp",
 ]
 MIDDLEWARE = [
+    "djscale.http.proxies.TrustedProxyMiddleware",
+    "djscale.http.request_id.RequestIdMiddleware",
+    "djscale.http.metrics.MetricsMiddleware",
+    "djscale.http.health.HealthCheckMiddleware",
+    "djscale.http.cache_control.CacheControlMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

@@ -2,4 +2,5 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("djscale.urls")),
+    path("edge/", include("tests.edgeapp.urls")),
 ]

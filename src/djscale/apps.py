@@ -15,3 +15,4 @@ class DjscaleConfig(AppConfig):
     def ready(self) -> None:
         """Import the modules that register system checks and signal handlers."""
         # Each component adds its own import here (one line each).
+        import djscale.checks  # noqa: F401  (edge: the scalability checklist)

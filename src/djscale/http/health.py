@@ -1,82 +1,357 @@
 """Health endpoints for load balancers and orchestrators.
 
 ``/health/live`` says the process can answer (no I/O). ``/health/ready`` checks what a
-request needs (every primary database and the default cache) and answers **503** when
-any of them fails, so a load balancer stops sending traffic here. The result is cached
-in-process for ``READY_CACHE_SECONDS`` so that probes cannot overload the database.
-Output names checks and their status only: never hosts, users or connection strings.
+request needs and answers **503** when a *critical* check fails, so a load balancer stops
+sending traffic here:
+
+- ``db:<alias>``: every primary (main group and shards): ``SELECT 1``; critical.
+- ``replica:<alias>``: every replica, with its lag; a replica that is down or too far
+  behind makes the answer ``degraded`` (reads fall back to the primary), not 503.
+- ``cache``: a write and read on the default cache; critical (sessions live there).
+- ``broker``: a ``PING`` of ``CELERY_BROKER_URL`` when it is set; not critical (events
+  wait in the outbox while the broker is away).
+
+Every check runs in a worker thread with a deadline (``TIMEOUT``, 1 s), all at once, so a
+database that hangs cannot hold the probe longer than the deadline; a check still running
+from an earlier probe is reported as timed out rather than started again. The result is
+kept in-process for ``CACHE_SECONDS`` (1 s) so probes cannot overload the databases.
+
+**Draining**: while the *drain file* exists the ready check answers 503 ``draining``
+(``touch`` it before taking the server out, remove it to put it back). Its path is
+``DJSCALE["HEALTH"]["DRAIN_FILE"]``, by default ``$DJSCALE_STATE_DIR/drain/<service>``
+for app servers of a djscale cluster.
+
+Output names checks, status, timings, lag and the *class* of an error: never hosts,
+users, messages or connection strings. With ``DJSCALE["HEALTH"]["TOKEN"]`` set, the
+per-check details are shown only to requests with ``Authorization: Bearer <token>``.
+
+:class:`HealthCheckMiddleware` answers both paths before any other middleware, so probes
+need no allowed ``Host`` header, open no session and are not logged as page views.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
-__all__ = ["live", "ready", "run_checks"]
+from djscale import metrics
 
-READY_CACHE_SECONDS = 1.0
+__all__ = [
+    "Check",
+    "CheckResult",
+    "HealthCheckMiddleware",
+    "checks",
+    "drain_file",
+    "live",
+    "readiness",
+    "ready",
+    "reset",
+]
 
+LIVE_PATH = "/health/live"
+READY_PATH = "/health/ready"
+
+_DEFAULTS: dict[str, Any] = {
+    "TIMEOUT": 1.0,
+    "CACHE_SECONDS": 1.0,
+    "TOKEN": None,
+    "DRAIN_FILE": None,
+    "CHECK_REPLICAS": True,
+    "CHECK_BROKER": True,
+}
+
+
+def _config() -> dict[str, Any]:
+    djscale = getattr(settings, "DJSCALE", None) or {}
+    return {**_DEFAULTS, **(djscale.get("HEALTH") or {})}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One readiness check: a callable that raises when unhealthy and may return details."""
+
+    name: str
+    run: Callable[[], dict[str, Any] | None]
+    critical: bool = True
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check, safe to show (no messages, hosts or credentials)."""
+
+    name: str
+    ok: bool
+    critical: bool
+    ms: float
+    error: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        data: dict[str, Any] = {"ok": self.ok, "critical": self.critical, "ms": self.ms}
+        if self.error:
+            data["error"] = self.error
+        data.update(self.detail)
+        return data
+
+
+class CheckFailed(Exception):
+    """A check ran but found the dependency unusable (e.g. replica too far behind)."""
+
+    def __init__(self, reason: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or {}
+
+
+# ------------------------------------------------------------------ the checks
+
+
+def _close_connections() -> None:
+    # Each probe thread must not keep connections: a stopped primary would otherwise be
+    # probed through a dead socket, and idle threads would pin connections forever.
+    for conn in connections.all(initialized_only=True):
+        with contextlib.suppress(Exception):  # closing a broken connection may fail
+            conn.close()
+
+
+def _database(alias: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT 1")
+        finally:
+            _close_connections()
+        return None
+    return check
+
+
+_LAG_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
+       END,
+       COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)
+"""
+
+
+def _replica(alias: str, max_lag_seconds: float) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(_LAG_SQL)
+                row = cursor.fetchone()
+        finally:
+            _close_connections()
+        in_recovery, lag_s, lag_b = row if row else (False, None, None)
+        lag_seconds = round(float(lag_s), 3) if lag_s is not None else None
+        lag_bytes = int(lag_b) if lag_b is not None else None
+        metrics.record_replica_lag(alias=alias, seconds=lag_seconds, lag_bytes=lag_bytes)
+        detail = {"lag_seconds": lag_seconds, "lag_bytes": lag_bytes}
+        if not in_recovery:
+            raise CheckFailed("NotInRecovery", detail)
+        if lag_seconds is not None and lag_seconds > max_lag_seconds:
+            raise CheckFailed("LagTooHigh", {**detail, "max_lag_seconds": max_lag_seconds})
+        return detail
+    return check
+
+
+def _cache() -> dict[str, Any] | None:
+    cache = caches["default"]
+    token = f"{os.getpid()}:{time.monotonic()}"
+    cache.set("djscale:health", token, 10)
+    if cache.get("djscale:health") != token:
+        raise CheckFailed("ReadBackMismatch")
+    return None
+
+
+def _broker(url: str, timeout: float) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            client = redis.Redis.from_url(url, socket_connect_timeout=timeout,
+                                          socket_timeout=timeout)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        else:
+            from kombu import Connection  # type: ignore[attr-defined]
+
+            with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
+                conn.ensure_connection(max_retries=1, timeout=timeout)
+        return None
+    return check
+
+
+def checks() -> list[Check]:
+    """The readiness checks for the current settings."""
+    cfg = _config()
+    djscale = getattr(settings, "DJSCALE", None) or {}
+    groups: dict[str, dict[str, Any]] = djscale.get("REPLICATION_GROUPS") or {}
+    found: list[Check] = []
+    if groups:
+        for group in groups.values():
+            found.append(Check(f"db:{group['PRIMARY']}", _database(group["PRIMARY"])))
+        if cfg["CHECK_REPLICAS"]:
+            for group in groups.values():
+                max_lag = float(group.get("MAX_LAG_SECONDS", 5.0))
+                for alias in group.get("REPLICAS", []):
+                    found.append(Check(f"replica:{alias}", _replica(alias, max_lag),
+                                       critical=False))
+    else:
+        for alias, entry in settings.DATABASES.items():
+            test: Any = entry.get("TEST") or {}
+            if not test.get("MIRROR"):
+                found.append(Check(f"db:{alias}", _database(alias)))
+    if "default" in settings.CACHES:
+        found.append(Check("cache", _cache))
+    broker = getattr(settings, "CELERY_BROKER_URL", "")
+    if cfg["CHECK_BROKER"] and broker:
+        found.append(Check("broker", _broker(str(broker), float(cfg["TIMEOUT"])),
+                           critical=False))
+    return found
+
+
+# ------------------------------------------------------------------ running them
+
+_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="djscale-health")
+_inflight: dict[str, Future[dict[str, Any] | None]] = {}
 _lock = threading.Lock()
-_last: tuple[float, bool, dict[str, Any]] | None = None
+_last: tuple[float, list[CheckResult]] | None = None
+
+
+def _run(selected: list[Check], timeout: float) -> list[CheckResult]:
+    started = time.perf_counter()
+    futures: dict[str, Future[dict[str, Any] | None]] = {}
+    stuck: set[str] = set()
+    for check in selected:
+        previous = _inflight.get(check.name)
+        if previous is not None and not previous.done():
+            stuck.add(check.name)
+            continue
+        futures[check.name] = _inflight[check.name] = _executor.submit(check.run)
+    wait_futures(list(futures.values()), timeout=timeout)
+    elapsed = round((time.perf_counter() - started) * 1000, 1)
+    results = []
+    for check in selected:
+        future = futures.get(check.name)
+        if future is None or not future.done():
+            result = CheckResult(check.name, False, check.critical, elapsed, "Timeout")
+        else:
+            exc = future.exception()
+            if exc is None:
+                result = CheckResult(check.name, True, check.critical, elapsed,
+                                     detail=future.result() or {})
+            elif isinstance(exc, CheckFailed):
+                result = CheckResult(check.name, False, check.critical, elapsed, exc.reason,
+                                     exc.detail)
+            else:
+                result = CheckResult(check.name, False, check.critical, elapsed,
+                                     type(exc).__name__)
+        metrics.HEALTH_CHECK_UP.labels(check.name).set(1 if result.ok else 0)
+        results.append(result)
+    return results
+
+
+def readiness(*, use_cache: bool = True) -> list[CheckResult]:
+    """Run every readiness check (or return the results of the last second)."""
+    global _last
+    cfg = _config()
+    with _lock:
+        now = time.monotonic()
+        if use_cache and _last is not None and now - _last[0] < float(cfg["CACHE_SECONDS"]):
+            return _last[1]
+        results = _run(checks(), float(cfg["TIMEOUT"]))
+        _last = (time.monotonic(), results)
+        return results
+
+
+def reset() -> None:
+    """Forget the cached result (tests, or after a configuration change)."""
+    global _last
+    with _lock:
+        _last = None
+
+
+def drain_file() -> Path | None:
+    """The file whose existence takes this server out of rotation, if any."""
+    configured = _config()["DRAIN_FILE"]
+    if configured:
+        return Path(configured)
+    state_dir = os.environ.get("DJSCALE_STATE_DIR")
+    service = os.environ.get("DJSCALE_SERVICE")
+    if state_dir and service:
+        return Path(state_dir) / "drain" / service
+    return None
+
+
+# ------------------------------------------------------------------ views
+
+
+def _no_store(response: JsonResponse) -> JsonResponse:
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def live(request: HttpRequest) -> JsonResponse:
     """200 while the process runs; touches nothing else."""
-    return JsonResponse({"status": "ok"})
+    return _no_store(JsonResponse({"status": "ok"}))
 
 
-def _check_database(alias: str) -> Callable[[], None]:
-    def check() -> None:
-        with connections[alias].cursor() as cursor:
-            cursor.execute("SELECT 1")
-    return check
-
-
-def _check_cache() -> None:
-    cache = caches["default"]
-    cache.set("djscale:health", "1", 5)
-
-
-def _checks() -> dict[str, Callable[[], None]]:
-    groups = getattr(settings, "DJSCALE", {}).get("REPLICATION_GROUPS", {})
-    primaries = [g["PRIMARY"] for g in groups.values()] or ["default"]
-    checks = {f"db:{alias}": _check_database(alias) for alias in primaries}
-    checks["cache"] = _check_cache
-    return checks
-
-
-def run_checks() -> tuple[bool, dict[str, Any]]:
-    """Run every readiness check; return (all ok, per-check results)."""
-    results: dict[str, Any] = {}
-    ok = True
-    for name, check in _checks().items():
-        started = time.perf_counter()
-        try:
-            check()
-            results[name] = {"ok": True}
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-            ok = False
-            results[name] = {"ok": False, "error": type(exc).__name__}
-        results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
-    return ok, results
+def _may_see_details(request: HttpRequest) -> bool:
+    token = _config()["TOKEN"]
+    if not token:
+        return True
+    given = request.META.get("HTTP_AUTHORIZATION", "")
+    return given.startswith("Bearer ") and hmac.compare_digest(
+        given[7:].encode(), str(token).encode())
 
 
 def ready(request: HttpRequest) -> JsonResponse:
-    """200 when every dependency answers, else 503; cached briefly per process."""
-    global _last
-    now = time.monotonic()
-    with _lock:
-        cached = _last
-        if cached is None or now - cached[0] > READY_CACHE_SECONDS:
-            ok, results = run_checks()
-            _last = cached = (now, ok, results)
-    _, ok, results = cached
-    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": results},
-                        status=200 if ok else 503)
+    """200 when every critical dependency answers, else 503; cached briefly per process."""
+    drain = drain_file()
+    if drain is not None and drain.exists():
+        return _no_store(JsonResponse({"status": "draining"}, status=503))
+    results = readiness()
+    ok = all(r.ok for r in results if r.critical)
+    status = "unavailable" if not ok else ("ok" if all(r.ok for r in results) else "degraded")
+    body: dict[str, Any] = {"status": status}
+    if _may_see_details(request):
+        body["checks"] = {r.name: r.as_dict() for r in results}
+    return _no_store(JsonResponse(body, status=200 if ok else 503))
+
+
+class HealthCheckMiddleware:
+    """Answer ``/health/live`` and ``/health/ready`` before any other middleware runs."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        """Short-circuit the health paths; pass everything else on."""
+        path = request.path_info.rstrip("/")
+        if request.method in ("GET", "HEAD"):
+            if path == LIVE_PATH:
+                return live(request)
+            if path == READY_PATH:
+                return ready(request)
+        return self.get_response(request)

@@ -1,0 +1,1 @@
+"""Views for the edge tests: opt-in public caching, sessions, cookies, forwarded headers."""
