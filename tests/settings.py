@@ -21,7 +21,9 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "djscale",
+    "djscale.sharding",
     "tests.testapp",
+    "tests.shardapp",
     "tests.edgeapp",
 ]
 MIDDLEWARE = [

@@ -8,7 +8,9 @@
     │   └── ServiceStartError  one service did not become ready (names it, shows its log)
     ├── RoutingError           no database can serve a query
     │   ├── NoReplicaAvailable no usable replica and fallback to the primary is disabled
-    │   └── ShardKeyMissing    a query on a sharded model gives no way to find its shard
+    │   ├── ShardKeyMissing    a query on a sharded model gives no way to find its shard
+    │   └── ShardMoved         a write reached a logical shard's old database (retry it)
+    ├── ShardMoveError         an online shard move could not be done (nothing was lost)
     ├── ConfigurationError     settings that djscale cannot work with
     ├── ServiceError           a call to another service failed (djscale.services)
     │   ├── ServiceUnavailable the service could not be reached, or kept answering 5xx
@@ -64,6 +66,14 @@ class NoReplicaAvailable(RoutingError):
 
 class ShardKeyMissing(RoutingError):
     """A query on a sharded model gives no way to find its shard."""
+
+
+class ShardMoved(RoutingError):
+    """A write reached the database a logical shard was moved away from; retry it."""
+
+
+class ShardMoveError(DjscaleError):
+    """An online move of a logical shard failed or was refused; the map was not flipped."""
 
 
 class ConfigurationError(DjscaleError):

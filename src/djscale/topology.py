@@ -52,10 +52,16 @@ Example::
     [[gateway.compositions]]
     path = "/api/profile/{user_id}"
     parts = { user = "users:/users/{user_id}", orders = "orders:/orders/?user={user_id}" }
+
+    [sharding]
+    logical_shards = 1024      # fixed for the life of the data (at most 8192)
+    epoch = "2025-01-01"       # custom epoch of the 64-bit ids (a past UTC date/datetime)
+    mode = "hash"              # or "modulo" (key % logical_shards, integer keys)
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -80,6 +86,7 @@ __all__ = [
     "RedisSpec",
     "RouteSpec",
     "ServiceSpec",
+    "ShardingSpec",
     "Topology",
     "load",
     "parse",
@@ -94,6 +101,9 @@ LB_KINDS = ("nginx", "haproxy")
 LB_METHODS = ("round_robin", "least_conn", "ip_hash")
 REDIS_MODES = ("single", "cluster")
 REPLICA_POLICIES = ("random", "weighted", "least_lag")
+SHARDING_MODES = ("hash", "modulo")
+MAX_LOGICAL_SHARDS = 8192  # 13 bits of the 64-bit id
+DEFAULT_SHARD_EPOCH_MS = 1735689600000  # 2025-01-01T00:00:00Z
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.:\-]+$")
@@ -325,6 +335,19 @@ class KubernetesSpec:
 
 
 @dataclass(frozen=True)
+class ShardingSpec:
+    """How sharded rows map to logical shards and how their 64-bit ids are built.
+
+    ``logical_shards`` must never change once data exists (it is part of every row's
+    placement); ``epoch_ms`` is the custom epoch of the 41-bit millisecond part of ids.
+    """
+
+    logical_shards: int = 1024
+    epoch_ms: int = DEFAULT_SHARD_EPOCH_MS
+    mode: str = "hash"
+
+
+@dataclass(frozen=True)
 class Topology:
     """A whole cluster: the single source of truth for settings, processes and manifests."""
 
@@ -339,6 +362,7 @@ class Topology:
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     pgbouncer: PgBouncerSpec = field(default_factory=PgBouncerSpec)
     kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
+    sharding: ShardingSpec = field(default_factory=ShardingSpec)
     source: str = "<memory>"
 
     def service(self, name: str) -> ServiceSpec:
@@ -496,7 +520,7 @@ def parse(data: Mapping[str, Any], *, source: str = "<memory>") -> Topology:
 
 def _parse(data: Mapping[str, Any], source: str) -> Topology:
     _Section(data, "", ("project", "postgres", "shards", "redis", "app", "lb", "celery",
-                        "services", "gateway", "pgbouncer", "kubernetes"))
+                        "services", "gateway", "pgbouncer", "kubernetes", "sharding"))
 
     p = _Section(_table(data, "project"), "project", ("name", "pythonpath", "settings", "wsgi"))
     project = ProjectSpec(
@@ -596,6 +620,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
                     app=app, lb=lb, celery=celery, services=services, gateway=gateway,
                     pgbouncer=_pgbouncer(_table(data, "pgbouncer")),
                     kubernetes=_kubernetes(_table(data, "kubernetes"), project, app),
+                    sharding=_sharding(_table(data, "sharding")),
                     source=source)
 
 
@@ -797,6 +822,39 @@ def _kubernetes(data: Mapping[str, Any], project: ProjectSpec, app: AppSpec) -> 
             f"kubernetes.max_replicas = {spec.max_replicas} is invalid: expected at least "
             f"kubernetes.min_replicas ({spec.min_replicas})")
     return spec
+
+
+def _sharding(data: Mapping[str, Any]) -> ShardingSpec:
+    s = _Section(data, "sharding", ("logical_shards", "epoch", "mode"))
+    return ShardingSpec(
+        logical_shards=s.get_int("logical_shards", 1024, minimum=1, maximum=MAX_LOGICAL_SHARDS),
+        epoch_ms=_epoch_ms(s),
+        mode=s.get_str("mode", "hash", choices=SHARDING_MODES),
+    )
+
+
+def _epoch_ms(s: _Section) -> int:
+    """``sharding.epoch``: a past UTC date/datetime (TOML value or ISO string) -> ms."""
+    value = s.data.get("epoch")
+    if value is None:
+        return DEFAULT_SHARD_EPOCH_MS
+    what = 'a past UTC date or datetime such as "2025-01-01" (not before 1970)'
+    parsed: object = value
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise s._bad("epoch", value, what) from None
+    if isinstance(parsed, dt.date) and not isinstance(parsed, dt.datetime):
+        parsed = dt.datetime(parsed.year, parsed.month, parsed.day)
+    if not isinstance(parsed, dt.datetime):
+        raise s._bad("epoch", value, what)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    ms = int(parsed.timestamp() * 1000)
+    if ms < 0 or parsed > dt.datetime.now(dt.UTC):
+        raise s._bad("epoch", value, what)
+    return ms
 
 
 def load(path: str | Path) -> Topology:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,30 @@ def test_invalid_pgbouncer_and_kubernetes_values_name_the_key(data: dict, messag
     with pytest.raises(TopologyError) as info:
         parse(data)
     assert message in str(info.value)
+
+
+def test_sharding_defaults_to_1024_hash_shards_and_2025_epoch() -> None:
+    spec = parse({}).sharding
+    assert (spec.logical_shards, spec.mode, spec.epoch_ms) == (1024, "hash", 1735689600000)
+
+
+def test_sharding_epoch_accepts_toml_dates_and_iso_strings() -> None:
+    import datetime as dt
+
+    assert parse({"sharding": {"epoch": "2024-05-01"}}).sharding.epoch_ms == 1714521600000
+    assert parse({"sharding": {"epoch": dt.date(2024, 5, 1)}}).sharding.epoch_ms == 1714521600000
+    assert parse({"sharding": {"epoch": "2024-05-01T00:00:01+00:00"}}).sharding.epoch_ms == (
+        1714521601000)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"logical_shards": 0}, "sharding.logical_shards = 0 is invalid"),
+    ({"logical_shards": 8193}, "between 1 and 8192"),
+    ({"mode": "range"}, "one of 'hash', 'modulo'"),
+    ({"epoch": "2999-01-01"}, "a past UTC date"),
+    ({"epoch": "yesterday"}, "sharding.epoch = 'yesterday' is invalid"),
+    ({"shards": 3}, "unknown key 'sharding.shards'"),
+])
+def test_bad_sharding_values_name_the_key(table: dict[str, object], message: str) -> None:
+    with pytest.raises(TopologyError, match=re.escape(message)):
+        parse({"sharding": table})
