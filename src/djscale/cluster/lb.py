@@ -107,7 +107,10 @@ http {{
             proxy_connect_timeout 2s;
             proxy_read_timeout 30s;
             # Non-idempotent requests (POST, ...) are never retried: nginx's default.
-            proxy_next_upstream error timeout http_502 http_503 http_504;
+            # Not http_503: an app server answers 503 when a database it needs is down
+            # (DatabaseUnavailableMiddleware); that is not this server's fault, and counting
+            # it as a failure would eject every app server at once.
+            proxy_next_upstream error timeout http_502 http_504;
             proxy_next_upstream_tries 3;
             proxy_next_upstream_timeout 10s;
         }}
@@ -140,7 +143,7 @@ defaults
     option forwardfor
     option redispatch
     retries 2
-    retry-on conn-failure empty-response 502 503 504
+    retry-on conn-failure empty-response 502 504
     timeout connect 2s
     timeout client 30s
     timeout server 30s
