@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "tests.testapp",
     "tests.shardapp",
     "tests.edgeapp",
+    "tests.queryapp",
 ]
 MIDDLEWARE = [
     "djscale.http.proxies.TrustedProxyMiddleware",
@@ -32,6 +33,7 @@ MIDDLEWARE = [
     "djscale.http.metrics.MetricsMiddleware",
     "djscale.http.health.HealthCheckMiddleware",
     "djscale.http.cache_control.CacheControlMiddleware",
+    "djscale.queries.QueryInspectionMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

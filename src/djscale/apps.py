@@ -16,3 +16,4 @@ class DjscaleConfig(AppConfig):
         """Import the modules that register system checks and signal handlers."""
         # Each component adds its own import here (one line each).
         import djscale.checks  # noqa: F401  (edge: the scalability checklist)
+        from djscale import queries, storage  # noqa: F401  (query hooks; media checks)

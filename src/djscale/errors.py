@@ -116,11 +116,21 @@ class InefficientQueries(DjscaleError):
 
 
 class NPlusOneDetected(InefficientQueries):
-    """The same query shape ran again and again from one line (lazy loading in a loop)."""
+    """The same query shape ran again and again from one line (lazy loading in a loop).
+
+    ``finding`` is the :class:`djscale.queries.Finding` (model, field, call site, count).
+    """
+
+    finding: object = None
 
 
 class QueryBudgetExceeded(InefficientQueries):
-    """A view, task or test ran more queries than its budget allows."""
+    """A view, task or test ran more queries than its budget allows.
+
+    ``queries`` lists the recorded queries (``[alias] SQL`` each).
+    """
+
+    queries: tuple[str, ...] = ()
 
 
 class CacheError(DjscaleError):

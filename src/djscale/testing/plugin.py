@@ -17,6 +17,7 @@ import pytest
 
 from djscale import testing
 from djscale.cluster import LocalCluster
+from djscale.testing.queries import assert_max_queries_fixture  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="session")

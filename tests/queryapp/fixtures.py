@@ -1,0 +1,48 @@
+"""Shared test data for the query tests: 50 authors with one book each, on every replica."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from django.conf import settings
+
+from tests.queryapp.models import Author, Book
+
+BOOKS = 50
+
+
+def _replicas() -> list[str]:
+    return list(settings.DJSCALE["REPLICATION_GROUPS"]["default"]["REPLICAS"])
+
+
+def create_library() -> None:
+    """Commit 50 authors and 50 books on the primary; wait until every replica has them."""
+    authors = Author.objects.using("default").bulk_create(
+        [Author(name=f"author {i}") for i in range(BOOKS)])
+    Book.objects.using("default").bulk_create(
+        [Book(title=f"book {i}", author=a) for i, a in enumerate(authors)])
+    deadline = time.monotonic() + 15
+    for alias in _replicas():
+        while Book.objects.using(alias).count() < BOOKS:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {alias} did not receive the test books")
+            time.sleep(0.02)
+
+
+def delete_library() -> None:
+    """Remove the test data (from the primary; replicas follow)."""
+    Book.objects.using("default").all().delete()
+    Author.objects.using("default").all().delete()
+
+
+def library(django_db_blocker: object) -> Iterator[None]:
+    """Body of a module-scoped fixture: data committed once for a whole test module."""
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        delete_library()
+        create_library()
+    try:
+        yield
+    finally:
+        with django_db_blocker.unblock():  # type: ignore[attr-defined]
+            delete_library()
