@@ -1,0 +1,104 @@
+"""Scale-out: requests/s of a database-backed view with 1, 2 and 4 app servers behind nginx.
+
+One demo cluster (primary + 1 replica, Redis, 4 gunicorn app servers with 2 workers each)
+and three nginx instances in front of the first 1, 2 and 4 app servers, measured with wrk
+in alternating rounds. Baseline: the same view sent straight to one app server. On a
+machine with few cores the load generator, nginx, PostgreSQL and the app servers share the
+CPUs, so the curve flattens early; the ratios say how much of the machine each step uses.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from benchmarks.common import ROOT, Context, Result, wrk
+from djscale.cluster.lb import Upstream, lb_process
+from djscale.cluster.local import http_ok
+from djscale.cluster.supervisor import free_port
+from djscale.topology import load, parse
+
+TOPIC = "scale-out"
+
+
+def run(ctx: Context) -> list[Result]:
+    base = load(ROOT / "examples/demo/djscale.toml")
+    data = {
+        "project": {"name": "demo", "pythonpath": str(ROOT / "examples/demo"),
+                    "settings": base.project.settings, "wsgi": base.project.wsgi},
+        "postgres": {"database": "demo", "replicas": 1},
+        "app": {"servers": 4, "workers": 2},
+        "lb": {"kind": "nginx", "method": "least_conn"},
+    }
+    cluster = ctx.factory(data, parts=("postgres", "redis", "migrate", "app"), name="scaleout")
+    ups = cluster.upstreams()
+    spec = parse({"lb": {"kind": "nginx", "method": "least_conn"}}).lb
+    sizes = (1, 2, 4)
+    procs = {}
+    for n in sizes:
+        port = free_port()
+        proc = lb_process(spec, [Upstream(u.name, u.host, u.port) for u in ups[:n]], port=port,
+                          run_dir=ctx.scratch / f"nginx{n}", log=ctx.scratch / f"nginx{n}.log")
+        proc.name = f"lb-{n}"
+        proc.start()
+        procs[n] = proc
+    try:
+        for proc in procs.values():
+            proc.wait_ready(lambda p=proc: http_ok(p.host, p.port), 20)  # type: ignore[misc]
+        seconds = 2 if ctx.quick else 4
+        rounds = 1 if ctx.quick else 3
+        direct = f"http://{ups[0].host}:{ups[0].port}/whoami"
+        urls = {"direct": direct, **{n: f"http://{p.host}:{p.port}/whoami"
+                                     for n, p in procs.items()}}
+        rps: dict[object, list[float]] = {k: [] for k in urls}
+        p99: dict[object, list[float]] = {k: [] for k in urls}
+        for _ in range(rounds):
+            for key, url in urls.items():
+                r = wrk(url, seconds=seconds, connections=32)
+                rps[key].append(r.requests_per_second)
+                p99[key].append(r.p99_ms)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+    med = {k: statistics.median(v) for k, v in rps.items()}
+    med_p99 = {k: statistics.median(v) for k, v in p99.items()}
+    results = [
+        Result(TOPIC, f"nginx -> {n} app server{'s' if n > 1 else ''}, DB-backed view",
+               med[n], med["direct"], "req/s", "straight to 1 app server",
+               notes=f"p99 {med_p99[n]:.1f} ms vs {med_p99['direct']:.1f} ms direct")
+        for n in sizes
+    ]
+    results.append(Result(TOPIC, "4 vs 1 app servers behind nginx", med[4], med[1], "req/s",
+                          "1 app server behind nginx",
+                          notes="bounded by the machine's cores: load generator, nginx, "
+                                "PostgreSQL and gunicorn share them"))
+    _plot(ctx, sizes, med, med_p99)
+    return results
+
+
+def _plot(ctx: Context, sizes: tuple[int, ...], rps: dict[object, float],
+          p99: dict[object, float]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(sizes, [rps[n] for n in sizes], marker="o", label="through nginx")
+    a.axhline(rps["direct"], color="grey", linestyle="--", label="1 server, direct")
+    a.set_xlabel("app servers")
+    a.set_ylabel("requests/s")
+    a.set_xticks(list(sizes))
+    a.legend()
+    b.plot(sizes, [p99[n] for n in sizes], marker="o", color="tab:red")
+    b.set_xlabel("app servers")
+    b.set_ylabel("p99 latency (ms)")
+    b.set_xticks(list(sizes))
+    fig.suptitle("DB-backed view, wrk 32 connections")
+    fig.tight_layout()
+    out = ROOT / "docs/img/scaleout.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    ctx.plots.append(out)
