@@ -78,9 +78,11 @@ http {{
     scgi_temp_path {tmp}/scgi;
     server_tokens off;
 
+    # Keep a well-formed incoming X-Request-ID (same rule as Django's middleware),
+    # otherwise make one.
     map $http_x_request_id $djscale_request_id {{
-        default $http_x_request_id;
-        ""      $request_id;
+        "~^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{{0,127}}$" $http_x_request_id;
+        default $request_id;
     }}
 
     upstream djscale_app {{
@@ -102,6 +104,7 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
             proxy_set_header X-Request-ID $djscale_request_id;
+            proxy_hide_header X-Request-ID;
             add_header X-Request-ID $djscale_request_id always;
             add_header X-Upstream $upstream_addr always;
             proxy_connect_timeout 2s;
@@ -123,7 +126,7 @@ def haproxy_config(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, lis
                    run_dir: Path) -> str:
     """Return a complete ``haproxy.cfg`` with active health checks on the app servers."""
     servers = "\n".join(
-        f"    server {u.name} {u.host}:{u.port} weight={u.weight} check" for u in upstreams
+        f"    server {u.name} {u.host}:{u.port} weight {u.weight} check" for u in upstreams
     )
     inter = spec.health_check_interval_ms
     checks = f"inter {inter}ms fastinter {max(100, inter // 2)}ms fall {spec.max_fails} rise 2"
@@ -151,20 +154,26 @@ defaults
 
 frontend djscale_front
     bind {spec.host}:{listen_port}
-    unique-id-format %{{+X}}o%ci-%cp-%fi-%fp-%Ts-%rt-%pid
-    http-request set-header X-Request-ID %[unique-id] unless {{ req.hdr(X-Request-ID) -m found }}
+    unique-id-format %[uuid()]
+    # Keep a well-formed incoming X-Request-ID (same rule as Django's middleware).
+    acl djscale_rid_ok req.hdr(X-Request-ID) -m reg ^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{{0,127}}$
+    http-request set-header X-Request-ID %[unique-id] unless djscale_rid_ok
+    http-request set-var(txn.request_id) req.hdr(X-Request-ID)
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http unless {{ ssl_fc }}
     http-request set-header X-Forwarded-Host %[req.hdr(Host)]
     # Retry only safe methods on another server; never replay a POST.
     http-request disable-l7-retry unless METH_GET or METH_HEAD or METH_OPTIONS
     http-response set-header X-Upstream %[srv_name]
-    http-response set-header X-Request-ID %[req.hdr(X-Request-ID)]
+    http-response set-header X-Request-ID %[var(txn.request_id)]
     default_backend djscale_app
 
 backend djscale_app
     balance {_HAPROXY_METHOD[spec.method]}
-    option httpchk GET {HEALTH_PATH}
+    option httpchk GET {HEALTH_PATH} HTTP/1.1
+    # A Host header so the probe passes ALLOWED_HOSTS even without djscale's
+    # HealthCheckMiddleware (which answers before any host check).
+    http-check send hdr Host localhost
     http-check expect status 200
     default-server {checks}
 {servers}
