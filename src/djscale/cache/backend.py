@@ -204,13 +204,13 @@ class TieredCache(BaseCache):
             self._l1.fill(key, payload, ttl=ttl, generation=gen, delta=delta)
         return value, ttl, delta
 
-    def _store(self, key: str, raw: bytes | int, timeout: int | None) -> bool:
+    def _store(self, key: str, raw: bytes | int, timeout: int | None,
+               delta: float = 0.0) -> bool:
         ok = self._l2.set(key, raw, timeout, publish=self._msg([key]))
         if self._l1_on:
             if timeout == 0:
                 self._l1.discard(key)
             elif self._l1_usable():
-                delta = 0.0
                 self._l1.put(key, raw, ttl=timeout, delta=delta)
             else:
                 self._l1.discard(key)
@@ -418,7 +418,7 @@ class TieredCache(BaseCache):
             value = fn()
             took = time.monotonic() - started
             raw = dumps(value) if type(value) is int else dumps(Stamped(value, took))
-            self._store(key, raw, timeout)
+            self._store(key, raw, timeout, took)
             return value
         finally:
             if locked is True:

@@ -1,0 +1,115 @@
+"""With Redis stopped, cached views still answer; when it returns, L2 is used again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.core.cache import caches
+from django.test import Client, override_settings
+from prometheus_client import REGISTRY
+
+from djscale.cache import AtomicCounter
+from djscale.cluster import LocalCluster
+from djscale.errors import CacheUnavailable
+from tests.integration.cache_support import views
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def dedicated(djscale_cluster_factory: Any) -> Iterator[tuple[LocalCluster, str]]:
+    """A Redis of its own (stopping it must not break the shared one)."""
+    cluster = djscale_cluster_factory({"project": {"name": "cachedown"}, "redis": {}},
+                                      parts=("redis",), name="cache-redis-down")
+    host, port = cluster.address("redis")
+    url = f"redis://{host}:{port}/0"
+    tiered = {"BACKEND": "djscale.cache.TieredCache", "LOCATION": url, "KEY_PREFIX": "down",
+              "OPTIONS": {"RESET_TIMEOUT": 0.2, "MAX_RESET_TIMEOUT": 1.0}}
+    with override_settings(CACHES={"default": tiered},
+                           ROOT_URLCONF="tests.integration.cache_support.urls",
+                           MIDDLEWARE=["django.middleware.common.CommonMiddleware"]):
+        yield cluster, url
+
+
+def _dropped(location: str) -> float:
+    return REGISTRY.get_sample_value("djscale_cache_writes_dropped_total",
+                                     {"location": location}) or 0.0
+
+
+def _wait(predicate: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
+        dedicated: tuple[LocalCluster, str]) -> None:
+    cluster, url = dedicated
+    raw = redis.Redis.from_url(url)
+    cache = caches["default"]
+    assert cache.bus.wait_connected(5)
+    client = Client()
+
+    assert client.get("/cache/square/3/").json() == {"n": 3, "square": 9}
+    key = views.square.key(3)
+    assert raw.exists(cache.make_key(key)) == 1  # stored in L2
+
+    cluster.stop_service("redis")
+    try:
+        dropped = _dropped(cache.l2.location)
+        before = views.COMPUTED["count"]
+        for n in (4, 4, 4, 5):
+            response = client.get(f"/cache/square/{n}/")
+            assert response.status_code == 200
+            assert response.json()["square"] == n * n
+        for _ in range(3):
+            assert client.get("/cache/page/").status_code == 200
+        # 4 and 5 computed once each (then served by L1), the page once.
+        assert views.COMPUTED["count"] - before == 3
+        assert cache.l2.breaker.state in ("open", "half-open")
+        assert _dropped(cache.l2.location) > dropped  # writes were dropped, and counted
+        assert cache.delete("anything") is False  # no exception
+        cache.set("anything", 1)
+        with pytest.raises(CacheUnavailable):
+            cache.incr("anything")
+        assert AtomicCounter("visits").incr() is None
+    finally:
+        cluster.start_service("redis")
+
+    # The breaker closes and the listener resubscribes by themselves.
+    assert _wait(lambda: client.get("/cache/square/6/").status_code == 200
+                 and raw.exists(cache.make_key(views.square.key(6))) == 1)
+    assert _wait(lambda: cache.bus.connected.is_set())
+    assert cache.l2.breaker.state == "closed"
+    assert client.get("/cache/square/7/").status_code == 200
+    assert raw.exists(cache.make_key(views.square.key(7))) == 1
+    assert AtomicCounter("visits").incr() == 1
+    assert AtomicCounter("visits").incr(5) == 6
+
+
+def test_a_dead_redis_costs_no_connect_timeout_per_call(
+        dedicated: tuple[LocalCluster, str]) -> None:
+    cluster, _ = dedicated
+    cache = caches["default"]
+    cluster.stop_service("redis")
+    try:
+        cache.get("warm-up-failure-1")
+        cache.get("warm-up-failure-2")
+        assert cache.l2.breaker.state == "open"
+        skipped_before = REGISTRY.get_sample_value(
+            "djscale_cache_l2_skipped_total", {"location": cache.l2.location}) or 0.0
+        for i in range(20):
+            assert cache.get(f"missing-{i}", "default") == "default"
+        skipped = REGISTRY.get_sample_value(
+            "djscale_cache_l2_skipped_total", {"location": cache.l2.location}) or 0.0
+        assert skipped - skipped_before >= 15  # refused by the breaker, not tried
+    finally:
+        cluster.start_service("redis")
+    assert _wait(lambda: cache.get("x", "d") == "d" and cache.l2.breaker.state == "closed")

@@ -1,0 +1,77 @@
+"""Single-flight, XFetch and the circuit breaker (pure logic, no Redis)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from djscale.cache.breaker import CircuitBreaker
+from djscale.cache.stampede import SingleFlight, should_recompute_early
+
+
+def test_single_flight_runs_once_for_concurrent_callers() -> None:
+    flight = SingleFlight()
+    calls = []
+    results = []
+    barrier = threading.Barrier(20)
+
+    def work() -> int:
+        calls.append(1)
+        time.sleep(0.1)
+        return 42
+
+    def caller() -> None:
+        barrier.wait()
+        results.append(flight.do("k", work))
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(r[1] for r in results).count(True) == 1
+    assert {r[0] for r in results} == {42}
+    assert not flight.in_flight("k")
+
+
+def test_single_flight_propagates_the_error_and_forgets_it() -> None:
+    flight = SingleFlight()
+
+    def boom() -> int:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        flight.do("k", boom)
+    assert flight.do("k", lambda: 1) == (1, True)
+
+
+def test_xfetch_probability_rises_near_expiry() -> None:
+    assert not should_recompute_early(remaining=None, delta=1.0, beta=1.0)
+    assert not should_recompute_early(remaining=10.0, delta=0.0, beta=1.0)
+    assert not should_recompute_early(remaining=10.0, delta=1.0, beta=0.0)
+    # -delta * beta * ln(r) >= remaining
+    assert should_recompute_early(remaining=0.5, delta=1.0, beta=1.0, rand=lambda: 0.5)
+    assert not should_recompute_early(remaining=0.8, delta=1.0, beta=1.0, rand=lambda: 0.5)
+    assert should_recompute_early(remaining=0.8, delta=1.0, beta=2.0, rand=lambda: 0.5)
+
+
+def test_breaker_opens_refuses_then_lets_one_trial_through() -> None:
+    b = CircuitBreaker(failure_threshold=2, reset_timeout=0.05, max_reset_timeout=0.2)
+    assert b.allow()
+    assert b.failure() is False
+    assert b.failure() is True  # opened
+    assert b.state == "open" and not b.allow()
+    time.sleep(0.06)
+    assert b.allow()  # the trial
+    assert not b.allow()  # only one
+    b.failure()  # trial failed: back-off doubles
+    assert not b.allow()
+    time.sleep(0.06)
+    assert not b.allow()
+    time.sleep(0.06)
+    assert b.allow()
+    b.success()
+    assert b.state == "closed" and b.allow()
