@@ -7,6 +7,7 @@
     djscale cluster logs   [--topology FILE] [--state-dir DIR] [SERVICE] [-n LINES]
     djscale cluster down   [--topology FILE] [--state-dir DIR] [--purge]
     djscale topology check [FILE]
+    djscale deploy kubernetes [--topology FILE] [--out DIR]
 
 Errors djscale knows about (a bad topology file, a service that failed to start) are
 printed as ``djscale: error: ...`` with exit status 2 and no traceback.
@@ -48,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("service", nargs="?", default="", help="one service (default: all)")
             p.add_argument("-n", "--lines", type=int, default=20)
 
+    deploy = sub.add_parser("deploy", help="render the topology for a deployment target")
+    dsub = deploy.add_subparsers(dest="action", required=True)
+    kube = dsub.add_parser("kubernetes", help="write Kubernetes manifests for the topology")
+    kube.add_argument("--topology", "-t", default="djscale.toml",
+                      help="topology file (default: ./djscale.toml)")
+    kube.add_argument("--out", "-o", default="deploy/kubernetes",
+                      help="folder to write the manifests to (default: deploy/kubernetes)")
+
     topo = sub.add_parser("topology", help="work with topology files")
     tsub = topo.add_subparsers(dest="action", required=True)
     check = tsub.add_parser("check", help="validate a topology file")
@@ -79,6 +88,9 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{topology.app.servers} app servers behind {topology.lb.kind} "
               f"({topology.lb.method}); {topology.celery.workers} celery workers")
         return 0
+
+    if args.command == "deploy":
+        return _deploy(args)
 
     from djscale.cluster import LocalCluster
     from djscale.cluster.state import default_state_dir
@@ -115,6 +127,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"cluster in {state_dir} stopped" + (" and purged" if args.purge else ""))
         return 0
     raise AssertionError(args.action)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from djscale.deploy import write_kubernetes
+    from djscale.errors import TopologyError
+    from djscale.topology import load
+
+    topology = load(args.topology)
+    try:
+        text = Path(args.topology).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TopologyError(f"{args.topology}: cannot read topology file: {exc}") from None
+    written = write_kubernetes(topology, topology_text=text, out_dir=args.out)
+    for path in written:
+        print(path)
+    print(f"\n{len(written)} files for namespace {topology.kubernetes.namespace!r}; apply with "
+          f"`kubectl apply -k {args.out}` once the CloudNativePG operator (and the Prometheus "
+          f"operator, for the ServiceMonitor) are installed and the secrets "
+          f"{topology.kubernetes.db_secret!r} and {topology.kubernetes.app_secret!r} exist")
+    return 0
 
 
 def _print_status(cluster: object) -> bool:

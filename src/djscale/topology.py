@@ -330,7 +330,10 @@ class KubernetesSpec:
     storage_size: str = "10Gi"
     storage_class: str = ""
     postgres_image: str = "ghcr.io/cloudnative-pg/postgresql:15"
+    postgres_cpu: str = "1"
+    postgres_memory: str = "1Gi"
     redis_image: str = "redis:7.0"
+    redis_memory: str = "512Mi"
     pooler_instances: int = 2
 
 
@@ -773,7 +776,8 @@ def _kubernetes(data: Mapping[str, Any], project: ProjectSpec, app: AppSpec) -> 
         "namespace", "image", "min_replicas", "max_replicas", "target_cpu_percent",
         "ingress_host", "ingress_class", "tls_secret", "db_secret", "app_secret",
         "cpu_request", "cpu_limit", "memory_request", "memory_limit", "storage_size",
-        "storage_class", "postgres_image", "redis_image", "pooler_instances",
+        "storage_class", "postgres_image", "postgres_cpu", "postgres_memory", "redis_image",
+        "redis_memory", "pooler_instances",
     ))
     base = project.name.replace("_", "-")
     label = "a Kubernetes name (lowercase letters, digits, -)"
@@ -811,7 +815,13 @@ def _kubernetes(data: Mapping[str, Any], project: ProjectSpec, app: AppSpec) -> 
         storage_class=s.get_str("storage_class", "", what="a storage class name"),
         postgres_image=s.get_str("postgres_image", "ghcr.io/cloudnative-pg/postgresql:15",
                                  pattern=_IMAGE_RE, what=image),
+        postgres_cpu=s.get_str("postgres_cpu", "1", pattern=_CPU_RE,
+                               what="a CPU quantity such as '500m' or '2'"),
+        postgres_memory=s.get_str("postgres_memory", "1Gi", pattern=_MEMORY_RE,
+                                  what="a memory quantity such as '1Gi'"),
         redis_image=s.get_str("redis_image", "redis:7.0", pattern=_IMAGE_RE, what=image),
+        redis_memory=s.get_str("redis_memory", "512Mi", pattern=_MEMORY_RE,
+                               what="a memory quantity such as '512Mi'"),
         pooler_instances=s.get_int("pooler_instances", 2, minimum=1, maximum=64),
     )
     if spec.ingress_host and not _DNS_NAME_RE.match(spec.ingress_host):
