@@ -22,10 +22,12 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "djscale",
     "djscale.sharding",
+    "djscale.events",
     "tests.testapp",
     "tests.shardapp",
     "tests.edgeapp",
     "tests.queryapp",
+    "tests.eventsapp",
 ]
 MIDDLEWARE = [
     "djscale.http.proxies.TrustedProxyMiddleware",
@@ -37,6 +39,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "djscale.db.middleware.ReplicaMiddleware",
 ]
 ROOT_URLCONF = "tests.urls"
 USE_TZ = True

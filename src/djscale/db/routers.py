@@ -1,59 +1,65 @@
 """Database routers.
 
-:class:`PrimaryReplicaRouter` sends writes to the primary of a replication group and
-reads to one of its replicas, as described by ``settings.DJSCALE["REPLICATION_GROUPS"]``
-(produced by :func:`djscale.settings.from_topology`). It only answers "which alias?";
-it holds no state of its own.
+:class:`PrimaryReplicaRouter` routes the models no earlier router claimed within a
+replication group of ``settings.DJSCALE["REPLICATION_GROUPS"]``: writes to the primary,
+reads to :func:`djscale.db.replicas.read_alias` (a healthy replica honouring
+read-your-writes, else the primary). It only answers "which alias?"; replica health and
+the request's consistency state live in :mod:`djscale.db.pool` and
+:mod:`djscale.db.consistency`.
+
+An instance hint (related-object access, ``instance.save()``) keeps the query in the
+group the instance came from, so an object read from ``shard1_replica1`` is saved to
+``shard1``.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Model
+
+from djscale.db import config
+from djscale.db.config import GroupConfig
+from djscale.db.replicas import read_alias_for
 
 __all__ = ["PrimaryReplicaRouter"]
 
 
-def _groups() -> dict[str, dict[str, Any]]:
-    groups: dict[str, dict[str, Any]] = getattr(settings, "DJSCALE", {}).get(
-        "REPLICATION_GROUPS", {})
-    return groups
-
-
 class PrimaryReplicaRouter:
-    """Writes to the primary, reads to a replica of the main replication group."""
+    """Writes to the primary, reads to a usable replica of the same replication group."""
 
     group = "default"
+    """The group of models without an instance hint."""
+
+    def _group(self, hints: dict[str, Any]) -> GroupConfig | None:
+        instance = hints.get("instance")
+        if instance is not None:
+            found = config.group_of(getattr(getattr(instance, "_state", None), "db", None))
+            if found is not None:
+                return found
+        return config.groups().get(self.group)
 
     def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
-        """A replica of the group, or the primary when it has none."""
-        group = _groups().get(self.group)
-        if not group:
-            return None
-        replicas: list[str] = group["REPLICAS"]
-        return random.choice(replicas) if replicas else str(group["PRIMARY"])
+        """A usable replica of the group (read-your-writes honoured), else its primary."""
+        group = self._group(hints)
+        return read_alias_for(group) if group is not None else None
 
     def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
         """The group's primary."""
-        group = _groups().get(self.group)
-        return str(group["PRIMARY"]) if group else None
+        group = self._group(hints)
+        return group.primary if group is not None else None
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
         """Objects of the same replication group may be related."""
-        members = set()
-        for group in _groups().values():
-            members = {group["PRIMARY"], *group["REPLICAS"]}
-            if obj1._state.db in members and obj2._state.db in members:
-                return True
+        g1 = config.group_of(obj1._state.db)
+        if g1 is not None and g1 is config.group_of(obj2._state.db):
+            return True
         return None
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
                       **hints: Any) -> bool | None:
-        """Migrate primaries only; replicas receive the schema by replication."""
-        for group in _groups().values():
-            if db in group["REPLICAS"]:
-                return False
+        """Never on replicas (they receive the schema by replication); else no opinion."""
+        group = config.group_of(db)
+        if group is not None and db in group.replicas:
+            return False
         return None

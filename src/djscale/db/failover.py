@@ -1,0 +1,112 @@
+"""Failover of reads: a read that died with its replica is run once more elsewhere.
+
+Owns the answer to "did this exception come from a replica connection that broke?"
+(:func:`failed_replicas`), the recovery (mark the replica down in the pool, close and drop
+its connection so it is never reused), and a decorator :func:`failover_reads` for code
+outside HTTP requests (Celery tasks, commands). The HTTP side is
+:class:`~djscale.db.middleware.ReplicaMiddleware`.
+
+Why a retry of the whole unit of work rather than of the single query: a Django cursor
+is bound to its connection and a half-iterated queryset cannot be resumed on another
+server, while a read-only view or task can simply run again. The retry happens only
+when it is safe: the work is a read (safe HTTP method or an explicit opt-in), no
+transaction is open on any connection, and it has not been retried already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from prometheus_client import Counter
+
+from djscale.db import config
+from djscale.db.pool import get_pool
+
+__all__ = ["failed_replicas", "failover_reads", "in_transaction", "recover"]
+
+log = logging.getLogger("djscale.db.failover")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+FAILOVERS = Counter(
+    "djscale_db_read_failover_total",
+    "Reads retried on another server after a replica connection failed.",
+    ["alias"],
+)
+
+
+def _broken(conn: object) -> bool:
+    raw = getattr(conn, "connection", None)
+    if raw is None:
+        return True  # connect() itself failed
+    return bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
+
+
+def failed_replicas(exc: BaseException) -> list[str]:
+    """Replica aliases whose connection failed (errored and is now unusable) in this thread.
+
+    Empty unless ``exc`` is a connection-level error (OperationalError/InterfaceError).
+    """
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return []
+    failed = []
+    for conn in connections.all(initialized_only=True):
+        group = config.group_of(conn.alias)
+        if (group is not None and conn.alias in group.replicas and conn.errors_occurred
+                and _broken(conn)):
+            failed.append(conn.alias)
+    return failed
+
+
+def in_transaction() -> bool:
+    """True if any connection of this thread is inside ``transaction.atomic``."""
+    return any(c.in_atomic_block for c in connections.all(initialized_only=True))
+
+
+def recover(aliases: list[str], reason: str) -> None:
+    """Take failed replicas out of rotation and drop their connections."""
+    for alias in aliases:
+        group = config.group_of(alias)
+        pool = get_pool(group.name) if group is not None else None
+        if pool is not None:
+            pool.mark_down(alias, reason)
+        with contextlib.suppress(DatabaseError):
+            connections[alias].close()
+        connections[alias].connection = None
+        connections[alias].errors_occurred = False
+        FAILOVERS.labels(alias).inc()
+
+
+def retryable(exc: BaseException) -> list[str]:
+    """The replicas to recover from before retrying after ``exc`` (empty: do not retry)."""
+    if in_transaction():
+        return []
+    return failed_replicas(exc)
+
+
+def failover_reads(func: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: run ``func`` once more when a replica connection breaks under it.
+
+    Only for read-only work: the first run may have done anything up to the failure.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            failed = retryable(exc)
+            if not failed:
+                raise
+            log.warning("replica %s failed during %s (%s); retrying once",
+                        ", ".join(failed), getattr(func, "__qualname__", func), exc)
+            recover(failed, f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+        return func(*args, **kwargs)
+
+    return wrapper
