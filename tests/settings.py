@@ -22,12 +22,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "djscale",
     "djscale.sharding",
-    "djscale.events",
     "tests.testapp",
     "tests.shardapp",
     "tests.edgeapp",
     "tests.queryapp",
-    "tests.eventsapp",
 ]
 MIDDLEWARE = [
     "djscale.http.proxies.TrustedProxyMiddleware",

@@ -19,16 +19,10 @@ INSTALLED_APPS = [
     "demo",
 ]
 MIDDLEWARE = [
-    "djscale.http.proxies.TrustedProxyMiddleware",
-    "djscale.http.request_id.RequestIdMiddleware",
-    "djscale.http.metrics.MetricsMiddleware",
-    "djscale.http.health.HealthCheckMiddleware",
-    "djscale.http.cache_control.CacheControlMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "djscale.db.middleware.ReplicaMiddleware",
-    "djscale.http.unavailable.DatabaseUnavailableMiddleware",
 ]
 ROOT_URLCONF = "demo.urls"
 WSGI_APPLICATION = "demo.wsgi.application"
