@@ -22,10 +22,12 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "djscale",
     "djscale.sharding",
+    "djscale.events",
     "tests.testapp",
     "tests.shardapp",
     "tests.edgeapp",
     "tests.queryapp",
+    "tests.eventsapp",
 ]
 MIDDLEWARE = [
     "djscale.http.proxies.TrustedProxyMiddleware",

@@ -1,0 +1,188 @@
+"""Consumers: handlers of events that run exactly once in effect per event.
+
+Register a handler in a ``consumers.py`` module of any installed app (discovered when
+Django starts)::
+
+    from djscale.events.consumers import Event, consumer
+
+    @consumer("user_deleted", using=lambda event: shard_for(event.payload["user_id"]))
+    def archive_orders(event: Event) -> None:
+        Order.objects.using(event.db).filter(user_id=event.payload["user_id"]).update(...)
+
+Each (consumer, event) is processed in **one transaction** on the consumer's database:
+an inbox row keyed by (consumer name, event id) is inserted first, then the handler runs.
+A second delivery of the same event finds the row (or waits for the first delivery's
+transaction and then finds it) and is skipped; a handler that raises rolls back its
+effect and its inbox row together, so the retry starts clean. After ``max_attempts``
+failed deliveries the event is dead-lettered for that consumer (a
+:class:`~djscale.events.models.DeadLetter` row plus an inbox row, in one transaction).
+
+Settings (``settings.DJSCALE["EVENTS"]``): ``MAX_ATTEMPTS`` (5), ``RETRY_BACKOFF`` (1.0 s,
+doubled per attempt, full jitter) and ``RETRY_BACKOFF_MAX`` (60 s).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+__all__ = ["Consumer", "Event", "backoff", "consumer", "consumers_of", "deliver", "setting"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Event"], None]
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as a consumer sees it; ``db`` is the alias its effect must be written to."""
+
+    id: uuid.UUID
+    topic: str
+    payload: Mapping[str, Any]
+    key: str = ""
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    created_at: dt.datetime | None = None
+    attempt: int = 1
+    db: str = "default"
+
+    @classmethod
+    def from_envelope(cls, data: Mapping[str, Any], *, attempt: int = 1) -> Event:
+        """Rebuild an event from the relay's message body."""
+        created = data.get("created_at")
+        return cls(id=uuid.UUID(str(data["id"])), topic=str(data["topic"]),
+                   payload=data.get("payload") or {}, key=str(data.get("key", "")),
+                   headers=data.get("headers") or {},
+                   created_at=dt.datetime.fromisoformat(created) if created else None,
+                   attempt=attempt)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A registered handler of one topic."""
+
+    name: str
+    topic: str
+    handler: Handler
+    using: str | Callable[[Event], str] = "default"
+    max_attempts: int | None = None
+
+    def db_for(self, event: Event) -> str:
+        """The database alias this consumer writes ``event``'s effect to."""
+        return self.using(event) if callable(self.using) else self.using
+
+
+_registry: dict[str, dict[str, Consumer]] = {}
+
+
+def consumer(topic: str, *, name: str | None = None,
+             using: str | Callable[[Event], str] = "default",
+             max_attempts: int | None = None) -> Callable[[Handler], Handler]:
+    """Register the decorated function as a consumer of ``topic``.
+
+    ``name`` (default: the function's dotted path) keys the inbox: renaming a consumer
+    makes it see old events as new. ``using`` is the database of its effect (an alias,
+    or a function of the event, e.g. the shard of a user).
+    """
+    def register(handler: Handler) -> Handler:
+        cname = name or f"{handler.__module__}.{handler.__qualname__}"
+        existing = _registry.setdefault(topic, {}).get(cname)
+        if existing is not None and existing.handler is not handler \
+                and existing.handler.__code__ is not handler.__code__:
+            raise ValueError(f"two consumers of {topic!r} are named {cname!r}; give one "
+                             "of them name=...")
+        _registry[topic][cname] = Consumer(cname, topic, handler, using, max_attempts)
+        return handler
+
+    return register
+
+
+def consumers_of(topic: str) -> list[Consumer]:
+    """The consumers registered for ``topic``."""
+    return list(_registry.get(topic, {}).values())
+
+
+def setting(name: str, default: Any) -> Any:
+    """A value of ``settings.DJSCALE["EVENTS"]``."""
+    from django.conf import settings
+
+    return getattr(settings, "DJSCALE", {}).get("EVENTS", {}).get(name, default)
+
+
+def backoff(attempt: int, *, base: float | None = None, cap: float | None = None,
+            rng: random.Random | None = None) -> float:
+    """Seconds before delivery attempt ``attempt + 1``: full-jitter exponential backoff."""
+    base = setting("RETRY_BACKOFF", 1.0) if base is None else base
+    cap = setting("RETRY_BACKOFF_MAX", 60.0) if cap is None else cap
+    high = min(float(cap), float(base) * 2 ** max(0, attempt - 1))
+    return (rng or random).uniform(high / 2, high)
+
+
+def _process(cons: Consumer, event: Event) -> bool:
+    """Run one consumer on one event; return False if it had already processed it."""
+    from djscale.events.models import InboxEvent
+
+    db = cons.db_for(event)
+    with transaction.atomic(using=db):
+        try:
+            with transaction.atomic(using=db):
+                InboxEvent.objects.using(db).create(event_id=event.id, consumer=cons.name,
+                                                    topic=event.topic)
+        except IntegrityError:
+            return False
+        cons.handler(Event(**{**event.__dict__, "db": db}))
+    return True
+
+
+def _dead_letter(cons: Consumer, event: Event, envelope: Mapping[str, Any],
+                 error: str) -> None:
+    from djscale.events.models import DeadLetter, InboxEvent
+
+    db = cons.db_for(event)
+    with transaction.atomic(using=db):
+        try:
+            with transaction.atomic(using=db):
+                InboxEvent.objects.using(db).create(event_id=event.id, consumer=cons.name,
+                                                    topic=event.topic)
+        except IntegrityError:
+            return  # another delivery finished it meanwhile
+        DeadLetter.objects.using(db).create(event_id=event.id, consumer=cons.name,
+                                            topic=event.topic, envelope=dict(envelope),
+                                            attempts=event.attempt, error=error[:10000])
+    log.error("event %s (%s): consumer %s gave up after %d attempts; dead-lettered: %s",
+              event.id, event.topic, cons.name, event.attempt, error)
+
+
+def deliver(envelope: Mapping[str, Any], *, attempt: int = 1) -> dict[str, str]:
+    """Hand an event to each of its consumers once; return {consumer: error} to retry.
+
+    Consumers whose last attempt failed are dead-lettered instead of returned.
+    """
+    event = Event.from_envelope(envelope, attempt=attempt)
+    default_max = int(setting("MAX_ATTEMPTS", 5))
+    retry: dict[str, str] = {}
+    for cons in consumers_of(event.topic):
+        try:
+            done = _process(cons, event)
+        except Exception as exc:  # noqa: BLE001 - the handler's failure is recorded, not raised
+            error = f"{type(exc).__name__}: {exc}"
+            if attempt >= (cons.max_attempts or default_max):
+                _dead_letter(cons, event, envelope, error)
+            else:
+                log.warning("event %s (%s): consumer %s failed (attempt %d): %s",
+                            event.id, event.topic, cons.name, attempt, error)
+                retry[cons.name] = error
+            continue
+        if done:
+            log.info("event %s (%s) processed by %s", event.id, event.topic, cons.name)
+        else:
+            log.info("event %s (%s) already processed by %s: duplicate skipped",
+                     event.id, event.topic, cons.name)
+    return retry

@@ -1,0 +1,55 @@
+"""``django-admin events_relay``: publish outbox rows to the broker, for ever.
+
+One relay thread per database (``--database``, repeatable; default: every primary of
+``settings.DJSCALE``). Several relay processes may run: they share the work.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from djscale.events.relay import Relay
+
+
+class Command(BaseCommand):
+    """Run the outbox relay until interrupted."""
+
+    help = "Publish pending outbox events to the Celery broker (at-least-once)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """--database (repeatable), --interval, --batch-size, --once."""
+        parser.add_argument("--database", action="append", default=[])
+        parser.add_argument("--interval", type=float, default=0.5)
+        parser.add_argument("--batch-size", type=int, default=100)
+        parser.add_argument("--once", action="store_true",
+                            help="send one batch per database and exit")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Relay until SIGTERM/SIGINT (or one pass with --once)."""
+        config = getattr(settings, "DJSCALE", {})
+        databases = options["database"] or [
+            *config.get("REPLICATION_GROUPS", {"default": {}}).keys(),
+            *config.get("SHARDS", [])]
+        relays = [Relay(using=db, batch_size=options["batch_size"]) for db in databases]
+        if options["once"]:
+            for relay in relays:
+                self.stdout.write(f"{relay.using}: {relay.relay_once()} event(s) published")
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        threads = [threading.Thread(target=r.run, kwargs={"interval": options["interval"],
+                                                          "stop": stop}, daemon=True)
+                   for r in relays]
+        for thread in threads:
+            thread.start()
+        self.stdout.write(f"relaying events of {', '.join(databases)}")
+        while not stop.wait(0.5):
+            pass
+        for thread in threads:
+            thread.join(5)

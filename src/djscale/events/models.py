@@ -1,0 +1,84 @@
+"""The outbox, the inbox and the dead letters (tables ``djscale_outbox``, ...).
+
+These tables must live in the same database as the rows they accompany: an outbox row is
+written in the domain change's transaction, an inbox row in the consumer's effect's
+transaction. Migrate ``djscale_events`` on every such database (shards included).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+__all__ = ["DeadLetter", "InboxEvent", "OutboxEvent"]
+
+
+class OutboxEvent(models.Model):
+    """An event waiting to be published (``published_at`` is null) or already sent."""
+
+    # Declared so that type checkers know it without the app being installed.
+    objects: ClassVar[models.Manager[OutboxEvent]] = models.Manager()
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    topic = models.CharField(max_length=200)
+    key = models.CharField(max_length=200, blank=True, default="")
+    payload = models.JSONField()
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "djscale_outbox"
+        indexes = [models.Index(fields=["created_at"], name="djscale_outbox_pending",
+                                condition=Q(published_at__isnull=True))]
+
+    def __str__(self) -> str:
+        state = "published" if self.published_at else "pending"
+        return f"{self.topic} {self.id} ({state})"
+
+
+class InboxEvent(models.Model):
+    """An event that a consumer has processed (or dead-lettered): never again."""
+
+    # Declared so that type checkers know it without the app being installed.
+    objects: ClassVar[models.Manager[InboxEvent]] = models.Manager()
+
+    event_id = models.UUIDField()
+    consumer = models.CharField(max_length=200)
+    topic = models.CharField(max_length=200)
+    processed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "djscale_inbox"
+        constraints = [models.UniqueConstraint(fields=["consumer", "event_id"],
+                                               name="djscale_inbox_once")]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} <- {self.event_id}"
+
+
+class DeadLetter(models.Model):
+    """An event a consumer gave up on after its last attempt, kept for inspection/replay."""
+
+    # Declared so that type checkers know it without the app being installed.
+    objects: ClassVar[models.Manager[DeadLetter]] = models.Manager()
+
+    event_id = models.UUIDField()
+    consumer = models.CharField(max_length=200)
+    topic = models.CharField(max_length=200)
+    envelope = models.JSONField()
+    attempts = models.PositiveIntegerField()
+    error = models.TextField()
+    failed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "djscale_dead_letter"
+
+    def __str__(self) -> str:
+        return f"{self.consumer} x {self.event_id} after {self.attempts} attempts"

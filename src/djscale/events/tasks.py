@@ -1,0 +1,30 @@
+"""The Celery task that delivers an event to its consumers, with retries.
+
+Acknowledged late (``acks_late``) and rejected when the worker is lost, so a worker
+killed mid-way leaves the message to be delivered again; the consumers' inbox makes the
+second delivery harmless. Failing consumers are retried with backoff (a new message with
+a countdown) until their last attempt, then dead-lettered (see
+:mod:`djscale.events.consumers`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from djscale.events.consumers import backoff, deliver
+from djscale.events.relay import DELIVER_TASK
+
+__all__ = ["deliver_event"]
+
+
+@shared_task(name=DELIVER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+             max_retries=None, ignore_result=True)  # type: ignore[untyped-decorator]
+def deliver_event(self: Any, envelope: dict[str, Any]) -> None:
+    """Deliver ``envelope`` to its consumers; retry the ones that failed."""
+    attempt = int(self.request.retries) + 1
+    failed = deliver(envelope, attempt=attempt)
+    if failed:
+        raise self.retry(countdown=backoff(attempt),
+                         exc=RuntimeError("; ".join(f"{k}: {v}" for k, v in failed.items())))

@@ -1,0 +1,275 @@
+"""Events through the outbox, a real Celery worker and a real Redis broker.
+
+The worker is a separate process (``celery -A tests.eventsapp.celery worker``) on the
+pytest-django test databases; the broker is a Redis of its own, so that a test can stop
+it without disturbing the shared cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connections, transaction
+
+from djscale.cluster import LocalCluster
+from djscale.cluster.supervisor import ManagedProcess, wait_until
+from djscale.errors import EventError
+from djscale.events.consumers import deliver
+from djscale.events.models import DeadLetter, InboxEvent, OutboxEvent
+from djscale.events.outbox import publish
+from djscale.events.relay import Relay, envelope
+from djscale.testing import ClusterFactory
+from tests.eventsapp.models import Account
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.django_db(transaction=True, databases="__all__")]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def broker(djscale_cluster_factory: ClusterFactory) -> LocalCluster:
+    return djscale_cluster_factory({"project": {"name": "evbroker"}}, parts=("redis",),
+                                   name="events-broker")
+
+
+@pytest.fixture(scope="module")
+def broker_url(broker: LocalCluster) -> str:
+    host, port = broker.address("redis")
+    return f"redis://{host}:{port}/0"
+
+
+@pytest.fixture(scope="module")
+def celery_app(broker_url: str) -> Any:
+    from tests.eventsapp.celery import app
+
+    app.conf.broker_url = broker_url
+    return app
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup: None, broker_url: str, broker: LocalCluster,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    log = tmp_path_factory.mktemp("events") / "worker.log"
+    proc = ManagedProcess(
+        name="events-worker", kind="celery", log=str(log), cwd=str(ROOT),
+        cmd=[sys.executable, "-m", "celery", "-A", "tests.eventsapp.celery:app", "worker",
+             "--concurrency", "2", "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle", "--without-heartbeat", "--hostname", "events@%h"],
+        env={"DJANGO_SETTINGS_MODULE": "tests.eventsapp.worker_settings",
+             "EVENTS_TEST_BROKER_URL": broker_url, "PYTHONPATH": str(ROOT)})
+    proc.start()
+    try:
+        proc.wait_ready(lambda: " ready." in log.read_text(errors="replace"), 60)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _log(proc: ManagedProcess) -> str:
+    return Path(proc.log).read_text(errors="replace")
+
+
+def _account(name: str, using: str = "default") -> Account:
+    return Account.objects.using(using).create(name=name)
+
+
+def _closed_count(pk: int, using: str = "default") -> int:
+    return Account.objects.using(using).get(pk=pk).closed_count
+
+
+def _close_account(name: str, topic: str = "account_closed", using: str = "default",
+                   **extra: Any) -> tuple[Account, uuid.UUID]:
+    with transaction.atomic(using=using):
+        account = _account(name, using)
+        event_id = publish(topic, {"account_id": account.pk, **extra}, using=using)
+    return account, event_id
+
+
+# ------------------------------------------------------------------ outbox, no broker
+
+
+def test_outbox_row_commits_with_the_domain_write() -> None:
+    account, event_id = _close_account("ada")
+    row = OutboxEvent.objects.using("default").get(id=event_id)
+    assert (row.topic, row.payload, row.published_at) == (
+        "account_closed", {"account_id": account.pk}, None)
+
+
+def test_a_rolled_back_transaction_publishes_no_event(celery_app: Any) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        _account("bob")
+        publish("account_closed", {"account_id": 1})
+        raise RuntimeError("the domain change failed")
+    assert not OutboxEvent.objects.using("default").exists()
+    assert not Account.objects.using("default").filter(name="bob").exists()
+    assert Relay(app=celery_app).relay_once() == 0
+
+
+def test_publish_outside_a_transaction_is_refused() -> None:
+    with pytest.raises(EventError, match=r"must run inside transaction.atomic\(using='default'\)"):
+        publish("account_closed", {"account_id": 1})
+
+
+def test_a_payload_that_is_not_json_is_refused() -> None:
+    with pytest.raises(EventError, match="not JSON-serialisable"), transaction.atomic():
+        publish("account_closed", {"account": object()})
+
+
+def test_a_consumer_delivered_the_same_event_twice_applies_it_once() -> None:
+    account, event_id = _close_account("cy")
+    body = envelope(OutboxEvent.objects.using("default").get(id=event_id), source="default")
+    assert deliver(body) == {}
+    assert deliver(body) == {}
+    assert _closed_count(account.pk) == 1
+    assert InboxEvent.objects.using("default").filter(event_id=event_id).count() == 1
+
+
+def test_concurrent_deliveries_of_one_event_apply_it_once() -> None:
+    account, event_id = _close_account("dee")
+    body = envelope(OutboxEvent.objects.using("default").get(id=event_id), source="default")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            deliver(body)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert _closed_count(account.pk) == 1
+
+
+def test_two_relays_never_take_the_same_rows(celery_app: Any) -> None:
+    ids = {_close_account(f"r{i}")[1] for i in range(12)}
+    first_holds_lock = threading.Event()
+    release_first = threading.Event()
+    sent: dict[str, list[uuid.UUID]] = {"a": [], "b": []}
+
+    class Recording(Relay):
+        def __init__(self, name: str, pause: bool) -> None:
+            super().__init__(app=celery_app, batch_size=6)
+            self.name, self.pause = name, pause
+
+        def publish(self, connection: Any, row: Any) -> None:
+            if self.pause and not first_holds_lock.is_set():
+                first_holds_lock.set()
+                release_first.wait(10)
+            super().publish(connection, row)
+            sent[self.name].append(row.id)
+
+    def run_first() -> None:
+        try:
+            Recording("a", pause=True).relay_once()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    assert first_holds_lock.wait(10)
+    # While the first relay holds its 6 rows locked, the second takes the 6 others.
+    assert Recording("b", pause=False).relay_once() == 6
+    release_first.set()
+    thread.join(10)
+    assert not set(sent["a"]) & set(sent["b"])
+    assert set(sent["a"]) | set(sent["b"]) == ids
+    assert not OutboxEvent.objects.using("default").filter(published_at__isnull=True).exists()
+
+
+# ------------------------------------------------------------------ through the worker
+
+
+def test_committed_event_is_relayed_and_consumed_by_the_worker(
+        celery_app: Any, worker: ManagedProcess) -> None:
+    account, event_id = _close_account("eve")
+    assert Relay(app=celery_app).relay_once() == 1
+    assert OutboxEvent.objects.using("default").get(id=event_id).published_at is not None
+    assert wait_until(lambda: _closed_count(account.pk) == 1, 30), _log(worker)[-3000:]
+    assert InboxEvent.objects.using("default").filter(event_id=event_id).count() == 1
+
+
+def test_event_waits_in_the_outbox_while_the_broker_is_down(
+        celery_app: Any, worker: ManagedProcess, broker: LocalCluster) -> None:
+    relay = Relay(app=celery_app)
+    broker.stop_service("redis")
+    try:
+        account, event_id = _close_account("fay")    # commits while the broker is down
+        assert relay.relay_once() == 0
+        row = OutboxEvent.objects.using("default").get(id=event_id)
+        assert row.published_at is None
+        assert row.attempts == 1
+        assert "OperationalError" in row.last_error
+    finally:
+        broker.start_service("redis")
+    assert wait_until(lambda: relay.relay_once() == 1, 20, interval=0.5)
+    assert wait_until(lambda: _closed_count(account.pk) == 1, 60), _log(worker)[-3000:]
+
+
+def test_redelivered_event_is_processed_once_by_the_worker(
+        celery_app: Any, worker: ManagedProcess) -> None:
+    relay = Relay(app=celery_app)
+    account, event_id = _close_account("gus")
+    assert relay.relay_once() == 1
+    assert wait_until(lambda: _closed_count(account.pk) == 1, 30), _log(worker)[-3000:]
+    # Deliver it twice more: the relay sending again (as after a crash before its
+    # commit) and the broker handing the message out again.
+    OutboxEvent.objects.using("default").filter(id=event_id).update(published_at=None)
+    assert relay.relay_once() == 1
+    with celery_app.connection_for_write() as conn:
+        relay.publish(conn, OutboxEvent.objects.using("default").get(id=event_id))
+    needle = f"event {event_id} (account_closed) already processed by eventsapp.close_account"
+    assert wait_until(lambda: _log(worker).count(needle) == 2, 30), _log(worker)[-3000:]
+    assert _closed_count(account.pk) == 1
+    assert InboxEvent.objects.using("default").filter(event_id=event_id).count() == 1
+
+
+def test_failing_consumer_is_retried_with_backoff_until_it_succeeds(
+        celery_app: Any, worker: ManagedProcess) -> None:
+    account, event_id = _close_account("hal", topic="account_flaky", fail_times=2)
+    assert Relay(app=celery_app).relay_once() == 1
+    assert wait_until(lambda: _closed_count(account.pk) == 1, 30), _log(worker)[-3000:]
+    log = _log(worker)
+    assert f"event {event_id} (account_flaky): consumer eventsapp.flaky failed (attempt 2)" \
+        in log
+    assert not DeadLetter.objects.using("default").exists()
+
+
+def test_poison_event_is_dead_lettered_after_max_attempts(
+        celery_app: Any, worker: ManagedProcess) -> None:
+    account, event_id = _close_account("ivy", topic="account_poison")
+    assert Relay(app=celery_app).relay_once() == 1
+
+    def dead() -> bool:
+        return DeadLetter.objects.using("default").filter(event_id=event_id).exists()
+
+    assert wait_until(dead, 30), _log(worker)[-3000:]
+    letter = DeadLetter.objects.using("default").get(event_id=event_id)
+    assert (letter.consumer, letter.attempts) == ("eventsapp.poison", 3)
+    assert "ValueError: this event cannot be processed" in letter.error
+    assert letter.envelope["payload"] == {"account_id": account.pk}
+    assert _closed_count(account.pk) == 0         # each failed attempt was rolled back
+    assert InboxEvent.objects.using("default").filter(event_id=event_id).exists()
+
+
+def test_events_on_a_shard_are_relayed_and_consumed_on_that_shard(
+        celery_app: Any, worker: ManagedProcess) -> None:
+    account, event_id = _close_account("jo", topic="account_closed_on_shard",
+                                       using="shard2", shard="shard2")
+    assert not OutboxEvent.objects.using("default").filter(id=event_id).exists()
+    assert Relay(app=celery_app, using="shard2").relay_once() == 1
+    assert wait_until(lambda: _closed_count(account.pk, "shard2") == 1, 30), \
+        _log(worker)[-3000:]
+    assert InboxEvent.objects.using("shard2").filter(event_id=event_id).count() == 1
