@@ -74,3 +74,17 @@ def test_s3_settings_never_overwrite_and_keep_credentials_out() -> None:
     assert options["file_overwrite"] is False
     assert options["endpoint_url"] == "http://127.0.0.1:9000"
     assert not any("key" in k.lower() or "secret" in k.lower() for k in options)
+
+
+def test_s3_settings_build_a_django_storages_backend_that_serves_from_the_cdn(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("storages.backends.s3")
+    from django.utils.module_loading import import_string
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    config = s3_storages(bucket="shop-media", region="eu-west-1",
+                         custom_domain="media.example.com")["default"]
+    storage = import_string(config["BACKEND"])(**config["OPTIONS"])
+    assert storage.bucket_name == "shop-media"
+    assert storage.url("products/1.png") == "https://media.example.com/media/products/1.png"
