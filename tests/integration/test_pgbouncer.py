@@ -1,9 +1,9 @@
-"""PgBouncer (transaction pooling) in front of a real primary, with real Django clients.
+"""PgBouncer (transaction pooling) in front of real primaries, with real Django clients.
 
-One cluster for the module: a primary behind PgBouncer, Redis, and 4 gunicorn app servers
-x 2 workers x 16 threads running a small site that imports the test settings (so DATABASES
-come from ``from_topology`` with PgBouncer on). The primary's ``max_connections`` is
-lowered to 20 before anything connects.
+One cluster for the module: a primary and a shard primary, each behind its own PgBouncer,
+Redis, and 4 gunicorn app servers x 2 workers x 16 threads running a small site that
+imports the test settings (so DATABASES come from ``from_topology`` with PgBouncer on).
+The primary's ``max_connections`` is lowered to 20 before anything connects.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def cluster(djscale_cluster_factory: ClusterFactory, tmp_path_factory: pytest.Te
         "project": {"name": "pgbtest", "pythonpath": str(site),
                     "settings": "pgb_site.settings", "wsgi": "pgb_site.wsgi:application"},
         "postgres": {"database": "pgbtest"},
+        "shards": [{"name": "shard1"}],
         "app": {"servers": SERVERS, "workers": WORKERS, "threads": THREADS},
         "pgbouncer": {"enabled": True, "pool_mode": "transaction",
                       "default_pool_size": POOL_SIZE},
@@ -102,9 +103,10 @@ def _primary_connections(c: LocalCluster) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def test_pgbouncer_runs_in_front_of_the_primary_and_status_probes_it(cluster: LocalCluster) -> None:
+def test_each_primary_gets_its_own_pgbouncer_and_status_probes_it(cluster: LocalCluster) -> None:
     rows = {r.name: r for r in cluster.status()}
     assert rows["pgbouncer-default"].healthy and rows["pgbouncer-default"].kind == "pgbouncer"
+    assert rows["pgbouncer-shard1"].healthy
     assert cluster.address("pgbouncer-default") != cluster.address("pg-default")
 
 
@@ -135,8 +137,12 @@ db = settings.DATABASES["default"]
 with connections["default"].cursor() as cursor:
     cursor.execute("SELECT current_database()")
     current_db = cursor.fetchone()[0]
+with connections["shard1"].cursor() as cursor:
+    cursor.execute("SELECT inet_server_port()")
+    shard_server_port = cursor.fetchone()[0]
 print(json.dumps({
     "port": db["PORT"], "current_db": current_db,
+    "shard_port": settings.DATABASES["shard1"]["PORT"], "shard_server_port": shard_server_port,
     "no_server_side_cursors": db["DISABLE_SERVER_SIDE_CURSORS"],
     "prepare_threshold": db["OPTIONS"]["prepare_threshold"],
     "committed": Note.objects.filter(author="it").count(),
@@ -147,6 +153,9 @@ print(json.dumps({
     out = json.loads(cluster.django_admin("shell", "-c", script).strip().splitlines()[-1])
     assert out["port"] == str(cluster.address("pgbouncer-default")[1])
     assert out["current_db"] == "pgbtest"
+    # The shard is reached through its own PgBouncer, which forwards to the shard primary.
+    assert out["shard_port"] == str(cluster.address("pgbouncer-shard1")[1])
+    assert out["shard_server_port"] == cluster.address("pg-shard1")[1]
     assert out["no_server_side_cursors"] is True
     assert out["prepare_threshold"] is None
     assert (out["committed"], out["rolled_back"]) == (2, 0)
