@@ -30,7 +30,8 @@ from djscale.topology import AUTO, DatabaseGroup, Port, Topology
 
 __all__ = ["PARTS", "LocalCluster", "ServiceStatus"]
 
-PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery")
+PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery",
+         "dashboard")
 """The parts of a cluster, in start order; ``up(only=...)`` takes a subset."""
 
 
@@ -155,6 +156,8 @@ class LocalCluster:
             self._up_lb()
         if "celery" in parts:
             self._up_celery()
+        if "dashboard" in parts:
+            self._up_dashboard()
 
     def _up_group(self, group: DatabaseGroup) -> None:
         home = pg.pg_home(self.state_dir)
@@ -288,6 +291,16 @@ class LocalCluster:
             self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
                 lg, s, " ready."), 60)
 
+    def _up_dashboard(self) -> None:
+        host = "127.0.0.1"
+        port = self._port("dashboard", host, AUTO)
+        cmd = [sys.executable, "-m", "djscale.cluster.dashboard", "--state-dir",
+               str(self.state_dir), "--host", host, "--port", str(port)]
+        proc = ManagedProcess(name="dashboard", kind="dashboard", role="dashboard", host=host,
+                              port=port, cmd=cmd, log=str(self._log("dashboard")),
+                              stop_signal=signal.SIGTERM)
+        self._ensure(proc, lambda: http_ok(host, port), 30)
+
     # ------------------------------------------------------------------ status / down
 
     def status(self) -> list[ServiceStatus]:
@@ -320,7 +333,7 @@ class LocalCluster:
                              proc.extra["database"]), proc.role
         if proc.kind == "redis":
             return rd.ping(proc.host, proc.port), proc.role
-        if proc.kind in ("gunicorn", "nginx", "haproxy"):
+        if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard"):
             return http_ok(proc.host, proc.port), proc.role
         return True, proc.role
 
