@@ -159,6 +159,13 @@ def test_redis_cluster_is_a_statefulset_formed_by_a_job() -> None:
     assert sts["demo-redis"]["replicas"] == topo.redis.nodes == 6
     assert "--cluster-enabled" in sts["demo-redis"]["template"]["spec"]["containers"][0]["args"]
     assert sts["demo-redis-broker"]["replicas"] == 1
+
+    def policy(name: str) -> str:
+        args = sts[name]["template"]["spec"]["containers"][0]["args"]
+        return str(args[args.index("--maxmemory-policy") + 1])
+
+    # The cache may evict anything; the broker's queued tasks never.
+    assert (policy("demo-redis"), policy("demo-redis-broker")) == ("allkeys-lru", "noeviction")
     job = next(o for _, o in objects if o["metadata"].get("name") == "demo-redis-cluster-create")
     script = job["spec"]["template"]["spec"]["containers"][0]["command"][2]
     assert "--cluster-replicas 1" in script

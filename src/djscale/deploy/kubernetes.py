@@ -274,7 +274,12 @@ class _Builder:
         return Manifest("20-postgres.yaml", tuple(objects))
 
     def _redis_statefulset(self, name: str, component: str, replicas: int,
-                           args: list[str]) -> list[Obj]:
+                           args: list[str], *, eviction: str) -> list[Obj]:
+        """A headless Service and a StatefulSet of redis-server pods.
+
+        ``maxmemory`` is 80% of the container's memory limit, so Redis evicts (by
+        ``eviction``) or refuses writes (``noeviction``) before the kernel kills it.
+        """
         k = self.k
         service = {
             "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, component),
@@ -300,8 +305,8 @@ class _Builder:
                             "name": "redis", "image": k.redis_image,
                             "command": ["redis-server"],
                             "args": [*args, "--port", str(REDIS_PORT), "--dir", "/data",
-                                     "--maxmemory-policy", "allkeys-lru"
-                                     if component == "redis" else "noeviction"],
+                                     "--maxmemory", str(_bytes(k.redis_memory) * 4 // 5),
+                                     "--maxmemory-policy", eviction],
                             "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
                             "readinessProbe": probe,
                             "livenessProbe": {**probe, "periodSeconds": 10,
@@ -331,15 +336,16 @@ class _Builder:
         spec = self.t.redis
         objects: list[Obj] = []
         if spec.mode == "single":
-            # Cache, sessions and the Celery broker: keep the broker's queue on disk.
+            # Cache, sessions and the Celery broker: keep the broker's queue on disk, and
+            # evict only keys with a timeout (cache entries, sessions), never queued tasks.
             objects += self._redis_statefulset(self.name("redis"), "redis", 1,
-                                               ["--appendonly", "yes"])
+                                               ["--appendonly", "yes"], eviction="volatile-lru")
             return Manifest("30-redis.yaml", tuple(objects))
         name = self.name("redis")
         objects += self._redis_statefulset(name, "redis", spec.nodes, [
             "--cluster-enabled", "yes", "--cluster-config-file", "/data/nodes.conf",
             "--cluster-node-timeout", "5000", "--appendonly", "no", "--save", "",
-        ])
+        ], eviction="allkeys-lru")
         objects.append(self.pdb(name, "redis"))
         hosts = " ".join(f"{name}-{i}.{name}" for i in range(spec.nodes))
         script = (
@@ -379,7 +385,7 @@ class _Builder:
         if self.t.celery.workers:
             # Celery cannot use a Redis Cluster as broker (as in the local cluster).
             objects += self._redis_statefulset(self.name("redis-broker"), "redis-broker", 1,
-                                               ["--appendonly", "yes"])
+                                               ["--appendonly", "yes"], eviction="noeviction")
         return Manifest("30-redis.yaml", tuple(objects))
 
     def migrate(self) -> Manifest:
@@ -600,6 +606,18 @@ def write_kubernetes(topology: Topology, *, topology_text: str, out_dir: str | P
     except OSError as exc:
         raise DjscaleError(f"cannot write manifests to {out}: {exc.strerror or exc}") from None
     return written
+
+
+_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+def _bytes(quantity: str) -> int:
+    """Bytes of a Kubernetes memory quantity as the topology allows it ('512Mi', '1G')."""
+    match = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti|K|M|G|T)?", quantity)
+    if match is None:
+        raise TopologyError(f"{quantity!r} is not a memory quantity such as '512Mi'")
+    return int(match.group(1)) * _UNITS[match.group(2) or ""]
 
 
 def _generated(path: Path) -> bool:
