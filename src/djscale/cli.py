@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="state folder (default: $DJSCALE_STATE_DIR or ./.djscale)")
         if action == "up":
             p.add_argument("--only", default="",
-                           help="comma-separated parts: postgres,redis,migrate,app,lb,celery")
+                           help="comma-separated parts: postgres,redis,migrate,app,lb,celery,"
+                                "dashboard")
         if action == "down":
             p.add_argument("--purge", action="store_true", help="also delete all data")
         if action == "logs":
@@ -107,6 +108,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if "lb" in only:
             host, port = cluster.address("lb")
             print(f"\nload balancer: http://{host}:{port}/")
+        if "dashboard" in only:
+            host, port = cluster.address("dashboard")
+            print(f"dashboard:     http://{host}:{port}/")
         return 0
     if args.action == "status":
         if not cluster.state.services:
