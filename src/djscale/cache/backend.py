@@ -30,11 +30,18 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable
+from time import monotonic
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import (
+    DEFAULT_TIMEOUT,
+    BaseCache,
+    CacheKeyWarning,
+    memcache_key_warnings,
+)
 
 from djscale.cache import metrics
 from djscale.cache.bus import InvalidationBus
@@ -68,6 +75,8 @@ _l2s: dict[tuple[Any, ...], RedisL2] = {}
 _buses: dict[tuple[Any, ...], InvalidationBus] = {}
 _stores: dict[tuple[Any, ...], LocalStore] = {}
 _flights: dict[tuple[Any, ...], SingleFlight] = {}
+_valid_keys: dict[tuple[Any, ...], set[str]] = {}
+_MAX_VALID_KEYS = 100_000
 
 
 def reset_shared_state() -> None:
@@ -79,6 +88,7 @@ def reset_shared_state() -> None:
         _buses.clear()
         _stores.clear()
         _flights.clear()
+        _valid_keys.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -133,10 +143,13 @@ class TieredCache(BaseCache):
                 if bus is None:
                     bus = _buses[bus_key] = InvalidationBus(l2, str(opts["CHANNEL"]))
             flight = _flights.setdefault(l1_key, SingleFlight())
+            valid = _valid_keys.setdefault(l1_key, set())
         self._l2 = l2
         self._l1 = store
         self._bus = bus
         self._flight = flight
+        self._valid = valid
+        self._data = store._data  # the L1 map, read lock-free on the hit path
         self._l1_on = store.enabled
         self._lock_timeout = float(opts["LOCK_TIMEOUT"])
         self._beta = float(opts["XFETCH_BETA"])
@@ -144,6 +157,29 @@ class TieredCache(BaseCache):
             bus.register(store)
 
     # ------------------------------------------------------------------ helpers
+
+    def make_and_validate_key(self, key: Any, version: int | None = None) -> str:
+        """The full key; memcached-compatibility warnings are checked once per valid key.
+
+        Django checks every character of every key on every call; remembering the keys
+        that passed (bounded) makes an L1 hit cheaper than the check itself. Keys that
+        warn are checked (and warn) every time, as in Django.
+        """
+        full = self.make_key(key, version=version)
+        if full in self._valid:
+            return full
+        if type(self).validate_key is not BaseCache.validate_key:
+            self.validate_key(full)
+            return full
+        clean = True
+        for message in memcache_key_warnings(full):
+            warnings.warn(message, CacheKeyWarning, stacklevel=3)
+            clean = False
+        if clean:
+            if len(self._valid) >= _MAX_VALID_KEYS:
+                self._valid.clear()
+            self._valid.add(full)
+        return full
 
     @property
     def l1(self) -> LocalStore:
@@ -221,14 +257,20 @@ class TieredCache(BaseCache):
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
         """Return the value of ``key`` (L1, then Redis), or ``default``."""
         key = self.make_and_validate_key(key, version=version)
-        if self._l1_on:
-            entry = self._l1.get(key)
-            if entry is not None:
-                payload = entry.payload
-                if type(payload) is int:
-                    return payload
-                value = pickle.loads(payload)  # type: ignore[arg-type]
-                return value.value if type(value) is Stamped else value
+        # The L1 hit path, inlined: OrderedDict operations are atomic under the GIL, so
+        # readers need no lock (writers hold the store's lock among themselves).
+        entry = self._data.get(key)
+        if entry is not None and entry.expires > monotonic():
+            try:  # noqa: SIM105 - contextlib.suppress costs more than this whole branch
+                self._data.move_to_end(key)
+            except KeyError:  # evicted by another thread just now; the entry is still valid
+                pass
+            self._l1.hits += 1  # statistics only: a lost increment under races is fine
+            payload = entry.payload
+            if type(payload) is int:
+                return payload
+            value = pickle.loads(payload)  # type: ignore[arg-type]
+            return value.value if type(value) is Stamped else value
         value, _, _ = self._lookup(key)
         return default if value is _MISSING else value
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+import json
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import cache_page
 
 from djscale.cache import cached
@@ -30,22 +32,27 @@ def page_view(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"page": True})
 
 
-def _notes(author: str) -> list[dict[str, object]]:
-    rows = Note.objects.filter(author=author).order_by("-id").values("id", "author", "text")[:50]
-    return list(rows)
+def notes_page(author: str) -> bytes:
+    """The rendered JSON of an author's page: latest 50 notes, their count, the authors."""
+    notes = list(Note.objects.filter(author=author).order_by("-id")
+                 .values("id", "author", "text")[:50])
+    total = Note.objects.filter(author=author).count()
+    authors = list(Note.objects.values_list("author", flat=True).distinct().order_by("author"))
+    return json.dumps({"author": author, "total": total, "authors": authors,
+                       "notes": notes}).encode()
 
 
-@cached(timeout=60, name="tests.cache_support.notes")
-def cached_notes(author: str) -> list[dict[str, object]]:
-    """The notes of ``author``, cached."""
-    return _notes(author)
+@cached(timeout=60, name="tests.cache_support.notes_page")
+def cached_notes_page(author: str) -> bytes:
+    """:func:`notes_page`, cached (the rendered bytes, as a page cache would keep them)."""
+    return notes_page(author)
 
 
-def notes_uncached(request: HttpRequest, author: str) -> JsonResponse:
-    """DB-backed page: 50 notes straight from PostgreSQL."""
-    return JsonResponse({"notes": _notes(author)})
+def notes_uncached(request: HttpRequest, author: str) -> HttpResponse:
+    """DB-backed page: three queries on PostgreSQL, rendered on every request."""
+    return HttpResponse(notes_page(author), content_type="application/json")
 
 
-def notes_cached(request: HttpRequest, author: str) -> JsonResponse:
+def notes_cached(request: HttpRequest, author: str) -> HttpResponse:
     """The same page from the tiered cache."""
-    return JsonResponse({"notes": cached_notes(author)})
+    return HttpResponse(cached_notes_page(author), content_type="application/json")
