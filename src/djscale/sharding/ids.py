@@ -10,8 +10,9 @@ trip. The 10-bit sequence is ``nextval('djscale_id_seq') % 1024`` of the physica
 database; the function sleeps 1 ms each time the sequence wraps, so one session never
 hands out two equal ids. Ids stay positive ``bigint`` values for 2**40 ms (34.8 years)
 after the epoch; after that they turn negative in PostgreSQL's signed ``bigint`` and
-everything here still decodes them (for 69.7 years in all). Ids are unique as long as one physical database issues fewer
-than 1024 ids per millisecond across all sessions, and roughly time-ordered.
+everything here still decodes them (for 69.7 years in all). Ids are unique as long as
+one physical database issues fewer than 1024 ids per millisecond across all sessions,
+and roughly time-ordered.
 
 This module owns the bit layout (pure functions) and the SQL text; it opens no connection.
 """
