@@ -66,3 +66,13 @@ def test_defaults_raise_in_debug_and_log_sampled_otherwise(settings) -> None:
     assert (query_config().n_plus_one, query_config().sample_rate) == ("raise", 1.0)
     settings.DEBUG = False
     assert (query_config().n_plus_one, query_config().sample_rate) == ("log", 0.1)
+
+
+def test_bad_query_settings_are_a_system_check_error(settings) -> None:
+    from djscale.queries.checks import check_query_settings
+
+    settings.DJSCALE = {**settings.DJSCALE, "QUERIES": {"BUDGET": "sometimes"}}
+    [error] = check_query_settings()
+    assert error.id == "djscale.E110" and "BUDGET" in error.msg
+    settings.DJSCALE = {**settings.DJSCALE, "QUERIES": {}}
+    assert check_query_settings() == []

@@ -15,6 +15,7 @@ Settings: ``DJSCALE["QUERIES"]`` (see :mod:`djscale.queries.config`). Guide:
 from __future__ import annotations
 
 from djscale.queries import celery as _celery
+from djscale.queries import checks as _checks  # noqa: F401 - registers djscale.E110
 from djscale.queries.budget import QueryBudget, max_queries
 from djscale.queries.config import QueryConfig, query_config
 from djscale.queries.middleware import QueryInspectionMiddleware
