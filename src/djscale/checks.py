@@ -38,6 +38,10 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.urls import NoReverseMatch, reverse
 
+# djscale.metrics switches prometheus_client to multiprocess mode under gunicorn; it must
+# happen before any layer creates a metric, and this module is imported first thing in
+# DjscaleConfig.ready().
+from djscale import metrics  # noqa: F401
 from djscale.errors import ConfigurationError
 
 __all__ = ["TAG", "doctor", "scan_source"]

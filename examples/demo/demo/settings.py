@@ -19,6 +19,11 @@ INSTALLED_APPS = [
     "demo",
 ]
 MIDDLEWARE = [
+    "djscale.http.proxies.TrustedProxyMiddleware",
+    "djscale.http.request_id.RequestIdMiddleware",
+    "djscale.http.metrics.MetricsMiddleware",
+    "djscale.http.health.HealthCheckMiddleware",
+    "djscale.http.cache_control.CacheControlMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

@@ -1,0 +1,247 @@
+"""The HTTP edge on real processes: the demo project on 2 gunicorn app servers behind HAProxy.
+
+One cluster (primary + 1 replica, Redis, 2 app servers x 2 workers, HAProxy) is booted for
+the module; the tests run in file order and the last one stops the primary.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from djscale.cluster import LocalCluster
+from djscale.cluster.lb import lb_process
+from djscale.cluster.local import http_ok
+from djscale.cluster.supervisor import free_port, wait_until
+from djscale.testing import ClusterFactory
+from djscale.topology import LoadBalancerSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples/demo/djscale.toml"
+
+pytestmark = pytest.mark.integration
+
+TOPOLOGY = {
+    "project": {"name": "edgedemo", "pythonpath": ".", "settings": "demo.settings",
+                "wsgi": "demo.wsgi:application"},
+    "postgres": {"database": "demo", "replicas": 1},
+    "redis": {"mode": "single"},
+    "app": {"servers": 2, "workers": 2},
+    "lb": {"kind": "haproxy", "method": "round_robin", "health_check_interval_ms": 300,
+           "max_fails": 2, "slowstart_seconds": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def edge(djscale_cluster_factory: ClusterFactory) -> LocalCluster:
+    return djscale_cluster_factory(TOPOLOGY, parts=("postgres", "redis", "migrate", "app", "lb"),
+                                   name="edge", source=DEMO)
+
+
+def request(cluster: LocalCluster, service: str, path: str, *, method: str = "GET",
+            headers: dict[str, str] | None = None, timeout: float = 5.0,
+            ) -> tuple[int, dict[str, str], bytes]:
+    host, port = cluster.address(service)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, headers={"Host": "localhost", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _urls_and_session(cluster: LocalCluster) -> tuple[list[str], str]:
+    """Every URL pattern of the project, and the key of a logged-in user's session."""
+    code = (
+        "import json\n"
+        "from importlib import import_module\n"
+        "from django.conf import settings\n"
+        "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, "
+        "HASH_SESSION_KEY\n"
+        "from django.urls import get_resolver, URLResolver\n"
+        "def walk(patterns, prefix=''):\n"
+        "    for p in patterns:\n"
+        "        if isinstance(p, URLResolver):\n"
+        "            yield from walk(p.url_patterns, prefix + str(p.pattern))\n"
+        "        else:\n"
+        "            yield prefix + str(p.pattern)\n"
+        "print('URLS=' + json.dumps(sorted(set(walk(get_resolver().url_patterns)))))\n"
+        "u, _ = get_user_model().objects.get_or_create(username='edge-user')\n"
+        "u.set_password('pw'); u.save()\n"
+        "s = import_module(settings.SESSION_ENGINE).SessionStore()\n"
+        "s[SESSION_KEY] = str(u.pk)\n"
+        "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
+        "s[HASH_SESSION_KEY] = u.get_session_auth_hash()\n"
+        "s.save()\n"
+        "print('SESSION=' + s.session_key)\n"
+    )
+    out = cluster.django_admin("shell", "-c", code, service="edge-urls").splitlines()
+    urls = json.loads(next(x for x in out if x.startswith("URLS="))[5:])
+    session = next(x for x in out if x.startswith("SESSION="))[8:]
+    return ["/" + u.lstrip("^").rstrip("$") for u in urls], session
+
+
+def _directives(headers: dict[str, str]) -> set[str]:
+    return {d.strip().split("=")[0].lower() for d in headers.get("cache-control", "").split(",")}
+
+
+def test_no_demo_url_is_public_with_a_session_or_a_cookie(edge: LocalCluster) -> None:
+    urls, session = _urls_and_session(edge)
+    assert {"/health/live", "/health/ready", "/metrics", "/whoami", "/visit"} <= set(urls)
+    checked = 0
+    for url in urls:
+        for method in ("GET", "HEAD", "POST"):
+            for cookie in ("", f"sessionid={session}"):
+                headers = {"Cookie": cookie} if cookie else {}
+                status, got, _ = request(edge, "app-1", url, method=method, headers=headers)
+                assert status < 500 or url == "/health/ready", (url, method, status)
+                if cookie or "set-cookie" in got:
+                    assert "public" not in _directives(got), (url, method, cookie, got)
+                    assert "s-maxage" not in _directives(got), (url, method, cookie, got)
+                checked += 1
+    assert checked == len(urls) * 6
+
+
+def test_request_id_is_created_or_kept_through_haproxy(edge: LocalCluster) -> None:
+    _, headers, _ = request(edge, "lb", "/whoami", headers={"X-Request-ID": "edge-test-1"})
+    assert headers["x-request-id"] == "edge-test-1"
+    _, headers, _ = request(edge, "lb", "/whoami")
+    assert len(headers["x-request-id"]) >= 16
+    _, headers, _ = request(edge, "lb", "/whoami", headers={"X-Request-ID": "bad id;"})
+    assert headers["x-request-id"] != "bad id;"
+
+
+def test_metrics_pass_promtool_and_count_every_worker(edge: LocalCluster) -> None:
+    for _ in range(30):
+        assert request(edge, "app-1", "/whoami")[0] == 200
+    request(edge, "app-1", "/health/ready")
+    status, headers, body = request(edge, "app-1", "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    whoami = [line for line in text.splitlines()
+              if line.startswith("djscale_http_requests_total{") and 'view="demo.views.whoami"'
+              in line]
+    assert whoami and sum(float(line.rsplit(" ", 1)[1]) for line in whoami) >= 30
+    assert 'djscale_health_check_up{check="db:default"' in text
+    assert "djscale_http_request_duration_seconds_bucket" in text
+    assert 'djscale_replica_lag_seconds{alias="default_replica1"' in text
+    # gunicorn's two workers write their own files; /metrics sums them
+    files = list((edge.state_dir / "metrics" / "app-1").glob("*.db"))
+    assert len({f.stem.rsplit("_", 1)[-1] for f in files}) >= 2, files
+
+
+def _upstreams(cluster: LocalCluster, n: int) -> list[str]:
+    return [request(cluster, "lb", "/health/live")[1].get("x-upstream", "?") for _ in range(n)]
+
+
+def test_haproxy_takes_an_unready_server_out_and_back(edge: LocalCluster) -> None:
+    assert set(_upstreams(edge, 10)) == {"app-1", "app-2"}
+    drain = edge.state_dir / "drain" / "app-1"
+    drain.parent.mkdir(parents=True, exist_ok=True)
+    drain.touch()
+    try:
+        assert request(edge, "app-1", "/health/ready")[0] == 503
+        assert wait_until(lambda: set(_upstreams(edge, 10)) == {"app-2"}, 10, interval=0.2)
+        # out of rotation, and every request still succeeds
+        statuses = [request(edge, "lb", "/whoami")[0] for _ in range(20)]
+        assert statuses == [200] * 20
+    finally:
+        drain.unlink()
+    assert wait_until(lambda: "app-1" in _upstreams(edge, 10), 15, interval=0.2)
+
+
+@pytest.fixture
+def nginx(edge: LocalCluster, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    spec = LoadBalancerSpec(kind="nginx", max_fails=1, fail_timeout=10)
+    port = free_port()
+    proc = lb_process(spec, edge.upstreams(), port=port, run_dir=tmp_path / "nginx",
+                      log=tmp_path / "nginx.log")
+    proc.start()
+    try:
+        proc.wait_ready(lambda: http_ok(spec.host, port), 20)
+        yield spec.host, port
+    finally:
+        proc.stop()
+
+
+def test_nginx_ejects_a_crashed_app_server_without_failed_gets(
+        edge: LocalCluster, nginx: tuple[str, int]) -> None:
+    host, port = nginx
+
+    def get() -> tuple[int, str]:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", "/whoami", headers={"Host": "localhost"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, resp.getheader("X-Upstream", "")
+        finally:
+            conn.close()
+
+    assert len({get()[1] for _ in range(10)}) == 2
+    edge.stop_service("app-1", crash=True)
+    try:
+        answers = [get() for _ in range(40)]
+        assert [s for s, _ in answers] == [200] * 40
+        app2 = f"{edge.address('app-2')[0]}:{edge.address('app-2')[1]}"
+        # after the first failure nginx stops trying app-1 (max_fails=1, fail_timeout=10s)
+        assert all(up == app2 for _, up in answers[2:]), answers[:5]
+    finally:
+        edge.start_service("app-1")
+
+
+def _ready(cluster: LocalCluster) -> tuple[int, dict[str, Any], float]:
+    started = time.monotonic()
+    status, _, body = request(cluster, "app-1", "/health/ready", timeout=10)
+    return status, json.loads(body), time.monotonic() - started
+
+
+def test_ready_is_503_within_2s_when_the_primary_hangs_or_stops_and_200_after(
+        edge: LocalCluster) -> None:
+    assert wait_until(lambda: _ready(edge)[0] == 200, 15)
+
+    # A hung primary (SIGSTOP): the probe still answers within its deadline.
+    pid = edge.process("pg-default").pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.2)  # let the cached healthy answer expire
+        status, body, took = _ready(edge)
+        assert status == 503 and body["checks"]["db:default"]["error"] == "Timeout", body
+        assert took < 1.5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_until(lambda: _ready(edge)[0] == 200, 15)
+
+    edge.stop_service("pg-default")
+    stopped = time.monotonic()
+    try:
+        # every worker of the app server (each caches its answer for 1 s) says 503
+        assert wait_until(lambda: all(_ready(edge)[0] == 503 for _ in range(4)), 2.0,
+                          interval=0.05)
+        took = time.monotonic() - stopped
+        assert took < 2.0
+        print(f"503 from every worker {took:.2f}s after the primary stopped")
+        status, body, _ = _ready(edge)
+        assert body["status"] == "unavailable"
+        assert body["checks"]["db:default"]["ok"] is False
+        text = json.dumps(body)
+        assert str(edge.address("pg-default")[1]) not in text and "127.0.0.1" not in text
+    finally:
+        edge.start_service("pg-default")
+    restarted = time.monotonic()
+    assert wait_until(lambda: all(_ready(edge)[0] == 200 for _ in range(4)), 30)
+    print(f"200 again {time.monotonic() - restarted:.2f}s after the primary restarted")
