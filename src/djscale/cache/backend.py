@@ -80,7 +80,7 @@ _MAX_VALID_KEYS = 100_000
 
 
 def reset_shared_state() -> None:
-    """Forget every shared L1, client and listener (after fork; in tests)."""
+    """Forget every shared L1, client and listener (tests)."""
     with _registry_lock:
         for bus in _buses.values():
             bus._stop.set()
@@ -91,9 +91,24 @@ def reset_shared_state() -> None:
         _valid_keys.clear()
 
 
+def _after_fork_in_child() -> None:
+    # Cache instances created before fork() (gunicorn --preload) keep pointing at the
+    # shared objects, so renew them in place: locks another thread held at fork time,
+    # the listener thread (threads do not survive fork) and L1 (it may already be stale,
+    # and this process is not subscribed yet). redis-py pools reconnect by themselves
+    # after a fork (they check the pid).
+    for store in _stores.values():
+        store.after_fork()
+    for flight in _flights.values():
+        flight.after_fork()
+    for l2 in _l2s.values():
+        l2.breaker.after_fork()
+    for bus in _buses.values():
+        bus.after_fork()
+
+
 if hasattr(os, "register_at_fork"):
-    # Threads do not survive fork() and sockets must not be shared with the parent.
-    os.register_at_fork(after_in_child=reset_shared_state)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _options(params: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,11 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trial_running = False
 
+    def after_fork(self) -> None:
+        """In a forked child: a new lock (another thread may have held it)."""
+        self._lock = threading.Lock()
+        self._trial_running = False
+
     @property
     def state(self) -> State:
         """The current state (an open breaker whose back-off ended reports half-open)."""

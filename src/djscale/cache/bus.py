@@ -79,6 +79,16 @@ class InvalidationBus:
                                             name=f"djscale-cache-bus:{self.channel}")
             self._thread.start()
 
+    def after_fork(self) -> None:
+        """In a forked child: a new identity and a new listener thread."""
+        self.origin = uuid.uuid4().hex.encode()
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = None
+        if len(self._stores):
+            self.start()
+
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the listener (tests, process shutdown)."""
         self._stop.set()
@@ -116,15 +126,21 @@ class InvalidationBus:
                 self._flush_all("resubscribed")
                 self.connected.set()
                 backoff = 0.05
-                last_ping = time.monotonic()
+                last_heard = last_ping = time.monotonic()
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.5)
-                    if msg is not None and msg["type"] == "message":
-                        self._apply(msg["data"])
-                    elif msg is None and time.monotonic() - last_ping > _PING_EVERY:
-                        # Detects a silently dead connection (no FIN) within seconds.
+                    now = time.monotonic()
+                    if msg is not None:
+                        last_heard = now
+                        if msg["type"] == "message":
+                            self._apply(msg["data"])
+                    elif now - last_ping > _PING_EVERY:
+                        # A silently dead connection (no FIN, e.g. a partition) never
+                        # errors on read: ask for a pong and give up if none comes.
+                        if now - last_heard > 2 * _PING_EVERY + 1:
+                            raise TimeoutError("no answer to PING")
                         pubsub.ping()
-                        last_ping = time.monotonic()
+                        last_ping = now
             except _RECONNECT as exc:
                 if self.connected.is_set():
                     self.connected.clear()

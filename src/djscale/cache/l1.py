@@ -146,6 +146,11 @@ class LocalStore:
             self._data.clear()
             self._bytes = 0
 
+    def after_fork(self) -> None:
+        """In a forked child: new lock (another thread may have held it) and empty."""
+        self._lock = threading.Lock()
+        self.flush()
+
     # ------------------------------------------------------------------ internals
 
     def _bump(self, key: str) -> None:

@@ -94,6 +94,11 @@ class SingleFlight:
                 del self._calls[key]
             call.done.set()
 
+    def after_fork(self) -> None:
+        """In a forked child: forget computations of threads that no longer exist."""
+        self._lock = threading.Lock()
+        self._calls = {}
+
     def in_flight(self, key: str) -> bool:
         """True if a computation of ``key`` is running in this process."""
         return key in self._calls
