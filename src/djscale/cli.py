@@ -6,6 +6,7 @@
     djscale cluster status [--topology FILE] [--state-dir DIR]
     djscale cluster logs   [--topology FILE] [--state-dir DIR] [SERVICE] [-n LINES]
     djscale cluster down   [--topology FILE] [--state-dir DIR] [--purge]
+    djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
     djscale topology check [FILE]
     djscale deploy kubernetes [--topology FILE] [--out DIR]
 
@@ -49,6 +50,19 @@ def _parser() -> argparse.ArgumentParser:
         if action == "logs":
             p.add_argument("service", nargs="?", default="", help="one service (default: all)")
             p.add_argument("-n", "--lines", type=int, default=20)
+
+    chaos = sub.add_parser("chaos", help="break one component of a running cluster under load")
+    chaos.add_argument("scenario", help="kill-app-server, kill-replica, pause-replication, "
+                                        "stop-redis, restart-primary")
+    chaos.add_argument("--topology", "-t", default="djscale.toml")
+    chaos.add_argument("--state-dir", default=None)
+    chaos.add_argument("--read-path", default="/whoami", help="GET path of the load")
+    chaos.add_argument("--write-path", default="", help="POST path of the load (optional)")
+    chaos.add_argument("--count-sql", default="",
+                       help="SQL counting the rows the writes add (for reconciliation)")
+    chaos.add_argument("--requests", type=int, default=20000, help="upper bound of requests")
+    chaos.add_argument("--fault-seconds", type=float, default=3.0)
+    chaos.add_argument("--json", action="store_true", help="print the report as JSON")
 
     deploy = sub.add_parser("deploy", help="render the topology for a deployment target")
     dsub = deploy.add_subparsers(dest="action", required=True)
@@ -100,6 +114,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     cluster = LocalCluster(topology, state_dir)
 
+    if args.command == "chaos":
+        return _chaos(cluster, args)
+
     if args.action == "up":
         from djscale.cluster import PARTS
         only = [p for p in args.only.split(",") if p] or list(PARTS)
@@ -131,6 +148,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"cluster in {state_dir} stopped" + (" and purged" if args.purge else ""))
         return 0
     raise AssertionError(args.action)
+
+
+def _chaos(cluster: object, args: argparse.Namespace) -> int:
+    import json
+
+    from djscale.chaos import ChaosOptions, run_scenario
+    from djscale.cluster import LocalCluster
+    from djscale.errors import ClusterError
+
+    assert isinstance(cluster, LocalCluster)
+    if not cluster.state.services or "lb" not in cluster.state.services:
+        raise ClusterError("no running cluster with a load balancer here; "
+                           "start it with `djscale cluster up` first")
+    options = ChaosOptions(read_path=args.read_path, write_path=args.write_path,
+                           count_sql=args.count_sql, requests=args.requests,
+                           fault_seconds=args.fault_seconds)
+    report = run_scenario(cluster, args.scenario, options)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0 if report.passed else 1
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -27,6 +27,8 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "djscale.http.unavailable.DatabaseUnavailableMiddleware",
+    # Last: its process_exception must see a dead replica before anything answers 503.
     "djscale.db.middleware.ReplicaMiddleware",
 ]
 ROOT_URLCONF = "demo.urls"
