@@ -101,8 +101,22 @@ def test_two_deliberate_queries_in_a_loop_marked_allowed_are_not_flagged(
 def test_the_same_loop_without_the_mark_is_flagged(library: None) -> None:
     with policy(N_PLUS_ONE="raise"), pytest.raises(NPlusOneDetected) as info:
         Client().get("/queryapp/authors/unmarked")
-    assert info.value.finding.model == "Author"
+    assert (info.value.finding.model, info.value.finding.field) == ("Author", "id")
+    assert "Author.id queried 3 times" in str(info.value)
     assert "_two_queries_per_author" in str(info.value)
+    assert "in_bulk" in str(info.value)
+
+
+def test_the_detector_guards_any_block_of_code(library: None) -> None:
+    from djscale.queries import NPlusOneDetector
+    from tests.queryapp.models import Book
+
+    with NPlusOneDetector(mode="log", threshold=3) as detector:
+        titles = [(b.title, b.author.name) for b in Book.objects.order_by("id")[:7]]
+    [finding] = detector.findings()
+    assert len(titles) == 7
+    assert (str(finding.relation), finding.count) == ("Book.author", 7)
+    assert finding.site.function == "<listcomp>"  # the comprehension line is the loop
 
 
 @pytest.mark.parametrize("queries", [{"N_PLUS_ONE": "off"},

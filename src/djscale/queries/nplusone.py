@@ -79,7 +79,10 @@ class Finding:
 
     def describe(self, where: str = "") -> str:
         """One paragraph saying what, where, how often, and the fix."""
-        what = f"{self.relation} loaded lazily" if self.relation else "the same query run"
+        if self.relation is None:
+            what = "the same query run"
+        else:
+            what = f"{self.relation} {'loaded lazily' if self.relation.lazy else 'queried'}"
         text = (f"N+1 queries: {what} {self.count} times from {self.site or 'unknown code'}"
                 f" on {', '.join(sorted(self.aliases))}")
         if where:

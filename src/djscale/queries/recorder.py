@@ -167,7 +167,9 @@ def _skip_prefixes() -> tuple[str, ...]:
             paths.add(sysconfig.get_paths()[key])
         paths.update(site.getsitepackages())
         paths.add(site.getusersitepackages())
-        _skip = tuple(os.path.realpath(p) + os.sep for p in paths if p)
+        # Both spellings: frames carry the path as imported, which may be a symlink.
+        _skip = tuple({q + os.sep for p in paths if p
+                       for q in (os.path.abspath(p), os.path.realpath(p))})
     return _skip
 
 

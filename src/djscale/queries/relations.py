@@ -15,6 +15,7 @@ This module only names things; it does not decide what is an N+1.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from types import FrameType
 
@@ -37,6 +38,9 @@ class Relation:
     model: str
     field: str
     hint: str
+    lazy: bool = True
+    """True when a relation descriptor ran the query (``book.author``), False when the
+    relation was inferred from an explicit query's SQL."""
 
     def __str__(self) -> str:
         return f"{self.model}.{self.field}"
@@ -92,6 +96,11 @@ def _model_for_table(table: str) -> type[models.Model] | None:
 
 def relation_from_sql(flt: Filter) -> Relation | None:
     """Map a SELECT's table and first filtered column back to a model field."""
+    relation = _relation_from_sql(flt)
+    return dataclasses.replace(relation, lazy=False) if relation else None
+
+
+def _relation_from_sql(flt: Filter) -> Relation | None:
     model = _model_for_table(flt.where_table)
     if model is None:
         return None
