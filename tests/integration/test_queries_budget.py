@@ -129,3 +129,20 @@ def test_a_pytest_run_shows_the_failing_test_and_its_queries(tmp_path: Path) -> 
     assert "query budget exceeded: 3 queries, budget 2 (default 2, shard1 1)" in out
     assert "1. [default] SELECT 1 AS one_query" in out
     assert "2. [shard1] SELECT 1 AS one_query" in out
+
+
+def test_queries_of_the_same_context_in_another_thread_count() -> None:
+    from asgiref.sync import async_to_sync, sync_to_async
+
+    from djscale.queries import record_queries
+
+    def in_a_worker_thread() -> None:
+        try:
+            _run(("default", "shard3"))
+        finally:
+            connections.close_all()
+
+    with record_queries() as recorder:
+        async_to_sync(sync_to_async(in_a_worker_thread, thread_sensitive=False))()
+    assert [str(q) for q in recorder.queries] == [
+        "[default] SELECT %s::int AS answer", "[shard3] SELECT %s::int AS answer"]

@@ -222,3 +222,8 @@ def install() -> None:
     connection_created.connect(_on_connection_created, dispatch_uid="djscale.queries")
     for conn in connections.all():
         _install_on(conn)
+
+
+# Connections opened from now on (in any thread) get the wrapper without waiting for a
+# recorder to be entered in their thread (ASGI's sync thread, pools of worker threads).
+connection_created.connect(_on_connection_created, dispatch_uid="djscale.queries")
