@@ -7,14 +7,17 @@ import io
 import random
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connections
 from django.test.utils import CaptureQueriesContext
 
+from djscale.errors import ShardMoveError
 from djscale.sharding import shard_for, shard_of, shardmap
 from djscale.sharding.models import MOVED_SQLSTATE
+from djscale.sharding.move import ShardMove, TableCheck, _connect
 from tests.shardapp.models import Order, ShardedUser
 
 pytestmark = [pytest.mark.integration,
@@ -159,3 +162,66 @@ def _all_rows(alias: str) -> list[tuple[int, int, int, str]]:
     with connections[alias].cursor() as cur:
         cur.execute("SELECT id, user_id, amount, note FROM shardapp_order")
         return [tuple(r) for r in cur.fetchall()]  # type: ignore[misc]
+
+
+def _seed_shard() -> tuple[int, list[int], str, str]:
+    logical = shard_for(2)
+    keys = [k for k in range(1, 60000) if shard_for(k) == logical][:4]
+    ShardedUser.objects.bulk_create([ShardedUser(user_id=k, email=f"{k}@x") for k in keys])
+    Order.objects.bulk_create([Order(user_id=k, amount=i) for k in keys for i in range(10)])
+    source = shardmap.current().alias_for(logical)
+    return logical, keys, source, next(a for a in SHARDS if a != source)
+
+
+class _BadChecksum(ShardMove):
+    def _verify(self, src: Any, dst: Any) -> list[TableCheck]:
+        return [TableCheck("shardapp_order", 1, 2, "a", "b")]
+
+
+def test_failed_verification_leaves_the_shard_where_it_was() -> None:
+    logical, keys, source, target = _seed_shard()
+    with pytest.raises(ShardMoveError, match="verification failed for shardapp_order"):
+        _BadChecksum(logical, target, grace_seconds=0).run()
+    shardmap.invalidate()
+    assert shardmap.current().alias_for(logical) == source
+    assert shardmap.current().settled
+    assert _rows(target, logical) == []  # the partial copy is gone
+    assert len(_rows(source, logical)) == 40
+    order = Order.objects.create(user_id=keys[0], amount=99)  # writes were never fenced
+    assert order._state.db == source
+    assert Order.objects.all_shards().count() == 41
+
+
+def test_recover_cleans_up_after_a_move_killed_mid_copy() -> None:
+    logical, keys, source, target = _seed_shard()
+    mover = ShardMove(logical, target)
+    with _connect(source) as src, _connect(target) as dst:  # the move "dies" after copying
+        mover._prepare(src, dst, source)
+        mover._start_log(src)
+        assert mover._copy(src, dst) == 44
+    shardmap.invalidate()
+    assert shardmap.current().states[logical] == "moving"
+    with pytest.raises(CommandError, match=f"logical shard {logical} is moving"):
+        call_command("move_shard", logical, target, stdout=io.StringIO())
+
+    out = io.StringIO()
+    call_command("move_shard", logical, "--recover", stdout=out)
+    assert f"deleted 44 stray rows of logical shard {logical} from {target}" in out.getvalue()
+    shardmap.invalidate()
+    assert shardmap.current().alias_for(logical) == source and shardmap.current().settled
+    assert _rows(target, logical) == []
+    assert Order.objects.create(user_id=keys[1], amount=5)._state.db == source
+    with connections[source].cursor() as cur:
+        cur.execute("SELECT count(*) FROM djscale_shard_changelog")
+        assert cur.fetchone()[0] == 0
+
+
+def test_move_refuses_bad_targets_clearly() -> None:
+    logical = shard_for(3)
+    source = shardmap.current().alias_for(logical)
+    with pytest.raises(CommandError, match=f"logical shard {logical} is already on {source}"):
+        call_command("move_shard", logical, source, stdout=io.StringIO())
+    with pytest.raises(CommandError, match="'shard9' is not a shard database"):
+        call_command("move_shard", logical, "shard9", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="logical shard 5000 does not exist"):
+        call_command("move_shard", 5000, "shard1", stdout=io.StringIO())

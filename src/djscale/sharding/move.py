@@ -47,12 +47,38 @@ from djscale.sharding import shardmap
 from djscale.sharding.config import get_config
 from djscale.sharding.router import is_sharded
 
-__all__ = ["MoveReport", "ShardMove", "TableCheck", "sharded_tables"]
+__all__ = ["MoveReport", "ShardMove", "TableCheck", "recover", "sharded_tables"]
 
 ADVISORY_KEY = 7355608
 """First key of the advisory lock ``(ADVISORY_KEY, logical_shard)`` held while frozen."""
 
 _IN_SHARD = "((id >> 10) & 8191) = %s"
+
+
+@contextmanager
+def _connect(alias: str) -> Iterator[Connection[Any]]:
+    """A private autocommit connection to ``alias`` (not the thread's Django connection)."""
+    wrapper = connections.create_connection(alias)
+    try:
+        wrapper.ensure_connection()
+        conn: Connection[Any] = wrapper.connection
+        conn.autocommit = True
+        conn.execute("SET TimeZone = 'UTC'")
+        yield conn
+    finally:
+        wrapper.close()
+
+
+def _delete_rows(conn: Connection[Any], tables: list[str], logical: int) -> int:
+    """Delete one logical shard's rows from ``tables`` (children first), past the fence."""
+    deleted = 0
+    with conn.transaction():
+        conn.execute("SET LOCAL djscale.move_bypass = 'on'")
+        for table in reversed(tables):
+            cur = conn.execute(sql.SQL("DELETE FROM {} WHERE " + _IN_SHARD).format(
+                sql.Identifier(table)), [logical])
+            deleted += cur.rowcount
+    return deleted
 
 
 def sharded_tables() -> list[str]:
@@ -128,20 +154,6 @@ class ShardMove:
         if not self.tables:
             raise ShardMoveError("no sharded models are installed: there is nothing to move")
 
-    # ------------------------------------------------------------------ connections
-
-    @contextmanager
-    def _connect(self, alias: str) -> Iterator[Connection[Any]]:
-        wrapper = connections.create_connection(alias)
-        try:
-            wrapper.ensure_connection()
-            conn: Connection[Any] = wrapper.connection
-            conn.autocommit = True
-            conn.execute("SET TimeZone = 'UTC'")
-            yield conn
-        finally:
-            wrapper.close()
-
     # ------------------------------------------------------------------ the move
 
     def run(self) -> MoveReport:
@@ -159,7 +171,7 @@ class ShardMove:
                 "once no move runs"
             )
         report = MoveReport(self.logical, source, self.target)
-        with self._connect(source) as src, self._connect(self.target) as dst:
+        with _connect(source) as src, _connect(self.target) as dst:
             flipped = False
             try:
                 self._prepare(src, dst, source)
@@ -196,7 +208,7 @@ class ShardMove:
                          f"{report.freeze_ms:.0f} ms)")
             except BaseException:
                 if not flipped:
-                    self._abort(src, source)
+                    self._abort(src, dst, source)
                 raise
             time.sleep(self.grace_seconds)
             report.deleted = self._drain(src)
@@ -323,24 +335,57 @@ class ShardMove:
             checks.append(TableCheck(table, s_rows, d_rows, s_sum, d_sum))
         return checks
 
-    def _abort(self, src: Connection[Any], source: str) -> None:
-        """Undo a move that did not flip: writes go on against the source."""
+    def _abort(self, src: Connection[Any], dst: Connection[Any], source: str) -> None:
+        """Undo a move that did not flip: writes go on against the source, the partial
+        copy on the target is deleted."""
         try:
-            if src.info.transaction_status != 0:  # not idle: roll the broken tx back
-                src.rollback()
+            for conn in (src, dst):
+                if conn.info.transaction_status != 0:  # not idle: roll the broken tx back
+                    conn.rollback()
             src.execute("DELETE FROM djscale_shard_moves WHERE logical = %s", [self.logical])
             src.execute("DELETE FROM djscale_shard_changelog WHERE logical = %s",
                         [self.logical])
             src.execute("SELECT pg_advisory_unlock_all()")
+            _delete_rows(dst, self.tables, self.logical)
         finally:
             shardmap.set_state(self.logical, "active", expect_alias=source)
 
     def _drain(self, src: Connection[Any]) -> int:
-        deleted = 0
-        with src.transaction():
-            src.execute("SET LOCAL djscale.move_bypass = 'on'")
-            for table in reversed(self.tables):
-                cur = src.execute(sql.SQL("DELETE FROM {} WHERE " + _IN_SHARD).format(
-                    sql.Identifier(table)), [self.logical])
-                deleted += cur.rowcount
-        return deleted
+        return _delete_rows(src, self.tables, self.logical)
+
+
+def recover(logical: int, *, log: Callable[[str], None] | None = None) -> str:
+    """Clean up after a move of ``logical`` that was killed; return where the shard is.
+
+    Only run it when no move of that shard is running. Whatever step the move died in,
+    the shard map says which database holds the shard (the source before the flip, the
+    target after it): the shard's rows are deleted from every *other* shard database,
+    which is also fenced against stale writers; the change log is emptied and the shard
+    is marked ``active`` again.
+    """
+    say = log or (lambda message: None)
+    cfg = get_config()
+    if not 0 <= logical < cfg.logical_shards:
+        raise ShardMoveError(
+            f"logical shard {logical} does not exist: expected 0..{cfg.logical_shards - 1}")
+    shardmap.invalidate()
+    snap = shardmap.current()
+    home = snap.alias_for(logical)
+    tables = sharded_tables()
+    for alias in cfg.aliases:
+        with _connect(alias) as conn:
+            if alias == home:
+                conn.execute("DELETE FROM djscale_shard_moves WHERE logical = %s", [logical])
+            else:
+                conn.execute(
+                    "INSERT INTO djscale_shard_moves (logical, state, target) "
+                    "VALUES (%s, 'moved', %s) ON CONFLICT (logical) DO UPDATE "
+                    "SET state = 'moved', target = EXCLUDED.target", [logical, home])
+                deleted = _delete_rows(conn, tables, logical)
+                if deleted:
+                    say(f"deleted {deleted} stray rows of logical shard {logical} from {alias}")
+            conn.execute("DELETE FROM djscale_shard_changelog WHERE logical = %s", [logical])
+    if snap.states[logical] != "active":
+        shardmap.set_state(logical, "active", expect_alias=home)
+    say(f"logical shard {logical} is active on {home}")
+    return home

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from djscale.errors import DjscaleError
-from djscale.sharding.move import ShardMove
+from djscale.sharding.move import ShardMove, recover
 
 
 class Command(BaseCommand):
@@ -19,13 +19,25 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         """LOGICAL and TARGET, plus ``--grace`` seconds before the source copy is deleted."""
         parser.add_argument("logical", type=int, help="logical shard number")
-        parser.add_argument("target", help="database alias to move it to (e.g. shard3)")
+        parser.add_argument("target", nargs="?", default=None,
+                            help="database alias to move it to (e.g. shard3)")
         parser.add_argument("--grace", type=float, default=None,
                             help="seconds between the flip and deleting the source copy "
                                  "(default: twice the shard map TTL)")
+        parser.add_argument("--recover", action="store_true",
+                            help="clean up after a move of LOGICAL that was killed (run "
+                                 "only when no move of it is running)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the move and print each step and the verification."""
+        if options["recover"]:
+            try:
+                recover(options["logical"], log=self.stdout.write)
+            except DjscaleError as exc:
+                raise CommandError(str(exc)) from None
+            return
+        if not options["target"]:
+            raise CommandError("give the database to move to: move_shard LOGICAL TARGET")
         try:
             move = ShardMove(options["logical"], options["target"],
                              grace_seconds=options["grace"], log=self.stdout.write)
