@@ -144,6 +144,14 @@ def test_metrics_pass_promtool_and_count_every_worker(edge: LocalCluster) -> Non
     assert len({f.stem.rsplit("_", 1)[-1] for f in files}) >= 2, files
 
 
+EDGE_CHECK_IDS = [f"djscale.W{i:03d}" for i in range(1, 12)] + ["djscale.E001"]
+
+
+def test_scalability_checks_are_silent_on_the_demo_project(edge: LocalCluster) -> None:
+    out = edge.django_admin("check", "--deploy", "--tag", "djscale", service="edge-check")
+    assert not [i for i in EDGE_CHECK_IDS if i in out], out
+
+
 def _upstreams(cluster: LocalCluster, n: int) -> list[str]:
     return [request(cluster, "lb", "/health/live")[1].get("x-upstream", "?") for _ in range(n)]
 
