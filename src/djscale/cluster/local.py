@@ -30,7 +30,7 @@ from djscale.topology import AUTO, DatabaseGroup, Port, Topology
 
 __all__ = ["PARTS", "LocalCluster", "ServiceStatus"]
 
-PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery",
+PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery", "gateway",
          "dashboard")
 """The parts of a cluster, in start order; ``up(only=...)`` takes a subset."""
 
@@ -156,6 +156,9 @@ class LocalCluster:
             self._up_lb()
         if "celery" in parts:
             self._up_celery()
+        if "gateway" in parts and (self.topology.gateway.routes
+                                   or self.topology.gateway.compositions):
+            self._up_gateway()
         if "dashboard" in parts:
             self._up_dashboard()
 
@@ -291,6 +294,18 @@ class LocalCluster:
             self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
                 lg, s, " ready."), 60)
 
+    def _up_gateway(self) -> None:
+        spec = self.topology.gateway
+        port = self._port("gateway", spec.host, spec.port)
+        cmd = [sys.executable, "-m", "uvicorn", "--factory",
+               "djscale.services.gateway:create_app", "--host", spec.host, "--port", str(port),
+               "--workers", "2", "--no-proxy-headers", "--no-access-log", "--log-level",
+               "warning"]
+        proc = ManagedProcess(name="gateway", kind="gateway", role="gateway", host=spec.host,
+                              port=port, cmd=cmd, log=str(self._log("gateway")),
+                              env=self.env("gateway"), stop_signal=signal.SIGTERM)
+        self._ensure(proc, lambda: http_ok(spec.host, port, "/"), 30)
+
     def _up_dashboard(self) -> None:
         host = "127.0.0.1"
         port = self._port("dashboard", host, AUTO)
@@ -333,7 +348,7 @@ class LocalCluster:
                              proc.extra["database"]), proc.role
         if proc.kind == "redis":
             return rd.ping(proc.host, proc.port), proc.role
-        if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard"):
+        if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard", "gateway"):
             return http_ok(proc.host, proc.port), proc.role
         return True, proc.role
 
