@@ -1,0 +1,82 @@
+"""TieredCache behaviour beyond Django's suite: copies, async, L1 vs L2, bad options."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.cache import cache
+
+from djscale.cache import TieredCache
+from djscale.errors import ConfigurationError
+
+pytestmark = pytest.mark.integration
+
+URL = settings.CACHES["default"]["LOCATION"]
+
+
+def _key() -> str:
+    return f"api-{uuid.uuid4().hex}"
+
+
+def test_callers_get_copies_and_cannot_mutate_the_cached_value() -> None:
+    key = _key()
+    cache.set(key, {"tags": ["a"]}, 60)
+    got = cache.get(key)
+    got["tags"].append("mutated")
+    assert cache.get(key) == {"tags": ["a"]}
+
+
+def test_second_read_is_an_l1_hit_and_l2_holds_the_value() -> None:
+    key = _key()
+    cache.set(key, "v", 60)
+    cache.l1.discard(cache.make_key(key))
+    hits = cache.l1.hits
+    assert cache.get(key) == "v"  # from Redis, fills L1
+    assert cache.get(key) == "v"  # from L1
+    assert cache.l1.hits == hits + 1
+    raw = redis.Redis.from_url(URL)
+    assert raw.exists(cache.make_key(key)) == 1
+    assert 0 < raw.ttl(cache.make_key(key)) <= 60
+
+
+def test_integers_stay_plain_redis_integers() -> None:
+    key = _key()
+    cache.set(key, 41, 60)
+    raw = redis.Redis.from_url(URL)
+    assert raw.get(cache.make_key(key)) == b"41"
+    assert raw.incr(cache.make_key(key)) == 42
+    cache.l1.discard(cache.make_key(key))
+    assert cache.get(key) == 42
+
+
+def test_async_methods() -> None:
+    async def scenario() -> list[object]:
+        key = _key()
+        await cache.aset(key, {"a": 1}, 60)
+        first = await cache.aget(key)
+        await cache.aset(f"{key}n", 1, 60)
+        n = await cache.aincr(f"{key}n", 4)
+        computed = await cache.aget_or_set(f"{key}g", lambda: "made", 60)
+        deleted = await cache.adelete(key)
+        gone = await cache.aget(key, "default")
+        many = await cache.aget_many([f"{key}n", f"{key}g"])
+        return [first, n, computed, deleted, gone, many]
+
+    first, n, computed, deleted, gone, many = asyncio.run(scenario())
+    assert first == {"a": 1} and n == 5 and computed == "made" and deleted is True
+    assert gone == "default"
+    assert sorted(many.values(), key=str) == [5, "made"]  # type: ignore[attr-defined]
+
+
+def test_unknown_options_are_refused_with_the_allowed_list() -> None:
+    with pytest.raises(ConfigurationError, match="L1_TIMEOUT"):
+        TieredCache(URL, {"OPTIONS": {"L1_TTL": 5}})
+
+
+def test_empty_location_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="LOCATION"):
+        TieredCache("", {"OPTIONS": {}})
