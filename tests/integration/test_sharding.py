@@ -93,6 +93,19 @@ def test_filters_on_shard_key_or_id_route_by_themselves() -> None:
     assert Order.objects.filter(user_id=11).db == shardmap.current().alias_for(shard_for(11))
 
 
+def test_get_or_create_and_related_assignment_route_by_the_shard_key() -> None:
+    user, created = ShardedUser.objects.get_or_create(user_id=21, defaults={"email": "x@y"})
+    assert created and user._state.db == shardmap.current().alias_for(shard_for(21))
+    again, created = ShardedUser.objects.get_or_create(user_id=21, defaults={"email": "z@y"})
+    assert not created and again.pk == user.pk
+    order = Order(user=user, amount=4)
+    order.save()
+    assert order._state.db == user._state.db and shard_of(order.id) == shard_for(21)
+    updated, created = Order.objects.update_or_create(
+        user_id=21, note="", defaults={"amount": 8})
+    assert not created and updated.pk == order.pk and updated.amount == 8
+
+
 def test_scatter_gather_matches_the_same_query_on_one_database() -> None:
     users = ShardedUser.objects.bulk_create(
         [ShardedUser(user_id=i, email=f"s{i}@example.com") for i in range(1, 301)])

@@ -106,6 +106,25 @@ class ShardedQuerySet(models.QuerySet[M]):
         obj.save(force_insert=True)
         return obj
 
+    def _routed(self, kwargs: dict[str, Any]) -> ShardedQuerySet[M]:
+        if _db(self) is None:
+            alias = self._alias_from_filters(kwargs)
+            if alias is not None:
+                return self.using(alias)
+        return self
+
+    def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[M, bool]:
+        """``QuerySet.get_or_create`` on the shard of the shard key among ``kwargs``."""
+        qs = self._routed(kwargs)
+        return super(ShardedQuerySet, qs).get_or_create(defaults=defaults, **kwargs)
+
+    def update_or_create(self, defaults: Any = None, create_defaults: Any = None,
+                         **kwargs: Any) -> tuple[M, bool]:
+        """``QuerySet.update_or_create`` on the shard of the shard key among ``kwargs``."""
+        qs = self._routed(kwargs)
+        return super(ShardedQuerySet, qs).update_or_create(
+            defaults=defaults, create_defaults=create_defaults, **kwargs)
+
     def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
         """Insert rows in one statement per shard, each on its own shard."""
         objs = list(objs)
