@@ -39,3 +39,17 @@ def poison(event: Event) -> None:
     """Always fail: ends in the dead letters."""
     _close(event)  # rolled back with the failure below
     raise ValueError("this event cannot be processed")
+
+
+@consumer("account_slow", name="eventsapp.slow")
+def slow(event: Event) -> None:
+    """Apply the effect, then hold the transaction open while ``hold_file`` exists."""
+    import logging
+    import os
+    import time
+
+    _close(event)
+    logging.getLogger(__name__).warning("slow consumer holding event %s", event.id)
+    deadline = time.monotonic() + 60
+    while os.path.exists(event.payload["hold_file"]) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -18,7 +18,10 @@ for _alias, _db in DATABASES.items():
     _db["NAME"] = _names[_mirror] if _mirror else _names[_alias]
 
 CELERY_BROKER_URL = os.environ["EVENTS_TEST_BROKER_URL"]
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 10}
+# A message taken by a worker that died is handed out again after this many seconds.
+# (kombu otherwise sweeps for such messages only every ~100 s.)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4, "unacked_restore_interval": 1,
+                                   "unacked_restore_throttle": 1}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 DJSCALE = {**DJSCALE, "EVENTS": {"RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 0.5}}

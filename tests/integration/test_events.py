@@ -273,3 +273,23 @@ def test_events_on_a_shard_are_relayed_and_consumed_on_that_shard(
     assert wait_until(lambda: _closed_count(account.pk, "shard2") == 1, 30), \
         _log(worker)[-3000:]
     assert InboxEvent.objects.using("shard2").filter(event_id=event_id).count() == 1
+
+
+def test_worker_killed_mid_way_leaves_the_event_to_be_processed_once_after_restart(
+        celery_app: Any, worker: ManagedProcess, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    account, event_id = _close_account("kit", topic="account_slow", hold_file=str(hold))
+    assert Relay(app=celery_app).relay_once() == 1
+    needle = f"slow consumer holding event {event_id}"
+    assert wait_until(lambda: needle in _log(worker), 30), _log(worker)[-3000:]
+    worker.kill()                                 # SIGKILL in the middle of the transaction
+    hold.unlink()
+    assert _closed_count(account.pk) == 0         # its effect died with its transaction
+    start = Path(worker.log).stat().st_size
+    worker.start()
+    worker.wait_ready(lambda: " ready." in _log(worker)[start:], 60)
+    # The broker hands the unacknowledged message out again after its visibility timeout.
+    assert wait_until(lambda: _closed_count(account.pk) == 1, 60, interval=0.5), \
+        _log(worker)[-3000:]
+    assert InboxEvent.objects.using("default").filter(event_id=event_id).count() == 1

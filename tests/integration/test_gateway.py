@@ -38,6 +38,7 @@ class Hit:
     body: bytes
     start: float
     end: float = 0.0
+    peer_port: int = 0
 
 
 @dataclass
@@ -57,7 +58,8 @@ class Upstream:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 hit = Hit(self.command, self.path, dict(self.headers.items()),
-                          self.rfile.read(length), time.monotonic())
+                          self.rfile.read(length), time.monotonic(),
+                          peer_port=self.client_address[1])
                 upstream.hits.append(hit)
                 status, headers, body = upstream.handler(hit)
                 hit.end = time.monotonic()

@@ -94,14 +94,18 @@ def consumer(topic: str, *, name: str | None = None,
     def register(handler: Handler) -> Handler:
         cname = name or f"{handler.__module__}.{handler.__qualname__}"
         existing = _registry.setdefault(topic, {}).get(cname)
-        if existing is not None and existing.handler is not handler \
-                and existing.handler.__code__ is not handler.__code__:
+        # The same function registered again (a module imported twice) replaces itself.
+        if existing is not None and _path(existing.handler) != _path(handler):
             raise ValueError(f"two consumers of {topic!r} are named {cname!r}; give one "
                              "of them name=...")
         _registry[topic][cname] = Consumer(cname, topic, handler, using, max_attempts)
         return handler
 
     return register
+
+
+def _path(handler: Handler) -> str:
+    return f"{handler.__module__}.{handler.__qualname__}"
 
 
 def consumers_of(topic: str) -> list[Consumer]:

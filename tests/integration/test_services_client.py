@@ -1,0 +1,102 @@
+"""The sync service client against real HTTP servers: budget, breaker, pooling, context."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.test import RequestFactory, override_settings
+
+from djscale.cluster.supervisor import free_port
+from djscale.errors import CircuitOpen, ConfigurationError, ServiceTimeout, ServiceUnavailable
+from djscale.services import (
+    CircuitBreaker,
+    PropagationMiddleware,
+    RetryPolicy,
+    ServiceClient,
+    service_client,
+)
+from djscale.services import client as client_module
+from tests.integration.test_gateway import Hit, Reply, Upstream
+
+pytestmark = pytest.mark.integration
+
+
+def _echo(hit: Hit) -> Reply:
+    if hit.path.startswith("/slow"):
+        time.sleep(2)
+    return 200, {}, {"path": hit.path, "headers": {k.lower(): v for k, v in hit.headers.items()}}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    server = Upstream(_echo)
+    yield server
+    server.close()
+
+
+def test_calls_reuse_pooled_connections(upstream: Upstream) -> None:
+    with ServiceClient(name="echo", urls=[upstream.url]) as client:
+        upstream.hits.clear()
+        for _ in range(5):
+            assert client.get("/x").status_code == 200
+    assert len({hit.peer_port for hit in upstream.hits}) == 1
+
+
+def test_a_slow_service_raises_service_timeout_at_the_call_budget(upstream: Upstream) -> None:
+    with ServiceClient(name="echo", urls=[upstream.url], timeout=0.3,
+                       retry=RetryPolicy(retries=3)) as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceTimeout, match=r"'echo' did not answer GET /slow within 0\.3s"):
+            client.get("/slow")
+        assert time.monotonic() - started < 1.0   # the retries share the 0.3 s budget
+
+
+def test_unreachable_service_opens_its_breaker_then_fails_fast() -> None:
+    breaker = CircuitBreaker("ghost", minimum_calls=2, failure_rate=1.0, reset_timeout=30)
+    with ServiceClient(name="ghost", urls=[f"http://127.0.0.1:{free_port()}"],
+                       retry=RetryPolicy(retries=1, backoff=0.01), breaker=breaker) as client:
+        with pytest.raises(ServiceUnavailable, match="cannot reach service 'ghost'"):
+            client.get("/x")
+        assert breaker.state == "open"       # 2 attempts = 2 failures
+        with pytest.raises(CircuitOpen):
+            client.get("/x")
+
+
+def test_request_id_of_the_current_request_is_sent_on(upstream: Upstream) -> None:
+    from djscale.http.request_id import use_request_id
+
+    with ServiceClient(name="echo", urls=[upstream.url]) as client, use_request_id("rid-42"):
+        seen = client.get("/x").json()["headers"]
+    assert seen["x-request-id"] == "rid-42"
+
+
+def test_propagation_middleware_forwards_the_callers_authorization(upstream: Upstream) -> None:
+    with ServiceClient(name="echo", urls=[upstream.url]) as client:
+        def view(request: object) -> dict[str, str]:
+            return client.get("/x").json()["headers"]
+
+        request = RequestFactory().get("/", HTTP_AUTHORIZATION="Token caller")
+        seen = PropagationMiddleware(view)(request)
+        assert seen["authorization"] == "Token caller"
+        assert "authorization" not in client.get("/x").json()["headers"]
+
+
+def test_service_client_is_built_from_django_settings(upstream: Upstream) -> None:
+    from django.conf import settings
+
+    services = {"echo": {"URLS": [upstream.url], "TIMEOUT": 1.0, "RETRIES": 0,
+                         "BREAKER": {"MINIMUM_CALLS": 3}}}
+    with override_settings(DJSCALE={**settings.DJSCALE, "SERVICES": services}):
+        client_module._clients.clear()
+        try:
+            client = service_client("echo")
+            assert service_client("echo") is client
+            assert client.get("/x").status_code == 200
+            assert client.transport.timeout == 1.0
+            assert client.breaker.minimum_calls == 3
+            with pytest.raises(ConfigurationError, match=r"no service 'carts'.*\[services.carts\]"):
+                service_client("carts")
+        finally:
+            client_module._clients.clear()
