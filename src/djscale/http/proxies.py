@@ -76,6 +76,7 @@ def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
+@lru_cache(maxsize=1024)  # a handful of load balancers send nearly every request
 def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
     """True when ``address`` lies in one of ``networks``."""
     ip = _address(address)
