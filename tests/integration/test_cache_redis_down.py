@@ -80,6 +80,7 @@ def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
         with pytest.raises(CacheUnavailable):
             cache.incr("anything")
         assert AtomicCounter("visits").incr() is None
+        assert cache.ping() is False
     finally:
         cluster.start_service("redis")
 
@@ -88,6 +89,7 @@ def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
                  and raw.exists(cache.make_key(views.square.key(6))) == 1)
     assert _wait(lambda: cache.bus.connected.is_set())
     assert cache.l2.breaker.state == "closed"
+    assert cache.ping() is True
     assert client.get("/cache/square/7/").status_code == 200
     assert raw.exists(cache.make_key(views.square.key(7))) == 1
     assert AtomicCounter("visits").incr() == 1

@@ -502,6 +502,10 @@ class TieredCache(BaseCache):
 
     # ------------------------------------------------------------------ introspection
 
+    def ping(self) -> bool:
+        """True if Redis (L2) answers PING now (health checks: L1 can hide an outage)."""
+        return bool(self._l2.run(lambda c: c.ping(), False))
+
     def stats(self) -> dict[str, Any]:
         """L1 counters and state, for debugging and health pages."""
         return {
