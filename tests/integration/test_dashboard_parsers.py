@@ -13,10 +13,13 @@ from djscale.cluster.dashboard import (
 
 def test_metrics_request_total_sums_the_djscale_request_counter_over_labels() -> None:
     registry = CollectorRegistry()
-    requests = Counter("djscale_http_requests", "requests", ["method"], registry=registry)
+    requests = Counter("djscale_http_requests", "requests", ["method", "view"],
+                       registry=registry)
     cache = Counter("djscale_cache_requests", "cache lookups", ["result"], registry=registry)
-    requests.labels("GET").inc(5)
-    requests.labels("POST").inc(2)
+    requests.labels("GET", "whoami").inc(5)
+    requests.labels("POST", "visit").inc(2)
+    requests.labels("GET", "djscale-metrics").inc(40)  # the dashboard's own scrapes
+    requests.labels("GET", "djscale-health-ready").inc(40)
     cache.labels("hit").inc(100)
     assert metrics_request_total(generate_latest(registry).decode()) == 7
 

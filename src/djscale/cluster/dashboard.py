@@ -106,8 +106,10 @@ def page() -> bytes:
 def metrics_request_total(text: str) -> float | None:
     """Total of the HTTP request counter in Prometheus exposition ``text`` (None if absent).
 
-    Samples of the chosen counter family are summed over all labels; ``_created`` samples
-    are ignored. Text that does not parse counts as "no counter".
+    Samples of the chosen counter family are summed over all labels, except those of
+    djscale's own endpoints (``view`` label ``djscale-metrics`` or ``djscale-health-*``: the
+    dashboard's scrapes and routed health checks); ``_created`` samples are ignored. Text
+    that does not parse counts as "no counter".
     """
     try:
         families = list(text_string_to_metric_families(text))
@@ -116,7 +118,8 @@ def metrics_request_total(text: str) -> float | None:
     counters = {f.name: f for f in families if f.type == "counter"}
 
     def total(name: str) -> float:
-        return sum(s.value for s in counters[name].samples if s.name.endswith("_total"))
+        return sum(s.value for s in counters[name].samples
+                   if s.name.endswith("_total") and not _own_view(s.labels.get("view", "")))
 
     for name in _KNOWN_COUNTERS:
         if name in counters:
@@ -125,6 +128,10 @@ def metrics_request_total(text: str) -> float | None:
         if "http_requests" in name:
             return total(name)
     return None
+
+
+def _own_view(view: str) -> bool:
+    return view == "djscale-metrics" or view.startswith("djscale-health")
 
 
 def haproxy_server_totals(csv_text: str, backend: str = "djscale_app") -> dict[str, int]:
@@ -347,8 +354,11 @@ class Collector:
                 slots = {r[0]: (None if r[1] is None else int(r[1]),
                                 None if r[2] is None else float(r[2]))
                          for r in conn.execute(
-                    "SELECT s.slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), r.replay_lsn)"
-                    "::bigint, EXTRACT(EPOCH FROM r.replay_lag) FROM pg_replication_slots s "
+                    # A disconnected replica still needs everything since its slot's
+                    # restart_lsn: that is how far behind it is.
+                    "SELECT s.slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), "
+                    "COALESCE(r.replay_lsn, s.restart_lsn))::bigint, "
+                    "EXTRACT(EPOCH FROM r.replay_lag) FROM pg_replication_slots s "
                     "LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid "
                     "WHERE s.slot_type = 'physical'").fetchall()}
                 try:
@@ -390,7 +400,12 @@ class Collector:
             with _pg(rec, bouncer=True) as conn:
                 conn.execute("SELECT 1")
             return {"health": HEALTHY, "detail": f"pooling for {rec.get('group') or '?'}"}
-        if kind in ("nginx", "haproxy", "dashboard"):
+        if kind in ("nginx", "haproxy"):
+            # Not an HTTP request: it would reach an app server and count as traffic there.
+            ok = tcp_ready(host, port, timeout=1.0)
+            return {"health": HEALTHY if ok else DOWN,
+                    "detail": "accepting connections" if ok else "not accepting connections"}
+        if kind == "dashboard":
             status, _ = _http_get(host, port, "/health/live")
             return {"health": HEALTHY if status < 500 else DOWN, "detail": f"HTTP {status}"}
         if port:
