@@ -293,3 +293,19 @@ def test_worker_killed_mid_way_leaves_the_event_to_be_processed_once_after_resta
     assert wait_until(lambda: _closed_count(account.pk) == 1, 60, interval=0.5), \
         _log(worker)[-3000:]
     assert InboxEvent.objects.using("default").filter(event_id=event_id).count() == 1
+
+
+def test_events_relay_command_publishes_every_database_once(celery_app: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    _close_account("lea")
+    _close_account("max", topic="account_closed_on_shard", using="shard1", shard="shard1")
+    out = StringIO()
+    call_command("events_relay", "--once", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert "default: 1 event(s) published" in lines
+    assert "shard1: 1 event(s) published" in lines
+    assert "shard2: 0 event(s) published" in lines
+    assert len(lines) == 4      # default + 3 shards, each once

@@ -32,9 +32,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         """Relay until SIGTERM/SIGINT (or one pass with --once)."""
         config = getattr(settings, "DJSCALE", {})
-        databases = options["database"] or [
+        databases = options["database"] or list(dict.fromkeys([
             *config.get("REPLICATION_GROUPS", {"default": {}}).keys(),
-            *config.get("SHARDS", [])]
+            *config.get("SHARDS", [])]))
         relays = [Relay(using=db, batch_size=options["batch_size"]) for db in databases]
         if options["once"]:
             for relay in relays:
