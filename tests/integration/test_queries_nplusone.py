@@ -152,3 +152,20 @@ def test_a_celery_task_with_a_lazy_loop_is_flagged(
         assert len(author_names.apply().get()) == 20
     [record] = [r for r in caplog.records if r.name == "djscale.queries"]
     assert "Book.author loaded lazily 20 times" in record.getMessage()
+
+
+def test_a_process_that_imports_celery_before_django_gets_the_task_hooks() -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import celery, django; django.setup(); "
+            "from celery.signals import task_prerun, task_postrun; "
+            "print(sorted(str(k[0]) for s in (task_prerun, task_postrun) "
+            "for k in s.receivers if 'djscale.queries' in str(k[0])))")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=120, check=True).stdout
+    assert "djscale.queries.prerun" in out and "djscale.queries.postrun" in out

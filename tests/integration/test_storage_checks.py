@@ -88,3 +88,13 @@ def test_s3_settings_build_a_django_storages_backend_that_serves_from_the_cdn(
     storage = import_string(config["BACKEND"])(**config["OPTIONS"])
     assert storage.bucket_name == "shop-media"
     assert storage.url("products/1.png") == "https://media.example.com/media/products/1.png"
+
+
+@pytest.mark.parametrize("media_url, prefix", [
+    ("/media/", "media/"), ("", "media/"), ("uploads", "uploads/"),
+    ("https://cdn.example.com/shop/media/", "shop/media/"),
+])
+def test_media_urls_follow_media_url_path(media_url: str, prefix: str) -> None:
+    from djscale.storage.urls import media_prefix
+
+    assert media_prefix(media_url) == prefix
