@@ -17,4 +17,4 @@ class DjscaleConfig(AppConfig):
         # Each component adds its own import here (one line each).
         import djscale.checks  # noqa: F401  (edge: the scalability checklist)
         from djscale import queries, storage  # noqa: F401  (query hooks; media checks)
-        from djscale.db import signals  # noqa: F401  (replicas: write detection, Celery)
+        from djscale.db import checks, signals  # noqa: F401  (replicas: checks, write detection, Celery)
