@@ -11,7 +11,9 @@ Metrics (all prefixed ``djscale_``; counters get ``_total`` from prometheus_clie
 ``http_request_duration_seconds``      request latency histogram by method
 ``router_decisions_total``             reads/writes routed to primary / replica / fallback
 ``replica_lag_seconds`` / ``_bytes``   last measured lag of each replica
-``shard_queries_total``                queries per physical shard
+``shard_queries_total``                queries per physical shard (recorded by sharding)
+``db_queries_total``                   every query by database alias and role (primary,
+                                       replica, shard), counted by an execute wrapper
 ``cache_requests_total``               cache hits and misses per level (l1, l2)
 ``cache_invalidations_total``          invalidations received / sent, by source
 ``cache_stampede_waits_total``         requests that waited for another computation
@@ -35,8 +37,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -44,6 +47,7 @@ __all__ = [
     "CACHE_INVALIDATIONS",
     "CACHE_REQUESTS",
     "CIRCUIT_BREAKER_STATE",
+    "DB_QUERIES",
     "HEALTH_CHECK_UP",
     "HTTP_REQUESTS",
     "HTTP_REQUEST_DURATION",
@@ -53,8 +57,11 @@ __all__ = [
     "ROUTER_DECISIONS",
     "SHARD_QUERIES",
     "STAMPEDE_WAITS",
+    "QueryCounter",
     "configure_multiprocess",
+    "database_role",
     "gunicorn_child_exit",
+    "instrument_queries",
     "multiprocess_dir",
     "record_cache",
     "record_circuit_state",
@@ -146,6 +153,11 @@ SHARD_QUERIES = Counter(
     "djscale_shard_queries", "Queries sent to each physical shard database.", ["shard"],
 )
 
+DB_QUERIES = Counter(
+    "djscale_db_queries", "Queries executed, by database alias and role (primary, replica, shard).",
+    ["alias", "role"],
+)
+
 # ------------------------------------------------------------------ cache
 
 CACHE_REQUESTS = Counter(
@@ -222,3 +234,57 @@ def record_circuit_state(*, service: str, state: str) -> None:
 def record_outbox_backlog(*, rows: int) -> None:
     """Record how many outbox events wait to be published."""
     OUTBOX_BACKLOG.set(rows)
+
+
+# ------------------------------------------------------------------ query counting
+
+
+def database_role(alias: str) -> str:
+    """``primary``, ``replica`` or ``shard`` for a Django alias, from ``settings.DJSCALE``."""
+    from django.conf import settings
+
+    djscale = getattr(settings, "DJSCALE", None) or {}
+    for group in (djscale.get("REPLICATION_GROUPS") or {}).values():
+        if alias in group.get("REPLICAS", ()):
+            return "replica"
+    if alias in (djscale.get("SHARDS") or ()):
+        return "shard"
+    return "primary"
+
+
+class QueryCounter:
+    """An execute wrapper counting the queries of one connection (``djscale_db_queries``)."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self._child: Any = None
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
+                 context: dict[str, Any]) -> Any:
+        """Count, then run the query."""
+        if self._child is None:
+            self._child = DB_QUERIES.labels(self.alias, database_role(self.alias))
+        self._child.inc()
+        return execute(sql, params, many, context)
+
+
+def _count_queries(sender: object, connection: Any, **kwargs: Any) -> None:
+    from django.conf import settings
+
+    if not (getattr(settings, "DJSCALE", None) or {}).get("QUERY_METRICS", True):
+        return
+    wrappers = connection.execute_wrappers
+    if not any(isinstance(w, QueryCounter) for w in wrappers):
+        # First, not last: `with connection.execute_wrapper(...)` pops the last wrapper on
+        # exit, and a connection opened inside such a block must not lose that one.
+        wrappers.insert(0, QueryCounter(connection.alias))
+
+
+def instrument_queries() -> None:
+    """Count every query per alias from now on (idempotent; ``QUERY_METRICS=False`` opts out)."""
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_count_queries, dispatch_uid="djscale.metrics.count_queries")
+
+
+instrument_queries()

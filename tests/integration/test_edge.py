@@ -121,6 +121,11 @@ def test_request_id_is_created_or_kept_through_haproxy(edge: LocalCluster) -> No
     assert headers["x-request-id"] != "bad id;"
 
 
+def test_metrics_are_not_served_through_the_load_balancer(edge: LocalCluster) -> None:
+    assert request(edge, "lb", "/metrics")[0] == 404
+    assert request(edge, "app-1", "/metrics")[0] == 200
+
+
 def test_metrics_pass_promtool_and_count_every_worker(edge: LocalCluster) -> None:
     for _ in range(30):
         assert request(edge, "app-1", "/whoami")[0] == 200
@@ -139,6 +144,7 @@ def test_metrics_pass_promtool_and_count_every_worker(edge: LocalCluster) -> Non
     assert 'djscale_health_check_up{check="db:default"' in text
     assert "djscale_http_request_duration_seconds_bucket" in text
     assert 'djscale_replica_lag_seconds{alias="default_replica1"' in text
+    assert 'djscale_db_queries_total{alias="default' in text
     # gunicorn's two workers write their own files; /metrics sums them
     files = list((edge.state_dir / "metrics" / "app-1").glob("*.db"))
     assert len({f.stem.rsplit("_", 1)[-1] for f in files}) >= 2, files

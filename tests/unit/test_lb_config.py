@@ -37,6 +37,7 @@ def test_nginx_config_is_valid_for_every_method(tmp_path: Path, method: str,
     assert "keepalive 64;" in text
     assert "proxy_next_upstream error timeout" in text
     assert "non_idempotent" not in text  # POSTs are never retried on another server
+    assert "location = /metrics" in text
     for header in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
                    "X-Request-ID"):
         assert f"proxy_set_header {header}" in text
@@ -56,6 +57,7 @@ def test_haproxy_config_is_valid_for_every_method(tmp_path: Path, method: str,
     assert "server app-1 127.0.0.1:18001 weight 3 check" in text
     assert "option forwardfor" in text
     assert "disable-l7-retry unless METH_GET or METH_HEAD" in text
+    assert "deny deny_status 404 if { path /metrics }" in text
 
 
 def test_a_broken_config_is_reported_with_the_tool_output(tmp_path: Path) -> None:

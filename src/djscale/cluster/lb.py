@@ -13,6 +13,7 @@ Both configurations:
 - set ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and a
   ``X-Request-ID`` when the client sent none;
 - keep connections to the upstreams alive;
+- refuse ``/metrics`` (Prometheus scrapes each app server directly);
 - eject failing servers: nginx passively (``max_fails``/``fail_timeout``), HAProxy actively
   (``option httpchk GET /health/ready``) with ``slowstart`` when a server comes back.
 """
@@ -94,6 +95,11 @@ http {{
     server {{
         listen {spec.host}:{listen_port} backlog=4096;
 
+        # Metrics are scraped from each app server, never through the public entry.
+        location = /metrics {{
+            return 404;
+        }}
+
         location / {{
             proxy_pass http://djscale_app;
             proxy_http_version 1.1;
@@ -166,6 +172,8 @@ frontend djscale_front
     http-request disable-l7-retry unless METH_GET or METH_HEAD or METH_OPTIONS
     http-response set-header X-Upstream %[srv_name]
     http-response set-header X-Request-ID %[var(txn.request_id)]
+    # Metrics are scraped from each app server, never through the public entry.
+    http-request deny deny_status 404 if {{ path /metrics }}
     default_backend djscale_app
 
 backend djscale_app
