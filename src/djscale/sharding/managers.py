@@ -24,14 +24,29 @@ if TYPE_CHECKING:
 __all__ = ["ShardedManager", "ShardedQuerySet"]
 
 M = TypeVar("M", bound=models.Model)
+QS = TypeVar("QS", bound=models.QuerySet[Any])
 
 _PK_NAMES = ("pk", "pk__exact", "id", "id__exact")
 
 
+SHARD_HINT = "djscale_shard"
+"""Router hint naming the shard primary a queryset was routed to (reads may use replicas)."""
+
+
 def _db(obj: object) -> str | None:
-    """The database a queryset/manager was pinned to with ``using()`` (None: router)."""
+    """The shard a queryset is bound to: ``using()`` or a routing hint (None: neither)."""
     db: str | None = getattr(obj, "_db", None)
+    if db is None:
+        db = getattr(obj, "_hints", {}).get(SHARD_HINT)
     return db
+
+
+def on_shard(qs: QS, alias: str) -> QS:
+    """``qs`` routed to shard ``alias``: writes go to its primary, reads through the
+    router (a usable replica of that shard, or the primary)."""
+    clone = qs._chain()  # type: ignore[attr-defined]
+    clone._hints = {**clone._hints, SHARD_HINT: alias}  # the dict is shared between clones
+    return clone  # type: ignore[no-any-return]
 
 
 class ShardedQuerySet(models.QuerySet[M]):
@@ -82,12 +97,12 @@ class ShardedQuerySet(models.QuerySet[M]):
         if _db(qs) is None and kwargs:
             alias = self._alias_from_filters(kwargs)
             if alias is not None:
-                qs = qs.using(alias)
+                qs = on_shard(qs, alias)
         return qs
 
     def for_key(self, key: object) -> ShardedQuerySet[M]:
         """This queryset on the database holding shard-key value ``key``."""
-        return self.using(self._sharded().alias_for_key(key))
+        return on_shard(self, self._sharded().alias_for_key(key))
 
     def get_by_shard_key(self, key: object, **filters: Any) -> M:
         """The one row with shard key ``key`` (and ``filters``), read from its shard."""
@@ -95,7 +110,7 @@ class ShardedQuerySet(models.QuerySet[M]):
 
     def get_by_id(self, id_: int) -> M:
         """The row with this id, read from the shard encoded in the id."""
-        return self.using(self._sharded().alias_for_id(id_)).get(pk=id_)
+        return on_shard(self, self._sharded().alias_for_id(id_)).get(pk=id_)
 
     def create(self, **kwargs: Any) -> M:
         """Create a row on its shard (chosen from the shard key among ``kwargs``)."""
@@ -110,7 +125,7 @@ class ShardedQuerySet(models.QuerySet[M]):
         if _db(self) is None:
             alias = self._alias_from_filters(kwargs)
             if alias is not None:
-                return self.using(alias)
+                return on_shard(self, alias)
         return self
 
     def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[M, bool]:

@@ -20,6 +20,7 @@ from django.db.models import Model
 
 from djscale.errors import ShardKeyMissing
 from djscale.sharding.config import get_config
+from djscale.sharding.managers import SHARD_HINT
 
 __all__ = ["ShardRouter", "is_sharded"]
 
@@ -46,6 +47,9 @@ class ShardRouter:
     """Routes sharded models to their shard; keeps tables on the right databases."""
 
     def _alias(self, model: type[Model], hints: dict[str, Any]) -> str:
+        pinned = hints.get(SHARD_HINT)
+        if pinned is not None:
+            return str(pinned)
         instance = hints.get("instance")
         if instance is not None:
             from djscale.sharding.models import ShardedModel

@@ -26,6 +26,7 @@ from django.db.models import F
 
 from djscale.sharding import shardmap
 from djscale.sharding.config import get_config
+from djscale.sharding.managers import on_shard
 
 __all__ = ["ScatterGather"]
 
@@ -70,7 +71,7 @@ class ScatterGather(Generic[M]):
         self.aliases = tuple(aliases) if aliases is not None else get_config().aliases
 
     def _on(self, alias: str) -> models.QuerySet[M]:
-        qs: models.QuerySet[Any] = self.queryset.using(alias)
+        qs: models.QuerySet[Any] = on_shard(self.queryset, alias)
         snap = shardmap.current()
         if not snap.settled:
             qs = qs.alias(_djscale_ls=F("pk").bitrightshift(10).bitand(8191)).filter(
