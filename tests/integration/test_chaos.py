@@ -24,7 +24,7 @@ DEMO = Path(__file__).resolve().parents[2] / "examples/demo/djscale.toml"
 OPTIONS = ChaosOptions(read_path="/whoami", write_path="/visit",
                        count_sql="SELECT count(*) FROM demo_visit", requests=6000,
                        max_seconds=30, concurrency=6, fault_after=1.0, fault_seconds=2.0,
-                       tail_seconds=1.0)
+                       tail_seconds=2.0)
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ def _primary_restart(report: ChaosReport, load: LoadResult, t0: float, t1: float
     slow = [s for s in load.failed("POST") if s.status != 503 or s.latency > 2.0]
     if slow:
         report.notes.append(f"{len(slow)} failed writes were not a fast 503")
-    after = [s for s in load.window(t1 + 1.0, float("inf")) if s.method == "POST"]
+    after = [s for s in load.window(t1, float("inf")) if s.method == "POST"]
     recovered = any(200 <= s.status < 300 for s in after)
     if not recovered:
         report.notes.append("no write succeeded after the primary came back")
