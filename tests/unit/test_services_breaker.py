@@ -120,3 +120,18 @@ def test_registry_gives_one_breaker_per_service() -> None:
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="failure_rate"):
         CircuitBreaker("x", failure_rate=0)
+
+
+def test_registry_breakers_export_their_state_as_a_gauge() -> None:
+    from prometheus_client import REGISTRY
+
+    registry = BreakerRegistry()
+    breaker = registry.get("gauge-svc", minimum_calls=1, failure_rate=1.0)
+
+    def sample() -> float | None:
+        return REGISTRY.get_sample_value("djscale_circuit_breaker_state",
+                                         {"service": "gauge-svc"})
+
+    assert sample() == 0
+    _call(breaker, False)
+    assert sample() == 2

@@ -86,6 +86,12 @@ class Relay:
                     attempts=failed.attempts + 1, last_error=failed.last_error)
         return sent
 
+    def backlog(self) -> int:
+        """How many rows of this database wait to be published."""
+        from djscale.events.models import OutboxEvent
+
+        return OutboxEvent.objects.using(self.using).filter(published_at__isnull=True).count()
+
     def _send(self, rows: Sequence[Any]) -> int:
         """Send rows in order until the first failure; return how many were accepted."""
         sent = 0

@@ -15,7 +15,8 @@ current state object (:class:`Closed`, :class:`Open`, :class:`HalfOpen`), each w
 A breaker belongs to one upstream service and lives in the process's memory (each
 process learns on its own; a shared Redis store is left for later). It is thread-safe
 and never blocks, so async code may use it as is. :class:`BreakerRegistry` hands out one
-breaker per service name.
+breaker per service name and exports its state as the ``djscale_circuit_breaker_state``
+gauge.
 """
 
 from __future__ import annotations
@@ -197,6 +198,13 @@ class CircuitBreaker:
             self._enter(Closed(self))
 
 
+def _export_state(breaker: CircuitBreaker, old: str, new: str) -> None:
+    """Publish the state as the ``djscale_circuit_breaker_state`` gauge."""
+    from djscale.metrics import record_circuit_state
+
+    record_circuit_state(service=breaker.name, state=new)
+
+
 class BreakerRegistry:
     """One breaker per service name, created on first use with the given settings."""
 
@@ -213,6 +221,8 @@ class BreakerRegistry:
                 breaker = CircuitBreaker(name, failure_rate=failure_rate,
                                          minimum_calls=minimum_calls, window=window,
                                          reset_timeout=reset_timeout)
+                breaker.add_listener(_export_state)
+                _export_state(breaker, "", breaker.state)
                 self._breakers[name] = breaker
             return breaker
 

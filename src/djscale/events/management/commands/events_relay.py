@@ -1,7 +1,8 @@
 """``django-admin events_relay``: publish outbox rows to the broker, for ever.
 
 One relay thread per database (``--database``, repeatable; default: every primary of
-``settings.DJSCALE``). Several relay processes may run: they share the work.
+``settings.DJSCALE``). Several relay processes may run: they share the work. Every 5 s the
+total backlog is exported as the ``djscale_outbox_backlog`` gauge.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from djscale.events.relay import Relay
+from djscale.metrics import record_outbox_backlog
 
 
 class Command(BaseCommand):
@@ -49,7 +51,10 @@ class Command(BaseCommand):
         for thread in threads:
             thread.start()
         self.stdout.write(f"relaying events of {', '.join(databases)}")
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(5.0):
+            try:
+                record_outbox_backlog(rows=sum(r.backlog() for r in relays))
+            except Exception as exc:  # noqa: BLE001 - a metric must not stop the relay
+                self.stderr.write(f"cannot measure the outbox backlog: {exc}")
         for thread in threads:
             thread.join(5)
