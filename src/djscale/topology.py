@@ -219,6 +219,8 @@ class CelerySpec:
     concurrency: int = 2
     app: str = ""
     queues: tuple[str, ...] = ("celery",)
+    relay: bool = False
+    """Run the transactional-outbox relay (``django-admin events_relay``) as a service."""
 
 
 @dataclass(frozen=True)
@@ -602,13 +604,15 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
         slowstart_seconds=lbs.get_int("slowstart_seconds", 5),
     )
 
-    c = _Section(_table(data, "celery"), "celery", ("workers", "concurrency", "app", "queues"))
+    c = _Section(_table(data, "celery"), "celery",
+                 ("workers", "concurrency", "app", "queues", "relay"))
     celery = CelerySpec(
         workers=c.get_int("workers", 0, maximum=32),
         concurrency=c.get_int("concurrency", 2, minimum=1, maximum=64),
         app=c.get_str("app", "", pattern=re.compile(r"^([A-Za-z_][\w.]*(:[A-Za-z_]\w*)?)?$"),
                   what="'module.path:app'"),
         queues=c.strs("queues", ("celery",)),
+        relay=c.get_bool("relay", False),
     )
     if celery.workers and not celery.app:
         raise TopologyError(

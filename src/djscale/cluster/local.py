@@ -128,6 +128,7 @@ class LocalCluster:
             "DJSCALE_STATE_DIR": str(self.state_dir),
             "DJSCALE_SERVICE": service,
             "PYTHONPATH": os.pathsep.join(paths),
+            "PYTHONUNBUFFERED": "1",  # logs reach the log file as they are written
         }
 
     # ------------------------------------------------------------------ up
@@ -293,6 +294,16 @@ class LocalCluster:
             start = log.stat().st_size if log.exists() else 0
             self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
                 lg, s, " ready."), 60)
+        if spec.relay:
+            # The outbox relay (djscale.events) publishes committed events to the broker.
+            log = self._log("relay")
+            proc = ManagedProcess(name="relay", kind="relay", role="relay",
+                                  cmd=[sys.executable, "-m", "django", "events_relay"],
+                                  log=str(log), env=self.env("relay"),
+                                  stop_signal=signal.SIGTERM)
+            start = log.stat().st_size if log.exists() else 0
+            self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
+                lg, s, "relaying events of"), 60)
 
     def _up_gateway(self) -> None:
         spec = self.topology.gateway
@@ -313,6 +324,7 @@ class LocalCluster:
                str(self.state_dir), "--host", host, "--port", str(port)]
         proc = ManagedProcess(name="dashboard", kind="dashboard", role="dashboard", host=host,
                               port=port, cmd=cmd, log=str(self._log("dashboard")),
+                              cwd=os.getcwd(),  # a relative topology path stays valid
                               stop_signal=signal.SIGTERM)
         self._ensure(proc, lambda: http_ok(host, port), 30)
 
