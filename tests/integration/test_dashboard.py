@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import urllib.request
@@ -189,6 +190,21 @@ def test_a_replica_whose_replay_is_paused_shows_its_lag_in_bytes_and_seconds_and
         finally:
             replica.execute("SELECT pg_wal_replay_resume()")
     assert wait_until(lambda: _health(cluster)["pg-default-replica2"] == "healthy", 15)
+
+
+def test_a_hung_service_shows_as_down_and_the_other_services_keep_updating(
+        cluster: LocalCluster) -> None:
+    pid = cluster.process("redis").pid
+    os.kill(pid, signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        assert wait_until(lambda: _health(cluster)["redis"] == "down", 15, interval=0.3)
+        first = _state(cluster)["generated_at"]
+        assert wait_until(lambda: _state(cluster)["generated_at"] != first, 10), \
+            "the snapshot stopped updating while a service hangs"
+        assert _health(cluster)["pg-default"] == "healthy"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_until(lambda: _health(cluster)["redis"] == "healthy", 15)
 
 
 def test_shard_sizes_are_the_size_of_each_shard_database(

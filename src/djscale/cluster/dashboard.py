@@ -42,7 +42,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
+PROBE_TIMEOUT = 2.5
+"""Seconds one round waits for the probes of all services."""
 
 # Known request counters, most specific first (djscale.metrics exposes the first); any
 # other counter family whose name holds "http_requests" is used when none of these is.
@@ -224,6 +226,7 @@ class Collector:
         self._previous: dict[str, tuple[float, float]] = {}
         self._log_offsets: dict[str, tuple[int, int]] = {}
         self._no_metrics_until: dict[str, float] = {}
+        self._inflight: dict[str, Future[dict[str, Any]]] = {}
         self._topology: Topology | None = None
         self._topology_source = ""
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
@@ -258,7 +261,7 @@ class Collector:
         lb = next((r for r in records if r.get("name") == "lb"), None)
         haproxy = self._haproxy_totals(lb) if lb and lb.get("kind") == "haproxy" else {}
 
-        probes = list(self._pool.map(lambda r: self._probe(r, groups, haproxy), records))
+        probes = self._probe_all(records, groups)
         now = time.monotonic()
         services, replicas, apps, caches, databases, outbox = [], [], [], [], [], []
         primary_slots: dict[str, dict[str, tuple[int | None, float | None]]] = {}
@@ -316,8 +319,36 @@ class Collector:
                 self._topology = None
         return self._topology
 
-    def _probe(self, rec: dict[str, Any], groups: Mapping[str, DatabaseGroup],
-               haproxy: Mapping[str, int]) -> dict[str, Any]:
+    def _probe_all(self, records: Sequence[dict[str, Any]],
+                   groups: Mapping[str, DatabaseGroup]) -> list[dict[str, Any]]:
+        """Probe every service in parallel; a probe still running after the timeout is "down".
+
+        A hung server (e.g. stopped with SIGSTOP after accepting the connection) can block a
+        probe past its socket timeouts; such a probe is not started again until it returns,
+        so hung services never use up the pool.
+        """
+        futures = []
+        for rec in records:
+            name = str(rec.get("name"))
+            running = self._inflight.get(name)
+            if running is None or running.done():
+                running = self._pool.submit(self._probe, rec, groups)
+                self._inflight[name] = running
+            futures.append(running)
+        wait(futures, timeout=PROBE_TIMEOUT)
+        results = []
+        for future in futures:
+            if future.done() and future.exception() is None:
+                results.append(future.result())
+            elif future.done():
+                results.append({"running": True, "health": DOWN, "detail": "probe failed: "
+                                f"{type(future.exception()).__name__}"})
+            else:
+                results.append({"running": True, "health": DOWN,
+                                "detail": f"no answer within {PROBE_TIMEOUT:g} s"})
+        return results
+
+    def _probe(self, rec: dict[str, Any], groups: Mapping[str, DatabaseGroup]) -> dict[str, Any]:
         try:
             proc = ManagedProcess.from_record(rec)
             running = proc.alive()
