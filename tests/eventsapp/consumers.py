@@ -53,3 +53,12 @@ def slow(event: Event) -> None:
     deadline = time.monotonic() + 60
     while os.path.exists(event.payload["hold_file"]) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@consumer("account_traced", name="eventsapp.traced")
+def traced(event: Event) -> None:
+    """Rename the account after the request id current while the consumer runs."""
+    from djscale.http.request_id import current_request_id
+
+    Account.objects.using(event.db).filter(pk=event.payload["account_id"]).update(
+        name=current_request_id() or "")

@@ -309,3 +309,14 @@ def test_events_relay_command_publishes_every_database_once(celery_app: Any) -> 
     assert "shard1: 1 event(s) published" in lines
     assert "shard2: 0 event(s) published" in lines
     assert len(lines) == 4      # default + 3 shards, each once
+
+
+def test_consumer_runs_with_the_request_id_of_the_publishing_request() -> None:
+    from djscale.http.request_id import use_request_id
+
+    with use_request_id("req-777"):
+        account, event_id = _close_account("nan", topic="account_traced")
+    row = OutboxEvent.objects.using("default").get(id=event_id)
+    assert row.headers == {"request_id": "req-777"}
+    assert deliver(envelope(row, source="default")) == {}
+    assert Account.objects.using("default").get(pk=account.pk).name == "req-777"

@@ -17,12 +17,14 @@ effect and its inbox row together, so the retry starts clean. After ``max_attemp
 failed deliveries the event is dead-lettered for that consumer (a
 :class:`~djscale.events.models.DeadLetter` row plus an inbox row, in one transaction).
 
-Settings (``settings.DJSCALE["EVENTS"]``): ``MAX_ATTEMPTS`` (5), ``RETRY_BACKOFF`` (1.0 s,
+Handlers run with the publishing request's id as the current request id (logs, service
+calls). Settings (``settings.DJSCALE["EVENTS"]``): ``MAX_ATTEMPTS`` (5), ``RETRY_BACKOFF`` (1.0 s,
 doubled per attempt, full jitter) and ``RETRY_BACKOFF_MAX`` (60 s).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -170,6 +172,25 @@ def deliver(envelope: Mapping[str, Any], *, attempt: int = 1) -> dict[str, str]:
     Consumers whose last attempt failed are dead-lettered instead of returned.
     """
     event = Event.from_envelope(envelope, attempt=attempt)
+    with _request_id(event):
+        return _deliver(event, envelope, attempt)
+
+
+def _request_id(event: Event) -> contextlib.AbstractContextManager[Any]:
+    """Log and call on with the id of the request that published the event."""
+    value = event.headers.get("request_id")
+    if not isinstance(value, str):
+        return contextlib.nullcontext()
+    try:
+        from djscale.http.request_id import use_request_id
+    except ImportError:
+        from djscale.services.context import propagate
+
+        return propagate(request_id=value)
+    return use_request_id(value)
+
+
+def _deliver(event: Event, envelope: Mapping[str, Any], attempt: int) -> dict[str, str]:
     default_max = int(setting("MAX_ATTEMPTS", 5))
     retry: dict[str, str] = {}
     for cons in consumers_of(event.topic):
