@@ -15,12 +15,15 @@ import os
 import statistics
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from benchmarks.common import ROOT, Context, Result, wrk
-from djscale.cluster.supervisor import ManagedProcess, free_port, tcp_ready
+# The uvicorn processes import this module for their apps: keep its top-level imports
+# light (benchmarks.common pulls in the whole cluster package).
+if TYPE_CHECKING:
+    from benchmarks.common import Context, Result
+    from djscale.cluster.supervisor import ManagedProcess
 
 TOPIC = "services"
 
@@ -55,6 +58,9 @@ def gateway_app() -> Any:
 
 def _uvicorn(name: str, target: str, port: int, ctx: Context, env: dict[str, str],
              factory: bool = False) -> ManagedProcess:
+    from benchmarks.common import ROOT
+    from djscale.cluster.supervisor import ManagedProcess, tcp_ready
+
     cmd = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--no-access-log", "--no-proxy-headers"]
     if factory:
@@ -63,7 +69,7 @@ def _uvicorn(name: str, target: str, port: int, ctx: Context, env: dict[str, str
                           log=str(ctx.scratch / f"{name}.log"),
                           env={"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", **env})
     proc.start()
-    proc.wait_ready(lambda: tcp_ready("127.0.0.1", port), 20)
+    proc.wait_ready(lambda: tcp_ready("127.0.0.1", port), 60)
     return proc
 
 
@@ -78,6 +84,10 @@ def _latency(url: str, n: int) -> float:
 
 
 def run(ctx: Context) -> list[Result]:
+    """Gateway hop vs direct (wrk), open-breaker 503 vs slow-upstream 504 latency."""
+    from benchmarks.common import Result, wrk
+    from djscale.cluster.supervisor import free_port
+
     up_port, gw_port = free_port(), free_port()
     procs = [_uvicorn("bench-upstream", "benchmarks.bench_services:upstream_app", up_port,
                       ctx, {})]
