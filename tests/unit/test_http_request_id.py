@@ -74,3 +74,26 @@ def test_json_formatter_puts_request_id_and_extras_in_one_line() -> None:
     assert data["request_id"] == "req-9"
     assert data["order_id"] == 7
     assert data["level"] == "WARNING"
+
+
+def test_logging_config_writes_json_lines_with_the_request_id() -> None:
+    import io
+    import logging.config
+
+    from djscale.http.request_id import logging_config
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    try:
+        logging.config.dictConfig(logging_config(json=True))
+        handler = root.handlers[-1]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        with use_request_id("rid-42"):
+            logging.getLogger("edge.test").info("paid", extra={"order": 3})
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["request_id"] == "rid-42" and line["order"] == 3 and line["message"] == "paid"

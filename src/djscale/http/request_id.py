@@ -9,7 +9,8 @@ client sends it on, the Celery integration puts it into task headers and a task 
 it with :func:`use_request_id`.
 
 Logging: :class:`RequestIdFilter` adds ``record.request_id`` to every record;
-:class:`JsonFormatter` writes one JSON object per line (the structured logging option)::
+:class:`JsonFormatter` writes one JSON object per line (the structured logging option).
+``LOGGING = logging_config(json=True)`` is the short way to get this::
 
     LOGGING = {
         "version": 1,
@@ -33,6 +34,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase
 
@@ -42,6 +44,7 @@ __all__ = [
     "RequestIdFilter",
     "RequestIdMiddleware",
     "current_request_id",
+    "logging_config",
     "new_request_id",
     "use_request_id",
     "valid_request_id",
@@ -150,3 +153,22 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             data["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(data, default=repr, ensure_ascii=False)
+
+
+def logging_config(*, json: bool = True, level: str = "INFO") -> dict[str, Any]:
+    """A ``LOGGING`` setting: console output with request ids, as JSON lines or text.
+
+    Text lines look like ``2026-01-01 12:00:00,000 INFO [<request id>] logger: message``.
+    """
+    formatter: dict[str, Any] = (
+        {"()": "djscale.http.request_id.JsonFormatter"} if json else
+        {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"})
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "djscale.http.request_id.RequestIdFilter"}},
+        "formatters": {"djscale": formatter},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "djscale",
+                                 "filters": ["request_id"]}},
+        "root": {"handlers": ["console"], "level": level},
+    }
