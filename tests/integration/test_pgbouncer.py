@@ -92,13 +92,17 @@ def cluster(djscale_cluster_factory: ClusterFactory, tmp_path_factory: pytest.Te
 
 
 def _primary_connections(c: LocalCluster) -> tuple[int, int]:
-    """(max_connections, backends connected to the application database) on the primary."""
+    """(max_connections, client backends on the application database) on the primary.
+
+    Autovacuum workers also show the database's name in pg_stat_activity: not counted.
+    """
     host, port = c.address("pg-default")
     with psycopg.connect(host=host, port=port, user="djscale", dbname="postgres",
                          autocommit=True) as conn:
         row = conn.execute(
             "SELECT current_setting('max_connections')::int, "
-            "(SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgbtest')").fetchone()
+            "(SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgbtest' "
+            " AND backend_type = 'client backend')").fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
@@ -213,7 +217,7 @@ def test_four_app_servers_hold_far_more_client_connections_than_max_connections(
         t.join(timeout=30)
 
     max_connections, _ = _primary_connections(cluster)
-    print(f"\n{done[0]} requests, 0 errors expected ({len(errors)}); peak PgBouncer clients "
+    print(f"\n{done[0]} requests, {len(errors)} errors; peak PgBouncer clients "
           f"{peak_clients}, server connections {peak_servers}, PostgreSQL backends "
           f"{peak_backends}; max_connections {max_connections}")
     assert errors == []
@@ -222,3 +226,15 @@ def test_four_app_servers_hold_far_more_client_connections_than_max_connections(
     assert peak_clients > 3 * MAX_CONNECTIONS
     assert peak_servers <= POOL_SIZE
     assert peak_backends <= POOL_SIZE
+
+
+def test_up_again_keeps_pgbouncer_and_a_crashed_one_restarts_on_its_port(
+        cluster: LocalCluster) -> None:
+    before = cluster.process("pgbouncer-shard1")
+    cluster.up(only=("pgbouncer",))
+    assert cluster.process("pgbouncer-shard1").pid == before.pid
+    cluster.stop_service("pgbouncer-shard1", crash=True)
+    cluster.up(only=("pgbouncer",))
+    after = cluster.process("pgbouncer-shard1")
+    assert after.pid != before.pid and after.port == before.port
+    assert pgb.ready(after.host, after.port, "djscale", "pgbtest")
