@@ -1,0 +1,41 @@
+"""Services of the topology reach Django settings and the clients built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from djscale.services import ServiceClient, breakers
+from djscale.services.client import _spec_from_settings
+from djscale.settings import from_topology
+from djscale.topology import parse
+
+TOPOLOGY = {
+    "postgres": {"port": 5432}, "redis": {"port": 6379},
+    "services": {"users": {"urls": ["http://10.0.0.1:8101", "http://10.0.0.2:8101"],
+                           "timeout": 1.5, "retries": 1, "breaker_minimum_calls": 7}},
+}
+
+
+def test_services_are_exposed_under_djscale_services(tmp_path: Path) -> None:
+    settings = from_topology(parse(TOPOLOGY), state_dir=tmp_path)
+    users = settings["DJSCALE"]["SERVICES"]["users"]
+    assert users["URLS"] == ["http://10.0.0.1:8101", "http://10.0.0.2:8101"]
+    assert (users["TIMEOUT"], users["CONNECT_TIMEOUT"], users["RETRIES"]) == (1.5, 1.0, 1)
+    assert users["BREAKER"] == {"FAILURE_RATE": 0.5, "MINIMUM_CALLS": 7, "WINDOW": 10.0,
+                                "RESET": 5.0}
+
+
+def test_a_client_from_settings_matches_one_from_the_topology(tmp_path: Path) -> None:
+    from django.test import override_settings
+
+    topo = parse(TOPOLOGY)
+    djscale = from_topology(topo, state_dir=tmp_path)["DJSCALE"]
+    with override_settings(DJSCALE=djscale):
+        assert _spec_from_settings("users") == topo.service("users")
+    breakers.clear()
+    client = ServiceClient.from_spec(topo.service("users"))
+    assert client.transport.timeout == 1.5
+    assert client.transport.retry.retries == 1
+    assert client.breaker is breakers.get("users")
+    assert client.breaker.minimum_calls == 7
+    client.close()
