@@ -12,6 +12,7 @@ every query of an inspected request, where a full parser would cost too much.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ _FROM = re.compile(r'\bFROM "([^"]+)"')
 _WHERE = re.compile(r'\bWHERE \(*"([^"]+)"\."([^"]+)" (?:=|IN\b)')
 
 
+@functools.lru_cache(maxsize=4096)  # Django repeats the same SQL text with new params
 def shape(sql: str) -> str:
     """Return ``sql`` with literals and placeholders replaced by ``?`` and lists collapsed."""
     s = _SPACE.sub(" ", sql.strip())
