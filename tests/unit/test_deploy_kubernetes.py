@@ -34,8 +34,9 @@ CRD_SCHEMAS = {
     ("postgresql.cnpg.io/v1", "Pooler"): "cnpg-pooler-v1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json",
 }
-# Every example topology in the repository (the demo, the shop when present) and ours.
-TOPOLOGIES = sorted([*ROOT.glob("examples/*/djscale.toml"), *ROOT.glob("deploy/*.toml")])
+# Every example topology in the repository (the demo; the shop's users, products, orders
+# and gateway) and ours.
+TOPOLOGIES = sorted([*ROOT.glob("examples/*/*.toml"), *ROOT.glob("deploy/*.toml")])
 COMMITTED = {ROOT / "examples/demo/djscale.toml": ROOT / "deploy/demo",
              ROOT / "deploy/scaled.toml": ROOT / "deploy/scaled"}
 
@@ -243,3 +244,19 @@ def test_cli_writes_the_manifests_and_reports_errors_on_one_line(tmp_path: Path)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("djscale: error: ")
     assert "kubernetes.namespace" in proc.stderr
+
+
+def test_a_gateway_topology_gets_a_gateway_deployment_behind_the_ingress() -> None:
+    topo = parse({"project": {"name": "gw"},
+                  "services": {"users": {"urls": ["http://users-app.users"]}},
+                  "gateway": {"routes": [{"prefix": "/api/users/", "service": "users"}]}})
+    objects = [o for m in kubernetes_manifests(topo, topology_text="") for o in m.objects]
+    for obj in objects:
+        validate(obj)
+    gateway = next(o for o in objects if o["kind"] == "Deployment"
+                   and o["metadata"]["name"] == "gw-gateway")
+    assert "djscale.services.gateway:create_app" in gateway["spec"]["template"]["spec"][
+        "containers"][0]["command"]
+    ingress = next(o for o in objects if o["kind"] == "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == "gw-gateway"

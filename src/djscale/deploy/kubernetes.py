@@ -10,6 +10,7 @@ topology                    Kubernetes
                             ``/health/live``), Service, Ingress, HorizontalPodAutoscaler,
                             PodDisruptionBudget, Prometheus ServiceMonitor (``/metrics``)
 ``[celery]``                worker Deployment + PodDisruptionBudget
+``[gateway]``               uvicorn Deployment + Service + PDB; the Ingress points at it
 ``[postgres]``, ``[[shards]]``  one CloudNativePG ``Cluster`` per replication group
                             (primary + ``replicas`` standbys; the operator makes its PDB)
 ``[pgbouncer]``             one CloudNativePG ``Pooler`` per primary, same pool mode/size
@@ -49,6 +50,7 @@ __all__ = ["Manifest", "kubernetes_manifests", "load_manifests", "write_kubernet
 Obj = dict[str, Any]
 
 APP_PORT = 8000
+GATEWAY_PORT = 8080
 REDIS_PORT = 6379
 PG_PORT = 5432
 TOPOLOGY_MOUNT = "/etc/djscale"
@@ -476,7 +478,9 @@ class _Builder:
         }
         rule: Obj = {"http": {"paths": [{
             "path": "/", "pathType": "Prefix",
-            "backend": {"service": {"name": name, "port": {"name": "http"}}},
+            # With a gateway, it is the public entry point; else the app servers are.
+            "backend": {"service": {"name": self.name("gateway") if self.has_gateway else name,
+                                    "port": {"name": "http"}}},
         }]}}
         if k.ingress_host:
             rule = {"host": k.ingress_host, **rule}
@@ -517,6 +521,56 @@ class _Builder:
         }
         return Manifest("50-app.yaml", (deployment, service, self.pdb(name, "app"), hpa,
                                         ingress, monitor))
+
+    @property
+    def has_gateway(self) -> bool:
+        return bool(self.t.gateway.routes or self.t.gateway.compositions)
+
+    def gateway(self) -> Manifest | None:
+        """The ASGI API gateway (uvicorn), as the local cluster runs it."""
+        if not self.has_gateway:
+            return None
+        name = self.name("gateway")
+        # The gateway has no health route (every unknown path is a JSON 404): probe TCP.
+        probe: Obj = {"tcpSocket": {"port": "http"}, "periodSeconds": 10,
+                      "timeoutSeconds": 3, "failureThreshold": 3}
+        deployment = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": self.meta(name, "gateway"),
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": self.selector("gateway")},
+                "strategy": {"type": "RollingUpdate",
+                             "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": self.labels("gateway")},
+                    "spec": {
+                        "containers": [{
+                            "name": "gateway", "image": self.k.image,
+                            "command": ["uvicorn", "--factory",
+                                        "djscale.services.gateway:create_app",
+                                        "--host", "0.0.0.0", "--port", str(GATEWAY_PORT),
+                                        "--workers", "2", "--no-access-log"],
+                            "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                            "envFrom": self.env_from(), "env": self.env(),
+                            "readinessProbe": probe, "livenessProbe": probe,
+                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+                            "resources": self.resources(),
+                            "securityContext": self.security(),
+                            "volumeMounts": self.mounts(),
+                        }],
+                        "volumes": self.volumes(),
+                        "topologySpreadConstraints": self.spread("gateway"),
+                    },
+                },
+            },
+        }
+        service = {
+            "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, "gateway"),
+            "spec": {"selector": self.selector("gateway"),
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }
+        return Manifest("55-gateway.yaml", (deployment, service, self.pdb(name, "gateway")))
 
     def celery(self) -> Manifest | None:
         spec = self.t.celery
@@ -562,9 +616,9 @@ class _Builder:
     def build(self) -> list[Manifest]:
         manifests = [self.namespace(), self.config(), self.postgres(), self.redis(),
                      self.migrate(), self.app()]
-        celery = self.celery()
-        if celery is not None:
-            manifests.append(celery)
+        for optional in (self.gateway(), self.celery()):
+            if optional is not None:
+                manifests.append(optional)
         kustomization = {
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
             "resources": [m.filename for m in manifests],
