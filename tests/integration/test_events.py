@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.db import connections, transaction
+from django.utils import timezone
 
 from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import ManagedProcess, wait_until
@@ -320,3 +321,20 @@ def test_consumer_runs_with_the_request_id_of_the_publishing_request() -> None:
     assert row.headers == {"request_id": "req-777"}
     assert deliver(envelope(row, source="default")) == {}
     assert Account.objects.using("default").get(pk=account.pk).name == "req-777"
+
+
+def test_a_dead_letter_can_be_replayed_through_the_outbox() -> None:
+    from djscale.events.consumers import replay_dead_letter
+
+    account, event_id = _close_account("ola", topic="account_poison")
+    body = envelope(OutboxEvent.objects.using("default").get(id=event_id), source="default")
+    OutboxEvent.objects.using("default").filter(id=event_id).update(published_at=timezone.now())
+    assert deliver(body, attempt=3) == {}          # last attempt: dead-lettered
+    letter = DeadLetter.objects.using("default").get(event_id=event_id)
+    assert replay_dead_letter(letter.pk) == event_id
+    assert not DeadLetter.objects.using("default").exists()
+    assert not InboxEvent.objects.using("default").filter(event_id=event_id).exists()
+    assert OutboxEvent.objects.using("default").get(id=event_id).published_at is None
+    assert deliver(body, attempt=1) == {"eventsapp.poison": "ValueError: this event cannot "
+                                                            "be processed"}
+    assert _closed_count(account.pk) == 0

@@ -35,7 +35,8 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-__all__ = ["Consumer", "Event", "backoff", "consumer", "consumers_of", "deliver", "setting"]
+__all__ = ["Consumer", "Event", "backoff", "consumer", "consumers_of", "deliver",
+           "replay_dead_letter", "setting"]
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +212,28 @@ def _deliver(event: Event, envelope: Mapping[str, Any], attempt: int) -> dict[st
             log.info("event %s (%s) already processed by %s: duplicate skipped",
                      event.id, event.topic, cons.name)
     return retry
+
+
+def replay_dead_letter(letter_id: int, *, using: str = "default") -> uuid.UUID:
+    """Give a dead-lettered event another round of attempts for its consumer.
+
+    In one transaction on ``using`` (the consumer's database): forget the consumer's inbox
+    row and the dead letter, and put the event back in that database's outbox (pending),
+    so the relay sends it again. Other consumers of the event skip it (their inbox).
+    Return the event id.
+    """
+    from djscale.events.models import DeadLetter, InboxEvent, OutboxEvent
+
+    with transaction.atomic(using=using):
+        letter = DeadLetter.objects.using(using).select_for_update().get(pk=letter_id)
+        InboxEvent.objects.using(using).filter(consumer=letter.consumer,
+                                               event_id=letter.event_id).delete()
+        env = letter.envelope
+        if not OutboxEvent.objects.using(using).filter(id=letter.event_id).update(
+                published_at=None):
+            OutboxEvent.objects.using(using).create(
+                id=letter.event_id, topic=letter.topic, key=env.get("key", ""),
+                payload=env.get("payload") or {}, headers=env.get("headers") or {})
+        letter.delete()
+    event_id: uuid.UUID = letter.event_id
+    return event_id
