@@ -22,7 +22,8 @@ from djscale.cluster.state import ClusterState, default_state_dir
 from djscale.errors import ConfigurationError
 from djscale.topology import AUTO, DatabaseGroup, PgBouncerSpec, Port, Topology, load
 
-__all__ = ["address_variable", "database_settings", "from_topology", "resolve_topology"]
+__all__ = ["address_variable", "database_settings", "from_topology", "redis_urls",
+           "resolve_topology"]
 
 
 def resolve_topology(topology: Topology | str | Path | None) -> Topology:
@@ -202,6 +203,18 @@ def from_topology(topology: Topology | str | Path | None = None, *,
             },
         },
     }
+
+
+def redis_urls(topology: Topology | str | Path | None = None, *,
+               state_dir: str | Path | None = None) -> list[str]:
+    """The topology's Redis URLs (as in ``DJSCALE["REDIS_URLS"]``), resolving ``auto`` ports.
+
+    For processes that need Redis but no database (the API gateway).
+    """
+    topo = resolve_topology(topology)
+    sdir = Path(state_dir) if state_dir is not None else default_state_dir()
+    state = ClusterState.read(sdir) if (sdir / "cluster.json").exists() else None
+    return _redis_urls(topo, _Addresses(state))[0]
 
 
 def _redis_urls(topo: Topology, addr: _Addresses) -> tuple[list[str], str]:

@@ -439,10 +439,10 @@ def create_app() -> Gateway:
     The rate limiter's Redis is ``$DJSCALE_GATEWAY_REDIS_URL``, else the topology's Redis
     as resolved by :func:`djscale.settings.from_topology` (state of the local cluster).
     """
-    from djscale.settings import from_topology, resolve_topology
+    from djscale.settings import redis_urls, resolve_topology
 
     topology = resolve_topology(None)
     redis_url = os.environ.get("DJSCALE_GATEWAY_REDIS_URL")
     if topology.gateway.rate_limit and not redis_url:
-        redis_url = from_topology(topology)["DJSCALE"]["REDIS_URLS"][0]
+        redis_url = redis_urls(topology)[0]
     return Gateway.from_topology(topology, redis_url=redis_url)
