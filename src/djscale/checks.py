@@ -340,9 +340,25 @@ def scan_source(source: str, filename: str = "<source>") -> list[CheckMessage]:
     except (SyntaxError, ValueError):
         return []
     found: list[CheckMessage] = []
+    # Resolve `name = <expr>` assignments of the innermost function, so that
+    # `key = str(args); cache.get(key)` is seen too.
+    scope_of: dict[int, dict[str, ast.expr]] = {}
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    for scope in [tree, *functions]:  # inner functions come later and win
+        assigned: dict[str, ast.expr] = {}
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                    isinstance(node.targets[0], ast.Name):
+                assigned[node.targets[0].id] = node.value
+        for node in ast.walk(scope):
+            scope_of[id(node)] = assigned
     for node in ast.walk(tree):
         call = _cache_call(node)
-        if call is not None and call[1] is not None and _unhashed(call[1]):
+        key = call[1] if call is not None else None
+        names = scope_of.get(id(node), {})
+        if isinstance(key, ast.Name) and key.id in names:
+            key = names[key.id]
+        if key is not None and _unhashed(key):
             found.append(Warning(
                 "Cache key built from str()/repr()/formatting of *args/**kwargs: keys are "
                 "unbounded, may exceed the backend's key limit, and different arguments "

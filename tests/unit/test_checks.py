@@ -133,3 +133,19 @@ def test_source_check_reads_project_apps(tmp_path: Path) -> None:
 def test_doctor_runs_the_djscale_checks_including_deploy_ones() -> None:
     with override_settings(DEBUG=True):
         assert "djscale.W004" in [m.id for m in checks.doctor()]
+
+
+def test_a_key_assigned_to_a_variable_is_followed_within_its_function_only() -> None:
+    code = '''
+from django.core.cache import cache
+
+def bad(*args):
+    key = "f:" + str(args)
+    return cache.get(key)
+
+def good(user_id):
+    key = f"user:{user_id}"
+    return cache.get(key)
+'''
+    found = checks.scan_source(code, "m.py")
+    assert [m.obj for m in found] == ["m.py:6"]
