@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from djscale.errors import ShardMoveError
 from djscale.sharding import shard_for, shard_of, shardmap
-from djscale.sharding.models import MOVED_SQLSTATE
+from djscale.sharding.models import MOVED_RETRIES, MOVED_SQLSTATE
 from djscale.sharding.move import ShardMove, TableCheck, _connect
 from tests.shardapp.models import Order, ShardedUser
 
@@ -125,8 +125,15 @@ def test_moving_a_logical_shard_under_write_load_loses_and_duplicates_nothing() 
     for w in writers:
         w.start()
     out = io.StringIO()
+    ops_at: dict[str, int] = {}
+    retried = MOVED_RETRIES.labels("shardapp.Order")._value.get()
+
+    def log(message: str) -> None:  # writes done by the time each step ends
+        out.write(message + "\n")
+        ops_at[message.split()[0]] = sum(w.ops for w in writers)
+
     try:
-        call_command("move_shard", logical, target, "--grace", "1.5", stdout=out)
+        ShardMove(logical, target, grace_seconds=1.5, log=log).run()
     finally:
         stop.set()
         for w in writers:
@@ -134,7 +141,12 @@ def test_moving_a_logical_shard_under_write_load_loses_and_duplicates_nothing() 
     assert not any(w.errors for w in writers), [w.errors for w in writers]
     assert sum(w.ops for w in writers) > 100
     report = out.getvalue()
-    assert f"moved logical shard {logical} from {source} to {target}" in report, report
+    assert f"flipped logical shard {logical} to {target}" in report, report
+    # The load really ran through every step: copy/catch-up, and after the flip.
+    assert 0 < ops_at["copied"] < ops_at["caught"] < ops_at["verified"], ops_at
+    assert ops_at["verified"] < ops_at["deleted"] <= sum(w.ops for w in writers), ops_at
+    # Writes that waited out the freeze were refused by the old database and retried.
+    assert MOVED_RETRIES.labels("shardapp.Order")._value.get() > retried
 
     expected: dict[int, tuple[int, int, int, str]] = {}
     for w in writers:
@@ -214,6 +226,14 @@ def test_recover_cleans_up_after_a_move_killed_mid_copy() -> None:
     with connections[source].cursor() as cur:
         cur.execute("SELECT count(*) FROM djscale_shard_changelog")
         assert cur.fetchone()[0] == 0
+
+    # A new attempt after the recovery goes through (here with the command itself).
+    out = io.StringIO()
+    call_command("move_shard", logical, target, "--grace", "0", stdout=out)
+    assert (f"moved logical shard {logical} from {source} to {target}: 45 copied, 0 caught up, "
+            "45 deleted from the source") in out.getvalue()
+    assert "shardapp_order: 41 rows, checksum" in out.getvalue()
+    assert len(_rows(target, logical)) == 41 and _rows(source, logical) == []
 
 
 def test_move_refuses_bad_targets_clearly() -> None:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from django.db import DatabaseError, connections, models
 from django.db.models.expressions import Func, Value
+from prometheus_client import Counter
 
 from djscale.errors import RoutingError, ShardKeyMissing, ShardMoved
 from djscale.sharding import shardmap
@@ -35,6 +36,13 @@ MOVED_SQLSTATE = "DJ001"
 """SQLSTATE raised by the move fence when a write reaches a shard's old database."""
 
 _MOVE_RETRIES = 3
+
+MOVED_RETRIES = Counter(
+    "djscale_shard_moved_retries_total",
+    "Writes refused by a logical shard's old database after a move (stale shard map, or "
+    "waiting out the move's freeze) and retried on its new database, by model.",
+    ["model"],
+)
 
 
 class ShardMapEntry(models.Model):
@@ -145,6 +153,7 @@ class ShardedModel(models.Model):
                         "another database during this write; retry the transaction"
                     ) from None
                 self._state.db = None
+                MOVED_RETRIES.labels(self._meta.label).inc()
 
     def __str__(self) -> str:
         return f"{self._meta.label}#{self.pk}"
