@@ -16,3 +16,26 @@ every database whose transactions publish or consume events.
 Models live in :mod:`~djscale.events.models`; this package imports none of them at import
 time, so it may be imported before Django is set up.
 """
+
+from typing import Any
+
+__all__ = ["Event", "Relay", "consumer", "deliver", "publish", "replay_dead_letter"]
+
+_EXPORTS = {
+    "publish": "djscale.events.outbox",
+    "Relay": "djscale.events.relay",
+    "Event": "djscale.events.consumers",
+    "consumer": "djscale.events.consumers",
+    "deliver": "djscale.events.consumers",
+    "replay_dead_letter": "djscale.events.consumers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names on first use (``from djscale.events import publish``)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'djscale.events' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
