@@ -57,3 +57,22 @@ def test_metrics_token_is_required_when_set() -> None:
     with override_settings(DJSCALE={**settings.DJSCALE, "METRICS_TOKEN": "t0k"}):
         assert Client().get("/metrics").status_code == 401
         assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer t0k").status_code == 200
+
+
+def test_django_prometheus_metrics_come_out_of_the_same_endpoint() -> None:
+    pytest.importorskip("django_prometheus")
+    from django.http import HttpRequest, HttpResponse
+    from django.test import RequestFactory
+    from django_prometheus.middleware import (
+        PrometheusAfterMiddleware,
+        PrometheusBeforeMiddleware,
+    )
+
+    def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("ok")
+
+    handler = PrometheusBeforeMiddleware(PrometheusAfterMiddleware(view))
+    handler(RequestFactory().get("/anything"))
+    text = Client().get("/metrics").content.decode()
+    assert "django_http_requests_before_middlewares_total" in text
+    assert "django_http_responses_total_by_status_total" in text
