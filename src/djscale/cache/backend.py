@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from time import monotonic
 from typing import Any
+from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.core.cache.backends.base import (
@@ -63,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_THRESHOLD": 2,
     "RESET_TIMEOUT": 0.5,
     "MAX_RESET_TIMEOUT": 5.0,
-    "CHANNEL": "djscale:cache:invalidate",
+    "CHANNEL": None,            # default: djscale:cache:invalidate:<db> (pub/sub ignores db)
     "LOCK_TIMEOUT": 5.0,        # seconds another process waits for a recompute
     "XFETCH_BETA": 1.0,         # 0 disables early recompute
     "CONNECTION_KWARGS": {},
@@ -121,6 +122,16 @@ def _options(params: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS, **given}
 
 
+def _default_channel(servers: list[str], cluster: bool) -> str:
+    # Pub/sub is server-wide while keys live in one database: caches on different
+    # databases of one Redis must not evict (or flush) each other's L1.
+    db = "0"
+    if not cluster:
+        path = urlsplit(servers[0]).path.strip("/")
+        db = path if path.isdigit() else "0"
+    return f"djscale:cache:invalidate:{db}"
+
+
 class TieredCache(BaseCache):
     """Django cache backend: bounded in-process L1 over Redis (or Redis Cluster) L2."""
 
@@ -153,10 +164,11 @@ class TieredCache(BaseCache):
                     timeout=float(opts["L1_TIMEOUT"]))
             bus: InvalidationBus | None = None
             if store.enabled:
-                bus_key = (*l2_key, opts["CHANNEL"])
+                channel = str(opts["CHANNEL"] or _default_channel(servers, cluster))
+                bus_key = (*l2_key, channel)
                 bus = _buses.get(bus_key)
                 if bus is None:
-                    bus = _buses[bus_key] = InvalidationBus(l2, str(opts["CHANNEL"]))
+                    bus = _buses[bus_key] = InvalidationBus(l2, channel)
             flight = _flights.setdefault(l1_key, SingleFlight())
             valid = _valid_keys.setdefault(l1_key, set())
         self._l2 = l2
