@@ -168,7 +168,7 @@ def from_topology(topology: Topology | str | Path | None = None, *,
         "CACHES": caches,
         "SESSION_ENGINE": "django.contrib.sessions.backends.cached_db",
         "SESSION_CACHE_ALIAS": "sessions",
-        "CELERY_BROKER_URL": broker_url,
+        "CELERY_BROKER_URL": topo.celery.broker or broker_url,
         "DJSCALE": {
             "TOPOLOGY": topo.source,
             "REPLICATION_GROUPS": groups,

@@ -221,6 +221,8 @@ class CelerySpec:
     queues: tuple[str, ...] = ("celery",)
     relay: bool = False
     """Run the transactional-outbox relay (``django-admin events_relay``) as a service."""
+    broker: str = ""
+    """Broker URL when it is not this topology's Redis (e.g. an event bus shared by services)."""
 
 
 @dataclass(frozen=True)
@@ -605,7 +607,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
     )
 
     c = _Section(_table(data, "celery"), "celery",
-                 ("workers", "concurrency", "app", "queues", "relay"))
+                 ("workers", "concurrency", "app", "queues", "relay", "broker"))
     celery = CelerySpec(
         workers=c.get_int("workers", 0, maximum=32),
         concurrency=c.get_int("concurrency", 2, minimum=1, maximum=64),
@@ -613,6 +615,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
                   what="'module.path:app'"),
         queues=c.strs("queues", ("celery",)),
         relay=c.get_bool("relay", False),
+        broker=c.get_str("broker", "", pattern=re.compile(r"^((redis|rediss|amqp)://\S+)?$"),
+                         what="a broker URL (redis://host:port/db or amqp://...)"),
     )
     if celery.workers and not celery.app:
         raise TopologyError(

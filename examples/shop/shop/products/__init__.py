@@ -1,0 +1,1 @@
+"""The products service: catalogue on a primary with replicas, served from the tiered cache."""

@@ -1,0 +1,1 @@
+"""One settings module per service; shared parts in :mod:`shop.settings.base`."""

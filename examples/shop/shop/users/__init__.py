@@ -1,0 +1,1 @@
+"""The users service: users sharded by user id; a global e-mail directory issues the ids."""

@@ -1,0 +1,80 @@
+"""Boot and stop the whole shop: three services, each its own local cluster, and the gateway.
+
+Each service's topology file (``users.toml``, ``products.toml``, ``orders.toml``,
+``gateway.toml``) is completed with the addresses known only at start (the load balancers
+the orders service and the gateway call) and written under the state folder, then booted
+with :class:`djscale.cluster.LocalCluster`. The orders service's Redis is the event bus
+every service publishes to (``celery.broker`` of the composed topologies).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from djscale.cluster import LocalCluster
+from djscale.testing import write_topology
+
+SHOP_DIR = Path(__file__).resolve().parent
+SERVICES = ("products", "orders", "users")
+SECRET = os.environ.setdefault("SHOP_SECRET_KEY", "shop-demo-secret-not-for-production")
+
+
+@dataclass
+class Shop:
+    """The running shop: one local cluster per service plus the gateway's."""
+
+    state_dir: Path
+    clusters: dict[str, LocalCluster] = field(default_factory=dict)
+
+    def url(self, name: str = "gateway") -> str:
+        """Base URL of the gateway, or of a service's load balancer."""
+        cluster = self.clusters[name]
+        host, port = cluster.address("gateway" if name == "gateway" else "lb")
+        return f"http://{host}:{port}"
+
+    def down(self, *, purge: bool = False) -> None:
+        """Stop every cluster of the shop (gateway first)."""
+        for name in ("gateway", *reversed(SERVICES)):
+            if name in self.clusters:
+                self.clusters[name].down(purge=purge)
+
+
+def _topology(name: str, state_dir: Path, urls: dict[str, str],
+              broker: str = "") -> LocalCluster:
+    data: dict[str, Any] = tomllib.loads((SHOP_DIR / f"{name}.toml").read_text())
+    for service, spec in data.get("services", {}).items():
+        spec["urls"] = [urls[service]]
+    if broker:
+        data.setdefault("celery", {})["broker"] = broker
+    topo = write_topology(data, state_dir / name / "djscale.toml", base=SHOP_DIR)
+    return LocalCluster(topo, state_dir / name)
+
+
+def boot(state_dir: Path) -> Shop:
+    """Boot products, orders, users and the gateway (in that order) under ``state_dir``."""
+    shop = Shop(state_dir)
+    urls: dict[str, str] = {}
+    broker = ""
+    for name in SERVICES:
+        cluster = _topology(name, state_dir, urls, broker)
+        shop.clusters[name] = cluster
+        cluster.up()
+        urls[name] = shop.url(name)
+        if name == "orders":
+            host, port = cluster.address("redis")
+            broker = f"redis://{host}:{port}/1"
+    gateway = _topology("gateway", state_dir, urls)
+    shop.clusters["gateway"] = gateway
+    gateway.up(only=("redis", "gateway"))
+    return shop
+
+
+def staff_token() -> str:
+    """A staff token signed with the shop's shared key (for seeding the catalogue)."""
+    from shop.api import issue_token
+
+    return issue_token(0, staff=True, key=SECRET)
