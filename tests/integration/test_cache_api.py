@@ -80,3 +80,41 @@ def test_unknown_options_are_refused_with_the_allowed_list() -> None:
 def test_empty_location_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="LOCATION"):
         TieredCache("", {"OPTIONS": {}})
+
+
+def test_cached_methods_key_on_the_instance() -> None:
+    from djscale.cache import cached
+
+    calls: list[int] = []
+
+    class Catalog:
+        def __init__(self, shop: int) -> None:
+            self.shop = shop
+
+        def __cache_key__(self) -> int:
+            return self.shop
+
+        @cached(timeout=60, name=f"catalog-{uuid.uuid4().hex}")
+        def price(self, sku: str) -> int:
+            calls.append(self.shop)
+            return self.shop * 100
+
+    one, two = Catalog(1), Catalog(2)
+    assert one.price("a") == 100 and Catalog(1).price("a") == 100
+    assert two.price("a") == 200
+    assert calls == [1, 2]
+    assert one.price.invalidate("a") is True
+    assert one.price("a") == 100
+    assert calls == [1, 2, 1]
+
+
+def test_cached_refuses_arguments_without_a_stable_key() -> None:
+    from djscale.cache import cached
+    from djscale.errors import CacheKeyError
+
+    @cached(timeout=60, name=f"opaque-{uuid.uuid4().hex}")
+    def f(obj: object) -> int:
+        return 1
+
+    with pytest.raises(CacheKeyError, match="__cache_key__"):
+        f(object())
