@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.conf import settings
+from django.core.management import CommandError, call_command
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +83,7 @@ def test_one_command_migrates_every_shard_and_a_second_run_is_a_no_op(
         assert f"{alias}: up to date (no migrations to apply)" in second.stdout, second.stdout
 
 
-def test_unknown_shard_is_a_clear_error(fresh_databases: None) -> None:
-    result = _manage("migrate_shards", "--shard", "shard9")
-    assert result.returncode != 0
-    assert "'shard9' is not a shard: expected one of shard1, shard2, shard3" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_unknown_shard_is_a_clear_error() -> None:
+    with pytest.raises(CommandError, match="'shard9' is not a shard: expected one of shard1, "
+                                           "shard2, shard3"):
+        call_command("migrate_shards", "--shard", "shard9")
