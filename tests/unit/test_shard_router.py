@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from django.db import models
+from django.test.utils import isolate_apps
 
 from djscale.errors import ShardKeyMissing
 from djscale.sharding.managers import SHARD_HINT
+from djscale.sharding.models import ShardedModel
 from djscale.sharding.router import ShardRouter, is_sharded
 from tests.shardapp.models import Order, ShardedUser, UserDirectory
 from tests.testapp.models import Note
@@ -66,3 +69,18 @@ def test_relations_between_sharded_rows_need_the_same_shard() -> None:
     b._state.db = "shard2"
     assert router.allow_relation(a, b) is False
     assert router.allow_relation(Note(), UserDirectory()) is None
+
+
+@isolate_apps("tests.shardapp")
+def test_model_checks_catch_a_wrong_shard_key_and_a_custom_primary_key() -> None:
+    class Bad(ShardedModel):
+        shard_key = "tenant"
+        id = models.BigAutoField(primary_key=True)
+        tenant_id = models.IntegerField()
+
+        class Meta:
+            app_label = "shardapp"
+
+    ids = {e.id for e in Bad.check()}
+    assert ids == {"djscale_sharding.E001", "djscale_sharding.E002"}
+    assert Order.check() == []

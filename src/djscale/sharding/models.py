@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django.core import checks
 from django.db import DatabaseError, connections, models
 from django.db.models.expressions import Func, Value
 from prometheus_client import Counter
@@ -94,6 +95,24 @@ class ShardedModel(models.Model):
 
     class Meta:
         abstract = True
+
+    @classmethod
+    def check(cls, **kwargs: Any) -> list[checks.CheckMessage]:
+        """Django's model checks, plus: a shard key that is a field, a djscale id as pk."""
+        errors: list[checks.CheckMessage] = list(super().check(**kwargs))
+        attnames = {f.attname for f in cls._meta.concrete_fields}
+        if not cls.shard_key or cls.shard_key not in attnames:
+            errors.append(checks.Error(
+                f"{cls._meta.label}.shard_key = {cls.shard_key!r} is not one of its fields",
+                hint=f"set shard_key to a field's attname, one of: {', '.join(sorted(attnames))}",
+                obj=cls, id="djscale_sharding.E001"))
+        if not isinstance(cls._meta.pk, ShardedIDField):
+            errors.append(checks.Error(
+                f"{cls._meta.label}'s primary key is not a ShardedIDField: its ids would not "
+                "carry their logical shard, so shard_of(), get(pk=...) and moves break",
+                hint="remove the custom primary key (ShardedModel provides `id`)",
+                obj=cls, id="djscale_sharding.E002"))
+        return errors
 
     @classmethod
     def logical_shard_for_key(cls, key: object) -> int:
