@@ -76,3 +76,17 @@ def test_use_primary_decorates_sync_and_async_functions() -> None:
     assert asyncio.run(coro()) == "replica"
     assert asyncio.run(block()) == "primary"
     assert forced() is None
+
+
+def test_no_wal_position_is_asked_of_a_primary_whose_connection_just_failed() -> None:
+    from django.db import connections
+
+    conn = connections["default"]
+    saved = conn.connection, conn.errors_occurred
+    conn.connection, conn.errors_occurred = None, True
+    try:
+        state = consistency.ConsistencyState(dirty={"default"}, sticky=True)
+        consistency.finish(state)  # would raise or block if it tried to connect
+        assert state.tokens == {} and state.dirty == {"default"}
+    finally:
+        conn.connection, conn.errors_occurred = saved

@@ -173,10 +173,21 @@ def finish(state: ConsistencyState) -> None:
         except Exception:  # noqa: BLE001 - settings changed under us; nothing to capture
             state.dirty.discard(name)
             continue
-        if connections[group.primary].in_atomic_block:
+        conn = connections[group.primary]
+        if conn.in_atomic_block:
             # Still inside a transaction: its commit is not in the WAL yet.
             continue
+        if conn.errors_occurred and _broken(conn.connection):
+            # The primary just failed under this request: asking it again would only add
+            # a connect timeout to the error response.
+            log.warning("not reading the WAL position of %s: its connection failed",
+                        group.primary)
+            continue
         capture(group, state)
+
+
+def _broken(raw: Any) -> bool:
+    return raw is None or bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
 
 
 # ---------------------------------------------------------------------- token format
