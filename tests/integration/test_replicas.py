@@ -377,3 +377,9 @@ def test_a_post_is_never_retried(ready: LocalCluster, settings: Any) -> None:
     from django.db import OperationalError
 
     assert middleware.process_exception(request, OperationalError("boom")) is None
+
+
+@pytest.mark.django_db(databases="__all__")  # TestCase style: each test inside a transaction
+def test_in_a_testcase_transaction_reads_see_the_uncommitted_writes(ready: LocalCluster) -> None:
+    Note.objects.create(author="testcase", text="uncommitted")
+    assert read_notes("testcase") == ["uncommitted"]  # read on the primary, in the transaction
