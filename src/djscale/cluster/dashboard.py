@@ -14,7 +14,8 @@ What a snapshot holds, and where it comes from:
 
 - health of each service: process alive + a protocol probe (SQL, PING, HTTP);
 - replica lag in bytes (primary side: ``pg_current_wal_lsn() - replay_lsn`` of the
-  replica's slot; replica side when the primary cannot say) and seconds (replica side);
+  replica's slot; replica side when the primary cannot say) and seconds (the primary's
+  ``replay_lag``; the replica's own estimate when the primary cannot say);
 - requests/s per app server, from the first source that answers: a request counter on the
   app server's ``/metrics`` (Prometheus text), HAProxy's stats socket (``stot`` per server),
   or request lines in the gunicorn access log (``DJSCALE_ACCESS_LOG=1``); else ``null``;
@@ -468,7 +469,13 @@ class Collector:
         if probe["running"] and probe["health"] != DOWN:
             probe["lag_bytes"] = (primary_bytes if primary_bytes is not None
                                   else probe.get("replica_lag_bytes"))
-            if probe.get("lag_seconds") is None:
+            # Seconds: the primary's measured replay_lag while behind (it grows during a
+            # pause), 0 once caught up (replay_lag lingers a while after that). The
+            # replica's own estimate (time since the last replayed commit) overstates the
+            # lag after an idle spell, so it is only the fallback.
+            if primary_bytes == 0:
+                probe["lag_seconds"] = 0.0
+            elif primary_seconds is not None:
                 probe["lag_seconds"] = primary_seconds
         else:
             probe["lag_bytes"], probe["lag_seconds"] = primary_bytes, None
