@@ -16,6 +16,7 @@ W009      a cache key built from ``str(args)``/``repr`` (unhashed, unbounded, am
 W010      a counter done with ``cache.get`` then ``cache.set(x + 1)`` (lost updates)
 W011      no readiness endpoint a load balancer could probe
 E001      ``DJSCALE["TRUSTED_PROXIES"]`` holds something that is not an address
+E002      ``DJSCALE["HEALTH"]`` or ``DJSCALE["PUBLIC_CACHE_PATHS"]`` holds an unusable value
 ========  ==================================================================================
 
 Media on one server's disk is checked by :mod:`djscale.storage.checks` (``djscale.W100``).
@@ -188,6 +189,23 @@ def check_proxy_headers(app_configs: Sequence[AppConfig] | None = None,
              "DJSCALE['TRUSTED_PROXIES'] (it strips forwarded headers from anyone else).",
         id="djscale.W005",
     )]
+
+
+@register(TAG)
+def check_edge_settings(app_configs: Sequence[AppConfig] | None = None,
+                        **kwargs: Any) -> list[CheckMessage]:
+    """E002: health and public-cache settings are usable."""
+    from djscale.http.cache_control import path_policies
+    from djscale.http.health import validate_config
+
+    found: list[CheckMessage] = []
+    for validate in (validate_config, path_policies):
+        try:
+            validate()
+        except ConfigurationError as exc:
+            found.append(Error(str(exc), hint="See docs/edge.md for the allowed values.",
+                               id="djscale.E002"))
+    return found
 
 
 @register(TAG)

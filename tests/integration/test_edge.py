@@ -150,7 +150,7 @@ def test_metrics_pass_promtool_and_count_every_worker(edge: LocalCluster) -> Non
     assert len({f.stem.rsplit("_", 1)[-1] for f in files}) >= 2, files
 
 
-EDGE_CHECK_IDS = [f"djscale.W{i:03d}" for i in range(1, 12)] + ["djscale.E001"]
+EDGE_CHECK_IDS = [f"djscale.W{i:03d}" for i in range(1, 12)] + ["djscale.E001", "djscale.E002"]
 
 
 def test_scalability_checks_are_silent_on_the_demo_project(edge: LocalCluster) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "CacheControlMiddleware",
     "CachePolicy",
     "is_personal",
+    "path_policies",
     "public_cache",
 ]
 
@@ -108,6 +109,8 @@ def _path_policies(entries: tuple[tuple[str, int], ...]) -> tuple[
     for entry in entries:
         try:
             pattern, max_age = entry
+            if isinstance(max_age, bool) or int(max_age) < 0:
+                raise ValueError(max_age)
             compiled.append((re.compile(pattern), CachePolicy(int(max_age))))
         except (TypeError, ValueError, re.error):
             raise ConfigurationError(
@@ -117,9 +120,20 @@ def _path_policies(entries: tuple[tuple[str, int], ...]) -> tuple[
     return tuple(compiled)
 
 
-def _policy_for_path(path: str) -> CachePolicy | None:
+def path_policies() -> tuple[tuple[re.Pattern[str], CachePolicy], ...]:
+    """``DJSCALE["PUBLIC_CACHE_PATHS"]`` compiled; ConfigurationError when malformed."""
     raw = (getattr(settings, "DJSCALE", None) or {}).get("PUBLIC_CACHE_PATHS") or ()
-    for pattern, policy in _path_policies(tuple(tuple(e) for e in raw)):
+    try:
+        entries = tuple(tuple(e) for e in raw)
+    except TypeError:
+        raise ConfigurationError(
+            f"DJSCALE['PUBLIC_CACHE_PATHS'] = {raw!r} is invalid: expected a list of "
+            "(regex, max_age_seconds) pairs") from None
+    return _path_policies(entries)
+
+
+def _policy_for_path(path: str) -> CachePolicy | None:
+    for pattern, policy in path_policies():
         if pattern.search(path):
             return policy
     return None
@@ -164,6 +178,7 @@ class CacheControlMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
+        path_policies()  # fail at start-up, not on the first request
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         """Handle the request, then fix the response's caching headers."""

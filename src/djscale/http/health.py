@@ -49,6 +49,7 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from djscale import metrics
+from djscale.errors import ConfigurationError
 
 __all__ = [
     "Check",
@@ -60,6 +61,7 @@ __all__ = [
     "readiness",
     "ready",
     "reset",
+    "validate_config",
 ]
 
 LIVE_PATH = "/health/live"
@@ -78,6 +80,22 @@ _DEFAULTS: dict[str, Any] = {
 def _config() -> dict[str, Any]:
     djscale = getattr(settings, "DJSCALE", None) or {}
     return {**_DEFAULTS, **(djscale.get("HEALTH") or {})}
+
+
+def validate_config() -> None:
+    """Raise ConfigurationError when ``DJSCALE["HEALTH"]`` holds an unusable value."""
+    cfg = _config()
+    unknown = sorted(set(cfg) - set(_DEFAULTS))
+    if unknown:
+        raise ConfigurationError(f"DJSCALE['HEALTH'] has unknown key {unknown[0]!r}; allowed: "
+                                 + ", ".join(sorted(_DEFAULTS)))
+    for key in ("TIMEOUT", "CACHE_SECONDS"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or \
+                (key == "TIMEOUT" and value == 0):
+            raise ConfigurationError(
+                f"DJSCALE['HEALTH']['{key}'] = {value!r} is invalid: expected seconds "
+                f"({'> 0' if key == 'TIMEOUT' else '>= 0'}), e.g. 1.0")
 
 
 @dataclass(frozen=True)
@@ -345,6 +363,7 @@ class HealthCheckMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
+        validate_config()  # fail at start-up, not in the first probe
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         """Short-circuit the health paths; pass everything else on."""
