@@ -17,6 +17,7 @@ retried (the status line has been sent).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = ["COOKIE_NAME", "HEADER_NAME", "ReplicaMiddleware"]
 COOKIE_NAME = "djscale_lsn"
 HEADER_NAME = "X-Djscale-Lsn"
 _META_HEADER = "HTTP_X_DJSCALE_LSN"
+log = logging.getLogger("djscale.db.middleware")
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _VIEW = "_djscale_view"
 _RETRIED = "_djscale_retried"
@@ -104,10 +107,17 @@ class ReplicaMiddleware:
         failover.recover(failed, f"{type(exception).__name__}: {str(exception).strip()[:200]}")
         setattr(request, _RETRIED, True)
         func, args, kwargs = view
-        response: HttpResponseBase = _atomic_like_django(func)(request, *args, **kwargs)
-        render = getattr(response, "render", None)
-        if callable(render) and not getattr(response, "is_rendered", True):
-            response = render()
+        try:
+            response: HttpResponseBase = _atomic_like_django(func)(request, *args, **kwargs)
+            render = getattr(response, "render", None)
+            if callable(render) and not getattr(response, "is_rendered", True):
+                response = render()
+        except Exception:
+            # The original error goes on to the other middleware (a 503 from
+            # DatabaseUnavailableMiddleware, or Django's 500); the retry's is logged.
+            log.exception("retrying %s %s after replica %s failed did not work either",
+                          request.method, request.path, ", ".join(failed))
+            return None
         return response
 
 
