@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.conf import settings
 
 from tests.integration.cache_support.procs import Worker
+from tests.integration.cache_support.redis_cluster import boot_redis_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +89,24 @@ def test_set_in_one_process_is_seen_by_the_other_at_once(pair: tuple[Worker, Wor
     while b.call("get", key="price")["value"] != 12:
         assert time.monotonic() < deadline, "B still serves the old price after 100 ms"
         time.sleep(0.002)
+
+
+def test_invalidation_across_processes_on_a_redis_cluster(djscale_cluster_factory: Any) -> None:
+    _, urls = boot_redis_cluster(djscale_cluster_factory, "cache-inval-cluster")
+    a = Worker(",".join(urls))
+    try:
+        b = Worker(",".join(urls))
+        try:
+            for key in ("k1", "k2", "k3", "k4"):  # keys in different slots / masters
+                b.call("set", key=key, value=key.upper())
+                _until_l1_hit(a, key, key.upper())
+            deleted_at = time.monotonic()
+            b.call("delete", key="k3")
+            deadline = deleted_at + 0.1
+            while a.call("get", key="k3")["value"] is not None:
+                assert time.monotonic() < deadline, "A still serves k3 100 ms after B's delete"
+            assert a.call("get", key="k4")["value"] == "K4"
+        finally:
+            b.close()
+    finally:
+        a.close()
