@@ -63,3 +63,22 @@ def test_a_retry_that_fails_too_hands_the_original_error_on(replica_failed: list
     mw.process_view(request, view, (), {})
     assert mw.process_exception(request, OperationalError("replica gone")) is None
     assert "did not work either" in caplog.text
+
+
+def test_async_requests_get_a_scope_seeded_from_their_token() -> None:
+    import asyncio
+
+    from djscale.db import consistency
+
+    seen: list[consistency.ConsistencyState] = []
+
+    async def get_response(request: HttpRequest) -> HttpResponse:
+        seen.append(consistency.current())
+        return HttpResponse()
+
+    mw = ReplicaMiddleware(get_response)
+    request = _request("GET")
+    request.COOKIES["djscale_lsn"] = consistency.encode_tokens({"default": 42})
+    response = asyncio.run(mw(request))
+    assert seen[0].sticky and seen[0].tokens == {"default": 42}
+    assert "djscale_lsn" not in response.cookies  # nothing new to tell the client
