@@ -403,3 +403,16 @@ def test_rate_limiter_fails_open_when_redis_is_unreachable(
         assert codes == [200, 200, 200]
     finally:
         server.close()
+
+
+def test_one_gateway_object_serves_successive_event_loops(upstreams: dict[str, Upstream]) -> None:
+    import asyncio
+
+    app = Gateway.from_topology(_topology(upstreams))
+
+    async def call() -> int:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            return (await client.get("/api/users/1")).status_code
+
+    assert [asyncio.run(call()) for _ in range(2)] == [200, 200]

@@ -143,6 +143,7 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.registry = registry or BreakerRegistry()
         self._clients: dict[str, AsyncServiceClient] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_topology(cls, topology: Topology, *, redis_url: str | None = None,
@@ -164,7 +165,11 @@ class Gateway:
     # ------------------------------------------------------------------ clients
 
     def client(self, service: str) -> AsyncServiceClient:
-        """The pooled client of ``service`` (created on first use)."""
+        """The pooled client of ``service`` (created on first use in this event loop)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Pooled connections belong to the loop that opened them.
+            self._clients, self._loop = {}, loop
         client = self._clients.get(service)
         if client is None:
             # Hop-level headers are set per request; callers' auth is forwarded as sent.
