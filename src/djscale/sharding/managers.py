@@ -11,6 +11,7 @@ query (:mod:`djscale.sharding.scatter`).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,12 +42,28 @@ def _db(obj: object) -> str | None:
     return db
 
 
-def on_shard(qs: QS, alias: str) -> QS:
+def on_shard(qs: QS, alias: str, *, clone: bool = True) -> QS:
     """``qs`` routed to shard ``alias``: writes go to its primary, reads through the
-    router (a usable replica of that shard, or the primary)."""
-    clone = qs._chain()  # type: ignore[attr-defined]
-    clone._hints = {**clone._hints, SHARD_HINT: alias}  # the dict is shared between clones
-    return clone  # type: ignore[no-any-return]
+    router (a usable replica of that shard, or the primary).
+
+    ``clone=False`` marks ``qs`` itself (only for a queryset nobody else holds yet).
+    """
+    routed: Any = qs._chain() if clone else qs  # type: ignore[attr-defined]
+    routed._hints = {**routed._hints, SHARD_HINT: alias}  # the dict is shared by clones
+    result: QS = routed
+    return result
+
+
+@functools.cache
+def _key_names(model: type[models.Model], key: str) -> tuple[tuple[str, ...], str | None]:
+    """Filter names that carry the shard key, and the FK's name when the key is an FK."""
+    names = [key, f"{key}__exact"]
+    fk_name = None
+    for f in model._meta.concrete_fields:
+        if f.attname == key and f.is_relation and f.name != key:
+            fk_name = f.name
+            names += [f.name, f"{f.name}__exact"]
+    return tuple(names), fk_name
 
 
 class ShardedQuerySet(models.QuerySet[M]):
@@ -55,20 +72,9 @@ class ShardedQuerySet(models.QuerySet[M]):
     def _sharded(self) -> type[ShardedModel]:
         return self.model  # type: ignore[return-value]
 
-    def _key_names(self) -> tuple[tuple[str, ...], str | None]:
-        """Filter names that carry the shard key, and the FK field name (instances)."""
-        key = self._sharded().shard_key
-        names = [key, f"{key}__exact"]
-        fk_name = None
-        for f in self.model._meta.concrete_fields:
-            if f.attname == key and f.is_relation and f.name != key:
-                fk_name = f.name
-                names += [f.name, f"{f.name}__exact"]
-        return tuple(names), fk_name
-
     def _alias_from_filters(self, kwargs: dict[str, Any]) -> str | None:
         model = self._sharded()
-        names, fk_name = self._key_names()
+        names, fk_name = _key_names(self.model, model.shard_key)
         for name in names:
             if name in kwargs:
                 value = kwargs[name]
@@ -97,7 +103,7 @@ class ShardedQuerySet(models.QuerySet[M]):
         if _db(qs) is None and kwargs:
             alias = self._alias_from_filters(kwargs)
             if alias is not None:
-                qs = on_shard(qs, alias)
+                qs = on_shard(qs, alias, clone=False)  # qs is our own fresh clone
         return qs
 
     def for_key(self, key: object) -> ShardedQuerySet[M]:
