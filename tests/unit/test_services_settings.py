@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from djscale.services import ServiceClient, breakers
 from djscale.services.client import _spec_from_settings
 from djscale.settings import from_topology
@@ -39,3 +41,20 @@ def test_a_client_from_settings_matches_one_from_the_topology(tmp_path: Path) ->
     assert client.breaker is breakers.get("users")
     assert client.breaker.minimum_calls == 7
     client.close()
+
+
+def test_gateway_factory_reads_the_topology_named_by_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from djscale.services.gateway import create_app
+
+    path = tmp_path / "djscale.toml"
+    path.write_text(
+        '[services.users]\nurls = ["http://127.0.0.1:8101"]\n'
+        '[gateway]\nrate_limit = 5\n'
+        '[[gateway.routes]]\nprefix = "/api/users/"\nservice = "users"\ntimeout = 0.5\n')
+    monkeypatch.setenv("DJSCALE_TOPOLOGY", str(path))
+    monkeypatch.setenv("DJSCALE_GATEWAY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    app = create_app()
+    assert [(r.prefix, r.service, r.timeout) for r in app.routes] == [
+        ("/api/users/", "users", 0.5)]
+    assert app.limiter is not None and app.limiter.limit == 5
