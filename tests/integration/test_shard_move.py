@@ -213,6 +213,8 @@ def test_recover_cleans_up_after_a_move_killed_mid_copy() -> None:
         assert mover._copy(src, dst) == 44
     shardmap.invalidate()
     assert shardmap.current().states[logical] == "moving"
+    assert len(_rows(target, logical)) == 40  # the copy sits on the target...
+    assert Order.objects.all_shards().count() == 40  # ...but is not counted twice
     with pytest.raises(CommandError, match=f"logical shard {logical} is moving"):
         call_command("move_shard", logical, target, stdout=io.StringIO())
 
