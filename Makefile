@@ -3,12 +3,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test lint typecheck unit integration bench clean
+.PHONY: setup demo demo-basic test lint typecheck unit integration bench clean
 
 setup:
 	./scripts/bootstrap
 
 demo: setup
+	$(PY) examples/shop/run.py
+
+demo-basic: setup
 	$(PY) examples/demo/run.py
 
 lint: setup

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from djscale.cluster import LocalCluster
+from djscale.cluster import PARTS, LocalCluster
 from djscale.testing import write_topology
 
 SHOP_DIR = Path(__file__).resolve().parent
@@ -54,15 +54,18 @@ def _topology(name: str, state_dir: Path, urls: dict[str, str],
     return LocalCluster(topo, state_dir / name)
 
 
-def boot(state_dir: Path) -> Shop:
-    """Boot products, orders, users and the gateway (in that order) under ``state_dir``."""
+def boot(state_dir: Path, *, parts: tuple[str, ...] = PARTS) -> Shop:
+    """Boot products, orders, users and the gateway (in that order) under ``state_dir``.
+
+    ``parts`` limits what each service cluster starts (e.g. no dashboard in tests).
+    """
     shop = Shop(state_dir)
     urls: dict[str, str] = {}
     broker = ""
     for name in SERVICES:
         cluster = _topology(name, state_dir, urls, broker)
         shop.clusters[name] = cluster
-        cluster.up()
+        cluster.up(only=parts)
         urls[name] = shop.url(name)
         if name == "orders":
             host, port = cluster.address("redis")

@@ -209,7 +209,7 @@ class LocalCluster:
         if spec.mode == "single":
             port = self._port("redis", spec.host, spec.port)
             proc = rd.redis_process("redis", host=spec.host, port=port, data_dir=home / "redis",
-                                    log=self._log("redis"), cluster=False)
+                                    log=self._log("redis"), cluster=False, durable=True)
             self._ensure(proc, lambda: rd.ping(spec.host, port), 20)
             return
         nodes = []
@@ -229,7 +229,7 @@ class LocalCluster:
             port = self._port("redis-broker", spec.host, AUTO)
             proc = rd.redis_process("redis-broker", host=spec.host, port=port,
                                     data_dir=home / "broker", log=self._log("redis-broker"),
-                                    cluster=False, role="broker")
+                                    cluster=False, role="broker", durable=True)
             self._ensure(proc, lambda: rd.ping(spec.host, port), 20)
 
     def django_admin(self, *args: str, service: str = "django-admin",

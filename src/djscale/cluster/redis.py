@@ -1,8 +1,8 @@
 """Redis for the local cluster: one node, or a Redis Cluster with replicas.
 
 Owns the redis-server command lines, readiness probes and ``redis-cli --cluster create``.
-Data is not persisted (``--save ''``): the local cluster's Redis is a cache and a broker
-for demos and tests.
+Cache-only nodes persist nothing; a node that is also the Celery broker keeps an
+append-only file so that queued messages survive a restart.
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ __all__ = ["cluster_ok", "create_cluster", "ping", "redis_process"]
 
 
 def redis_process(name: str, *, host: str, port: int, data_dir: Path, log: Path,
-                  cluster: bool, role: str = "") -> ManagedProcess:
-    """Describe a redis-server process (not yet started)."""
+                  cluster: bool, role: str = "", durable: bool = False) -> ManagedProcess:
+    """Describe a redis-server process (not yet started).
+
+    ``durable`` (for a node that is a Celery broker) turns on the append-only file, so
+    messages the broker accepted survive a restart: without it, a broker restart would
+    silently drop every queued event.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     cmd = ["redis-server", "--port", str(port), "--bind", host, "--save", "",
-           "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
+           "--appendonly", "yes" if durable else "no", "--appendfsync", "everysec",
+           "--daemonize", "no", "--protected-mode", "no",
            "--dir", str(data_dir), "--maxclients", "4000"]
     if cluster:
         cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",

@@ -42,6 +42,8 @@ _owned: list[LocalCluster] = []
 _shared: LocalCluster | None = None
 
 DEFAULT_PARTS = ("postgres", "redis")
+FACTORY_PARTS = tuple(p for p in PARTS if p != "dashboard")
+"""What a factory cluster boots unless told otherwise: everything but the dashboard."""
 
 
 def _register(cluster: LocalCluster) -> LocalCluster:
@@ -106,7 +108,7 @@ class ClusterFactory:
         self.clusters: list[LocalCluster] = []
 
     def __call__(self, topology: Mapping[str, Any] | Topology, *,
-                 parts: Iterable[str] = PARTS, name: str = "",
+                 parts: Iterable[str] = FACTORY_PARTS, name: str = "",
                  source: str | Path | None = None) -> LocalCluster:
         """Boot ``topology`` (a mapping in the file's shape, or a Topology) and return it.
 
