@@ -42,3 +42,28 @@ def test_scenario_meets_its_expectation(demo: LocalCluster, scenario: str) -> No
     assert report.requests > 100, report.text()
     assert report.passed, report.text()
     assert all(r.healthy for r in demo.status()), demo.status()
+
+
+def test_ready_stays_200_degraded_while_redis_is_down(demo: LocalCluster) -> None:
+    import json
+    import urllib.request
+
+    from djscale.cluster.supervisor import wait_until
+
+    host, port = demo.address("app-1")
+    url = f"http://{host}:{port}/health/ready"
+
+    def ready() -> tuple[int, dict]:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+
+    demo.stop_service("redis")
+    try:
+        # Sessions are cached_db and the tiered cache computes through: Redis being away
+        # degrades the app server; it must not take it out of the load balancer.
+        assert wait_until(lambda: not ready()[1]["checks"]["cache"]["ok"], timeout=10)
+        status, body = ready()
+        assert status == 200, body
+        assert body["status"] == "degraded", body
+    finally:
+        demo.start_service("redis")

@@ -84,3 +84,23 @@ def test_a_service_that_fails_to_start_is_named_with_its_log(
                                 parts=("redis", "app"), name="broken")
     assert info.value.service == "app-1"
     assert "nosuchmodule" in info.value.log_tail
+
+
+def test_a_redis_cluster_of_three_masters_with_replicas_forms(
+        djscale_cluster_factory: ClusterFactory) -> None:
+    import redis
+
+    cluster = djscale_cluster_factory({"redis": {"mode": "cluster", "masters": 3,
+                                                 "replicas_per_master": 1}},
+                                      parts=("redis",), name="rediscluster")
+    nodes = [p for p in cluster.processes() if p.kind == "redis"]
+    assert len(nodes) == 6
+    client = redis.RedisCluster(host=nodes[0].host, port=nodes[0].port)
+    try:
+        for i in range(20):
+            client.set(f"k{i}", i)
+        assert [int(client.get(f"k{i}")) for i in range(20)] == list(range(20))
+        masters = [n for n in client.get_nodes() if n.server_type == "primary"]
+        assert len(masters) == 3
+    finally:
+        client.close()

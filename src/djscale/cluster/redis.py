@@ -53,6 +53,9 @@ def cluster_ok(host: str, port: int) -> bool:
         info = client.execute_command("CLUSTER INFO")
     finally:
         client.close()
+    # redis-py parses CLUSTER INFO into a dict; older versions return the raw text.
+    if isinstance(info, dict):
+        return str(info.get("cluster_state", "")) == "ok"
     text = info.decode() if isinstance(info, bytes) else str(info)
     return "cluster_state:ok" in text
 

@@ -7,7 +7,12 @@ sending traffic here:
 - ``db:<alias>``: every primary (main group and shards): ``SELECT 1``; critical.
 - ``replica:<alias>``: every replica, with its lag; a replica that is down or too far
   behind makes the answer ``degraded`` (reads fall back to the primary), not 503.
-- ``cache``: a write and read on the default cache; critical (sessions live there).
+- ``cache``: the default cache's backend answers (``ping()`` for djscale's TieredCache,
+  which reaches Redis itself, since its in-process L1 could hide an outage; a write and
+  read otherwise). Critical only for caches that fail requests when their server is
+  down; TieredCache degrades to compute-through and sessions are ``cached_db``, so a
+  Redis outage makes the answer ``degraded``, not 503: taking every app server out of
+  the load balancer because Redis is away would turn a degradation into an outage.
 - ``broker``: a ``PING`` of ``CELERY_BROKER_URL`` when it is set; not critical (events
   wait in the outbox while the broker is away).
 
@@ -190,6 +195,11 @@ def _replica(alias: str, max_lag_seconds: float) -> Callable[[], dict[str, Any] 
 
 def _cache() -> dict[str, Any] | None:
     cache = caches["default"]
+    ping = getattr(cache, "ping", None)
+    if callable(ping):
+        if not ping():
+            raise CheckFailed("CacheUnavailable")
+        return None
     token = f"{os.getpid()}:{time.monotonic()}"
     cache.set("djscale:health", token, 10)
     if cache.get("djscale:health") != token:
@@ -238,7 +248,9 @@ def checks() -> list[Check]:
             if not test.get("MIRROR"):
                 found.append(Check(f"db:{alias}", _database(alias)))
     if "default" in settings.CACHES:
-        found.append(Check("cache", _cache))
+        # A cache that degrades by itself (TieredCache has ping()) is not critical.
+        degrades = callable(getattr(caches["default"], "ping", None))
+        found.append(Check("cache", _cache, critical=not degrades))
     broker = getattr(settings, "CELERY_BROKER_URL", "")
     if cfg["CHECK_BROKER"] and broker:
         found.append(Check("broker", _broker(str(broker), float(cfg["TIMEOUT"])),
