@@ -80,6 +80,17 @@ def write_report(results: list[Result], failures: list[str], command: str,
          "results": [r.as_dict() for r in results], "failures": failures}, indent=2))
 
 
+def _kept(modules: set[str]) -> list[Result]:
+    """Results of earlier runs for modules not in ``modules`` (from results.json)."""
+    try:
+        data = json.loads((ROOT / "benchmarks/results.json").read_text())
+    except (OSError, ValueError):
+        return []
+    fields = set(Result.__dataclass_fields__)
+    return [Result(**{k: v for k, v in row.items() if k in fields})
+            for row in data.get("results", []) if row.get("module") not in modules]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("topics", nargs="*", help="only these bench_<topic> modules")
@@ -102,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 continue
             for r in got:
+                r.module = name
                 print(f"   {r.name}: {_fmt(r.value)} {r.unit} vs {r.baseline_name} "
                       f"{_fmt(r.baseline)} {r.unit} = {_fmt(r.ratio)}x {r.target}", flush=True)
             results.extend(got)
@@ -110,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         stop_all()
     command = "make bench" if not args.topics and not args.quick else \
         "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.topics:
+        # A partial run replaces only its own topics' rows; the others are kept.
+        results = _kept(set(modules)) + results
     write_report(results, failures, command, ctx.plots)
     print("wrote docs/benchmarks.md and benchmarks/results.json")
     return 1 if failures else 0

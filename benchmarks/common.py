@@ -38,6 +38,7 @@ class Result:
     target: str = ""
     met: bool | None = None
     notes: str = ""
+    module: str = ""
 
     @property
     def ratio(self) -> float:
