@@ -26,7 +26,8 @@ from django.views.decorators.csrf import csrf_exempt
 from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 from djscale.db import consistency, failover, read_alias, use_primary, use_replica
-from djscale.db.pool import get_pool
+from djscale.db.failover import failover_reads
+from djscale.db.pool import ReplicaHealth, get_pool
 from tests.testapp.models import Note
 
 pytestmark = [pytest.mark.integration,
@@ -360,6 +361,21 @@ def test_a_get_whose_replica_died_is_retried_and_the_dead_connection_dropped(
         # The retry ran on the other replica.
         assert calls(ready, services=("pg-default-replica1",)) == {"pg-default-replica1": 1}
         assert connections["default_replica2"].connection is None  # dropped, not kept
+
+        # Code outside HTTP: the same retry through the failover_reads decorator. Make
+        # this process believe replica2 is up again (the next probe is a minute away).
+        pool = get_pool("default")
+        assert pool is not None
+        pool.update(ReplicaHealth("default_replica2", up=True, replay_lsn=2**62,
+                                  lag_bytes=0, lag_seconds=0.0))
+
+        @failover_reads
+        def task_body() -> list[str]:
+            with consistency.scope():
+                return read_notes(tag)
+
+        assert task_body() == []
+        assert failover.FAILOVERS.labels("default_replica2")._value.get() == before + 2
     finally:
         ready.start_service("pg-default-replica2")
     # After the restart the alias works again on a fresh connection.
