@@ -9,11 +9,16 @@ every service publishes to (``celery.broker`` of the composed topologies).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from djscale.cluster import PARTS, LocalCluster
 from djscale.testing import write_topology
@@ -81,3 +86,27 @@ def staff_token() -> str:
     from shop.api import issue_token
 
     return issue_token(0, staff=True, key=SECRET)
+
+
+def call(method: str, url: str, data: Any = None, token: str = "") -> tuple[int, Any]:
+    """One JSON request to the shop; returns (status, decoded body), errors included."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, method=method, headers=headers,
+                                 data=json.dumps(data).encode() if data is not None else None)
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def sql(cluster: LocalCluster, service: str, query: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on one PostgreSQL server of a service's cluster ([] for no rows)."""
+    host, port = cluster.address(service)
+    topo = cluster.topology.postgres
+    with psycopg.connect(host=host, port=port, user=topo.user, dbname=topo.database,
+                         autocommit=True) as conn:
+        cur = conn.execute(query.encode())
+        return list(cur.fetchall()) if cur.description else []

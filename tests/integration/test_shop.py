@@ -9,19 +9,12 @@ relay or the worker is down at the time.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
-
-from djscale.cluster import LocalCluster
 
 SHOP = Path(__file__).resolve().parents[2] / "examples/shop"
 sys.path.insert(0, str(SHOP))
@@ -32,27 +25,8 @@ pytestmark = pytest.mark.integration
 CONSUMER = "orders.archive_orders_of_deleted_user"
 
 
-def call(method: str, url: str, data: dict[str, Any] | None = None,
-         token: str = "") -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, method=method, headers=headers,
-                                 data=json.dumps(data).encode() if data is not None else None)
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def rows(cluster: LocalCluster, service: str, query: str) -> list[tuple[Any, ...]]:
-    host, port = cluster.address(service)
-    topo = cluster.topology.postgres
-    with psycopg.connect(host=host, port=port, user=topo.user, dbname=topo.database,
-                         autocommit=True) as conn:
-        cur = conn.execute(query.encode())
-        return list(cur.fetchall()) if cur.description else []
+call = shopctl.call
+rows = shopctl.sql
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,9 @@ def visit(request: HttpRequest) -> JsonResponse:
     if request.method != "POST":
         return JsonResponse({"error": "POST only"}, status=405)
     server = os.environ.get("DJSCALE_SERVICE", "?")
-    Visit.objects.create(app_server=server)
     alias = router.db_for_write(Visit) or "default"
-    return JsonResponse({"app_server": server, "write_db": alias,
-                         "write_db_port": _server_port(alias)}, status=201)
+    port = _server_port(alias)
+    # The write is the last database operation: once it commits, the answer is 201.
+    Visit.objects.create(app_server=server)
+    return JsonResponse({"app_server": server, "write_db": alias, "write_db_port": port},
+                        status=201)

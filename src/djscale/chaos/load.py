@@ -74,21 +74,31 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
         method, path = plan(n)
         started = time.monotonic()
         status = 0
-        try:
-            if conn is None:
-                conn = http.client.HTTPConnection(host, port, timeout=timeout)
-            conn.request(method, path, body=b"" if method == "POST" else None,
-                         headers={"Connection": "keep-alive"})
-            resp = conn.getresponse()
-            resp.read()
-            status = resp.status
-            if resp.getheader("Connection", "").lower() == "close":
-                conn.close()
+        # Like browsers and urllib3: an idempotent request that failed on a *reused*
+        # keep-alive connection (the server may close an idle or old one at any time) is
+        # sent once more on a new connection. A fresh connection's failure counts.
+        for attempt in (1, 2):
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                conn.request(method, path, body=b"" if method == "POST" else None,
+                             headers={"Connection": "keep-alive"})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+                if resp.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                if conn is not None:
+                    conn.close()
                 conn = None
-        except (OSError, http.client.HTTPException):
-            if conn is not None:
-                conn.close()
-            conn = None
+                stale = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError
+                                   | BrokenPipeError)
+                if not (attempt == 1 and reused and stale and method in ("GET", "HEAD")):
+                    break
         sample = Sample(started, time.monotonic() - started, status, method)
         with lock:
             result.samples.append(sample)

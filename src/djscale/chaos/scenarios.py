@@ -63,6 +63,7 @@ class ChaosReport:
     rows_added: int | None = None
     lost: int | None = None
     duplicated: int | None = None
+    ambiguous: int | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     passed: bool = False
     notes: list[str] = field(default_factory=list)
@@ -85,7 +86,8 @@ class ChaosReport:
         ]
         if self.rows_added is not None:
             lines.append(f"writes     {self.writes_ok} acknowledged, {self.rows_added} rows added: "
-                         f"lost {self.lost}, duplicated {self.duplicated}")
+                         f"lost {self.lost}, duplicated {self.duplicated}, committed but "
+                         f"answered with an error {self.ambiguous}")
         lines += [f"note       {n}" for n in self.notes]
         lines.append(f"result     {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
@@ -238,8 +240,11 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
         added = _count(cluster, opts.count_sql) - before_rows
         report.rows_added = added
         report.lost = max(0, report.writes_ok - added)
-        # A write answered with an error may still have committed; it is "duplicated" only
-        # in the sense that the client was told otherwise (and might retry).
-        report.duplicated = max(0, added - report.writes_ok)
+        # A write whose connection died after COMMIT was sent may have committed although
+        # the client got an error: ambiguous, not lost (a client retries it with an
+        # idempotency key). Rows beyond every attempt that could have committed would be
+        # true duplicates.
+        report.ambiguous = max(0, min(report.writes_failed, added - report.writes_ok))
+        report.duplicated = max(0, added - report.writes_ok - report.writes_failed)
     report.passed = scenario.judge(report, load, fault_at, healed_at)
     return report
