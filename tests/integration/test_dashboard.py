@@ -25,7 +25,7 @@ import psycopg
 import pytest
 import redis
 
-from djscale.cluster import LocalCluster
+from djscale.cluster import PARTS, LocalCluster
 from djscale.cluster.supervisor import wait_until
 from djscale.testing import ClusterFactory
 
@@ -68,7 +68,7 @@ def cluster(djscale_cluster_factory: ClusterFactory) -> Iterator[LocalCluster]:
     previous = os.environ.get("DJSCALE_ACCESS_LOG")
     os.environ["DJSCALE_ACCESS_LOG"] = "1"
     try:
-        booted = djscale_cluster_factory(TOPOLOGY, name="dashboard")
+        booted = djscale_cluster_factory(TOPOLOGY, name="dashboard", parts=PARTS)
     finally:
         if previous is None:
             os.environ.pop("DJSCALE_ACCESS_LOG", None)
