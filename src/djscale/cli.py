@@ -7,6 +7,7 @@
     djscale cluster logs   [--topology FILE] [--state-dir DIR] [SERVICE] [-n LINES]
     djscale cluster down   [--topology FILE] [--state-dir DIR] [--purge]
     djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
+    djscale doctor [--settings MODULE] [--no-deploy]
     djscale topology check [FILE]
     djscale deploy kubernetes [--topology FILE] [--out DIR]
 
@@ -72,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     kube.add_argument("--out", "-o", default="deploy/kubernetes",
                       help="folder to write the manifests to (default: deploy/kubernetes)")
 
+    doctor = sub.add_parser("doctor", help="run the scalability checklist (djscale's Django "
+                                           "system checks) against a settings module")
+    doctor.add_argument("--settings", default="",
+                        help="Django settings module (default: $DJANGO_SETTINGS_MODULE)")
+    doctor.add_argument("--no-deploy", action="store_true",
+                        help="skip the checks that only apply to deployments")
+
     topo = sub.add_parser("topology", help="work with topology files")
     tsub = topo.add_subparsers(dest="action", required=True)
     check = tsub.add_parser("check", help="validate a topology file")
@@ -95,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from djscale.topology import load
+
+    if args.command == "doctor":
+        return _doctor(args)
 
     if args.command == "topology":
         topology = load(args.file)
@@ -148,6 +159,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"cluster in {state_dir} stopped" + (" and purged" if args.purge else ""))
         return 0
     raise AssertionError(args.action)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from djscale.errors import ConfigurationError
+
+    if args.settings:
+        os.environ["DJANGO_SETTINGS_MODULE"] = args.settings
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        raise ConfigurationError("no settings module: pass --settings or set "
+                                 "DJANGO_SETTINGS_MODULE")
+    import sys
+
+    import django
+    from django.core.checks import ERROR
+
+    sys.path.insert(0, os.getcwd())  # like manage.py: the project is the current folder
+    try:
+        django.setup()
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import the settings: {exc}") from None
+    from djscale.checks import doctor
+
+    messages = doctor(deploy=not args.no_deploy)
+    for message in messages:
+        hint = f"\n    hint: {message.hint}" if message.hint else ""
+        print(f"{message.id}: {message.msg}{hint}")
+    errors = [m for m in messages if m.level >= ERROR]
+    print(f"{len(messages)} finding(s), {len(errors)} error(s)" if messages
+          else "no findings: the scalability checklist passes")
+    return 1 if errors else 0
 
 
 def _chaos(cluster: object, args: argparse.Namespace) -> int:

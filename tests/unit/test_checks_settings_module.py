@@ -73,3 +73,25 @@ def test_every_rule_fires_on_a_settings_module_that_breaks_it(tmp_path: Path) ->
                 "djscale.W010", "djscale.W011"]
     assert [i for i in expected if i not in out] == [], out
     assert "Traceback" not in out, out
+
+
+def test_djscale_doctor_reports_the_same_findings(tmp_path: Path) -> None:
+    (tmp_path / "broken_settings.py").write_text(BROKEN_SETTINGS)
+    (tmp_path / "brokenurls.py").write_text("urlpatterns = []\n")
+    (tmp_path / "brokenapp").mkdir()
+    (tmp_path / "brokenapp" / "__init__.py").write_text("")
+    (tmp_path / "brokenapp" / "views.py").write_text(BROKEN_CODE)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DJSCALE_STATE_DIR", "DJANGO_SETTINGS_MODULE")}
+    proc = subprocess.run([sys.executable, "-m", "djscale.cli", "doctor", "--settings",
+                           "broken_settings"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120, check=False)
+    out = proc.stdout + proc.stderr
+    assert "djscale.W001" in out and "djscale.W011" in out, out
+    assert "hint:" in out
+    assert "Traceback" not in out, out
+    missing = subprocess.run([sys.executable, "-m", "djscale.cli", "doctor"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path,
+                             timeout=60, check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("djscale: error: no settings module"), missing.stderr
