@@ -103,13 +103,15 @@ class WrkResult:
 _LAT = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def wrk(url: str, *, seconds: int = 5, connections: int = 16, threads: int = 2) -> WrkResult:
-    """Run ``wrk`` against ``url`` (bounded in time) and parse its report."""
+def wrk(url: str, *, seconds: int = 5, connections: int = 16, threads: int = 2,
+        script: str = "") -> WrkResult:
+    """Run ``wrk`` against ``url`` (bounded in time; ``script``: a wrk Lua script)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (run `make setup`)")
+    extra = ["-s", script] if script else []
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
-         "--latency", url],
+         "--latency", *extra, url],
         capture_output=True, text=True, check=True, timeout=seconds + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]

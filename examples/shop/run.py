@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ import shopctl  # noqa: E402 - needs the path above
 from djscale.errors import DjscaleError  # noqa: E402
 
 ROOT = HERE.parent.parent
-CATEGORIES = ["books", "games", "music", "garden", "kitchen"]
 
 
 CALLS: collections.Counter[str] = collections.Counter()
@@ -49,8 +46,12 @@ def heading(text: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--users", type=int, default=24)
-    parser.add_argument("--reads", type=int, default=600)
+    parser.add_argument("--users", type=int, default=100_000, help="users seeded in bulk")
+    parser.add_argument("--products", type=int, default=10_000, help="products seeded")
+    parser.add_argument("--orders", type=int, default=30_000, help="orders seeded in bulk")
+    parser.add_argument("--api-users", type=int, default=12,
+                        help="users created one by one through the gateway")
+    parser.add_argument("--seconds", type=int, default=60, help="length of the wrk load")
     parser.add_argument("--keep", action="store_true", help="leave the shop running")
     args = parser.parse_args()
 
@@ -71,28 +72,34 @@ def main() -> int:
             for n, c in shop.clusters.items() if "dashboard" in c.state.services))
         staff = shopctl.staff_token()
 
-        heading("seeding the catalogue through the gateway (staff token)")
+        heading(f"seeding {args.products:,} products, {args.users:,} users and "
+                f"{args.orders:,} orders in bulk")
         products_db = shop.clusters["products"]
-        for i, slug in enumerate(CATEGORIES):
-            shopctl.sql(products_db, "pg-default",
-                f"INSERT INTO products_category (slug, name) VALUES ('{slug}', "
-                f"'{slug.title()}') ON CONFLICT DO NOTHING")
-            for j in range(8):
-                status, _ = call("POST", f"{gw}/api/products/",
-                                 {"category": slug, "name": f"{slug} item {j}",
-                                  "price_cents": 500 + 100 * j, "featured": j < 2}, staff)
-                assert status == 201, status
-            print(f"   {slug:<8} 8 products" + (" (2 featured)" if i >= 0 else ""))
-        status, body = call("POST", f"{gw}/api/products/", {"category": "books"}, staff,
+        t0 = time.monotonic()
+        for service, command in (
+                ("products", ["seed_products", "--count", str(args.products)]),
+                ("users", ["seed_users", "--count", str(args.users)]),
+                ("orders", ["seed_orders", "--count", str(args.orders), "--users",
+                            str(args.users), "--products", str(args.products)])):
+            out = shop.clusters[service].django_admin(*command, service=f"seed-{service}")
+            print("   " + next((ln for ln in reversed(out.splitlines())
+                                if ln.startswith(f"{service}:")), f"{service}: seeded"))
+        print(f"   seeded in {time.monotonic() - t0:.0f}s")
+        status, body = call("POST", f"{gw}/api/products/",
+                            {"category": "cat-1", "name": "Through the gateway",
+                             "price_cents": 1999, "featured": True}, staff)
+        print(f"   a product added through the gateway (staff token): {status}")
+        status, body = call("POST", f"{gw}/api/products/", {"category": "cat-1"}, staff,
                             expect=(400,))
         print(f"   an invalid product is refused: {status} {body['fields']}")
         out = products_db.django_admin("warm_cache", service="warm-cache")
-        print("   cache warmed: " + " ".join(out.split()[-6:]))
+        warmed = [ln.split(":")[0].strip() for ln in out.splitlines() if "done" in ln]
+        print(f"   cache warmed by the registered warmers: {', '.join(dict.fromkeys(warmed))}")
 
-        heading(f"creating {args.users} users and their orders through the gateway")
+        heading(f"creating {args.api_users} users and their orders through the gateway")
         tokens: dict[int, str] = {}
         shards: collections.Counter[str] = collections.Counter()
-        for i in range(args.users):
+        for i in range(args.api_users):
             status, body = call("POST", f"{gw}/api/users/",
                                 {"email": f"user{i}@shop.example", "name": f"User {i}"})
             assert status == 201, (status, body)
@@ -102,62 +109,32 @@ def main() -> int:
         for n, token in enumerate(tokens.values()):
             for k in range(1 + n % 4):
                 status, body = call("POST", f"{gw}/api/orders/",
-                                    {"product_id": 1 + (n + k) % 40, "quantity": 1 + k}, token)
+                                    {"product_id": 1 + (n + k) % 400, "quantity": 1 + k}, token)
                 assert status == 201, (status, body)
                 order_shards[f"orders/{body['shard']}"] += 1
         for key, count in sorted((shards + order_shards).items()):
-            print(f"   {key:<15} {count:>4} rows")
+            print(f"   {key:<15} {count:>4} of these rows")
         status, body = call("GET", f"{gw}/api/orders/?user={next(iter(tokens))}",
                             expect=(401,))
         print(f"   orders without a token: {status} {body['detail']}")
         status, body = call("GET", f"{gw}/admin/", expect=(404,))
         print(f"   a path the gateway does not route: {status} {body['error']['code']}")
 
-        heading(f"{args.reads} reads through the gateway, 12 at a time")
-        uids = list(tokens)
-        replica_before = {
-            name: shopctl.sql(products_db, name, "SELECT xact_commit FROM pg_stat_database "
-                                         "WHERE datname = current_database()")[0][0]
-            for name in ("pg-default", "pg-default-replica1", "pg-default-replica2")}
-
-        def read(i: int) -> tuple[str, int, float]:
-            kind = ("featured", "product", "category", "profile")[i % 4]
-            url = {"featured": f"{gw}/api/products/",
-                   "product": f"{gw}/api/products/{1 + i % 40}",
-                   "category": f"{gw}/api/products/?category={CATEGORIES[i % 5]}",
-                   "profile": f"{gw}/api/profile/{uids[i % len(uids)]}"}[kind]
-            t0 = time.monotonic()
-            status, _ = call("GET", url, token=tokens[uids[i % len(uids)]]
-                             if kind == "profile" else "")
-            return kind, status, time.monotonic() - t0
-
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(12) as pool:
-            results = list(pool.map(read, range(args.reads)))
-        elapsed = time.monotonic() - t0
-        by_kind: dict[str, list[float]] = collections.defaultdict(list)
-        statuses = collections.Counter(s for _, s, _ in results)
-        for kind, _, latency in results:
-            by_kind[kind].append(latency * 1000)
-        for kind, lat in by_kind.items():
-            print(f"   {kind:<9} {len(lat):>4} requests, median {statistics.median(lat):6.1f} ms")
-        print(f"   statuses {dict(statuses)}; {len(results) / elapsed:,.0f} req/s "
-              "(one Python client, every service on this machine)")
-        for name, before in replica_before.items():
-            after = shopctl.sql(products_db, name, "SELECT xact_commit FROM pg_stat_database "
-                                           "WHERE datname = current_database()")[0][0]
-            print(f"   products {name:<20} {after - before:>5} transactions during the reads")
-        host, port = products_db.address("redis")
-        import redis
-
-        info = redis.Redis(host=host, port=port).info("stats")
-        hits, misses = info["keyspace_hits"], info["keyspace_misses"]
-        print(f"   products Redis (L2): {hits} hits, {misses} misses "
-              f"({100 * hits / max(1, hits + misses):.0f}% hit ratio; L1 hits never reach it)")
-
+        heading(f"{args.seconds}s of mixed load through the gateway with wrk "
+                "(products, product pages, categories, profiles)")
+        replicas = ("pg-default", "pg-default-replica1", "pg-default-replica2")
+        xact_sql = ("SELECT xact_commit FROM pg_stat_database "
+                    "WHERE datname = current_database()")
+        before = {n: shopctl.sql(products_db, n, xact_sql)[0][0] for n in replicas}
+        load = shopctl.wrk_load(gw, seconds=args.seconds, products=args.products,
+                                users=args.users, token=staff, progress=print)
+        after = {n: shopctl.sql(products_db, n, xact_sql)[0][0] for n in replicas}
+        served = {n: after[n] - before[n] for n in replicas}
+        on_replicas = served["pg-default-replica1"] + served["pg-default-replica2"]
+        cache = shopctl.cache_stats(products_db)
         heading("deleting a user: the user_deleted event travels users -> outbox -> "
                 "relay -> broker -> orders")
-        uid = uids[3]
+        uid = list(tokens)[3]
         status, body = call("DELETE", f"{gw}/api/users/{uid}", token=tokens[uid])
         print(f"   DELETE /api/users/{uid}: {status} {body}")
         deadline = time.monotonic() + 60
@@ -176,8 +153,32 @@ def main() -> int:
             CALLS["errors"] += 1
             print("   the deleted user's orders were not archived", file=sys.stderr)
         heading("summary")
-        print(f"   {CALLS['requests']} requests through the gateway, "
-              f"{CALLS['errors']} errors (deliberate 400/401/404 answers excluded)")
+        print(f"   load      {load.requests:,} requests in {args.seconds}s: "
+              f"{load.requests_per_second:,.0f} req/s, p50 {load.p50_ms:.1f} ms, "
+              f"p99 {load.p99_ms:.1f} ms (worst 10 s window), {load.errors} errors")
+        for level in ("l1", "l2"):
+            hit, miss = cache.get((level, "hit"), 0), cache.get((level, "miss"), 0)
+            print(f"   cache {level}  {hit:,.0f} hits, {miss:,.0f} misses: "
+                  f"{100 * hit / max(1, hit + miss):.0f}% hit ratio (products app servers)")
+        print(f"   replicas  {100 * on_replicas / max(1, sum(served.values())):.0f}% of the "
+              f"products database's transactions ran on replicas {served}")
+        for service, table in (("users", "users_user"), ("orders", "orders_order")):
+            counts = {name: shopctl.sql(shop.clusters[service], name,
+                                        f"SELECT count(*) FROM {table}")[0][0]
+                      for name in ("pg-shard1", "pg-shard2")}
+            print(f"   {service:<9} rows per shard {counts}")
+        published = sum(shopctl.sql(shop.clusters["users"], name,
+                                    "SELECT count(*) FROM djscale_outbox "
+                                    "WHERE published_at IS NOT NULL")[0][0]
+                        for name in ("pg-shard1", "pg-shard2"))
+        consumed = sum(shopctl.sql(shop.clusters["orders"], name,
+                                   "SELECT count(*) FROM djscale_inbox")[0][0]
+                       for name in ("pg-shard1", "pg-shard2"))
+        print(f"   events    {published} published by users, {consumed} consumed by orders")
+        errors = CALLS["errors"] + load.errors
+        print(f"   errors    {errors} ({CALLS['requests']} API calls + the wrk load; "
+              "deliberate 400/401/404 answers excluded)")
+        CALLS["errors"] = errors
     except (DjscaleError, AssertionError, OSError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2

@@ -110,3 +110,66 @@ def sql(cluster: LocalCluster, service: str, query: str) -> list[tuple[Any, ...]
                          autocommit=True) as conn:
         cur = conn.execute(query.encode())
         return list(cur.fetchall()) if cur.description else []
+
+
+def wrk_load(base: str, *, seconds: int, products: int, users: int, token: str,
+             progress: Any = None, window: int = 10) -> Any:
+    """Mixed load through the gateway with wrk (``load.lua``), in ``window``-second steps.
+
+    Returns the totals; p50 is the median of the windows' p50, p99 the worst window's.
+    """
+    import statistics
+    import sys
+    from dataclasses import replace
+
+    sys.path.insert(0, str(SHOP_DIR.parent.parent))
+    from benchmarks.common import WrkResult, wrk
+
+    env = {"SHOP_PRODUCTS": str(products), "SHOP_USERS": str(users), "SHOP_TOKEN": token}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    windows: list[WrkResult] = []
+    try:
+        done = 0
+        while done < seconds:
+            step = min(window, seconds - done)
+            windows.append(wrk(f"{base}/api/products/", seconds=step, connections=16,
+                               script=str(SHOP_DIR / "load.lua")))
+            done += step
+            if progress:
+                bar = "#" * (20 * done // seconds)
+                w = windows[-1]
+                progress(f"   [{bar:<20}] {done:>3}s  {w.requests_per_second:7,.0f} req/s  "
+                         f"p99 {w.p99_ms:6.1f} ms  errors {w.errors}")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    total = sum(w.requests for w in windows)
+    return replace(windows[0], requests=total, requests_per_second=total / max(1, seconds),
+                   p50_ms=statistics.median(w.p50_ms for w in windows),
+                   p99_ms=max(w.p99_ms for w in windows),
+                   errors=sum(w.errors for w in windows))
+
+
+def cache_stats(cluster: LocalCluster) -> dict[tuple[str, str], float]:
+    """``djscale_cache_requests`` by (level, result), summed over the app servers' /metrics."""
+    import re
+
+    totals: dict[tuple[str, str], float] = {}
+    pattern = re.compile(r'^djscale_cache_requests_total\{level="(\w+)",result="(\w+)"\}'
+                         r"\s+([0-9.e+]+)", re.M)
+    for proc in cluster.processes():
+        if proc.kind != "gunicorn":
+            continue
+        try:
+            with urllib.request.urlopen(f"http://{proc.host}:{proc.port}/metrics",
+                                        timeout=10) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        for level, result, value in pattern.findall(text):
+            totals[(level, result)] = totals.get((level, result), 0.0) + float(value)
+    return totals

@@ -254,7 +254,9 @@ class TieredCache(BaseCache):
         gen = self._l1.generation(key)
         got = self._l2.get(key)
         if got is UNAVAILABLE or got[0] is None:
+            self._l1.l2_misses += 1  # statistics only, like the L1 counters
             return _MISSING, None, 0.0
+        self._l1.l2_hits += 1
         raw: bytes = got[0]
         ttl: float | None = got[1]
         payload = as_payload(raw)

@@ -106,6 +106,21 @@ class InvalidationBus:
             store.flush()
         metrics.L1_FLUSHES.labels(reason).inc()
 
+    def _export_stats(self) -> None:
+        """Add the lookups counted since the last export to the per-level cache metric.
+
+        Done here, about once a second, rather than on every ``get``: a Prometheus
+        increment would cost the L1 hit path more than the lookup itself.
+        """
+        from djscale.metrics import record_cache
+
+        for store in list(self._stores):
+            l1_hit, l1_miss, l2_hit, l2_miss = store.export_stats()
+            for level, hit, count in (("l1", True, l1_hit), ("l1", False, l1_miss),
+                                      ("l2", True, l2_hit), ("l2", False, l2_miss)):
+                if count:
+                    record_cache(level=level, hit=hit, count=count)  # type: ignore[arg-type]
+
     def _run(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
@@ -126,10 +141,13 @@ class InvalidationBus:
                 self._flush_all("resubscribed")
                 self.connected.set()
                 backoff = 0.05
-                last_heard = last_ping = time.monotonic()
+                last_heard = last_ping = last_export = time.monotonic()
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.5)
                     now = time.monotonic()
+                    if now - last_export >= 1.0:
+                        self._export_stats()
+                        last_export = now
                     if msg is not None:
                         last_heard = now
                         if msg["type"] == "message":

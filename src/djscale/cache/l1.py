@@ -56,6 +56,18 @@ class LocalStore:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        # L2 outcomes of lookups that missed here (kept with the L1 statistics so that the
+        # invalidation listener can export both without touching the hot path).
+        self.l2_hits = 0
+        self.l2_misses = 0
+        self._exported = (0, 0, 0, 0)
+
+    def export_stats(self) -> tuple[int, int, int, int]:
+        """Counts since the previous call: (l1 hits, l1 misses, l2 hits, l2 misses)."""
+        now = (self.hits, self.misses, self.l2_hits, self.l2_misses)
+        before, self._exported = self._exported, now
+        return (now[0] - before[0], now[1] - before[1], now[2] - before[2],
+                now[3] - before[3])
 
     def __len__(self) -> int:
         return len(self._data)
