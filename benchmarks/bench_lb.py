@@ -13,37 +13,27 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.common import ROOT, Context, Result, wrk
-from djscale.cluster.lb import lb_process
-from djscale.cluster.local import http_ok
-from djscale.cluster.supervisor import ManagedProcess, free_port
-from djscale.topology import LoadBalancerSpec, load
+from benchmarks.common import Context, Result, demo_project, start_lb, wrk
+from djscale.cluster.supervisor import ManagedProcess
+from djscale.topology import LoadBalancerSpec
 
 TOPIC = "load-balancer"
 PATH = "/health/live"
 
 
 def run(ctx: Context) -> list[Result]:
-    base = load(ROOT / "examples/demo/djscale.toml")
     data = {
-        "project": {"name": "demo", "pythonpath": str(ROOT / "examples/demo"),
-                    "settings": base.project.settings, "wsgi": base.project.wsgi},
+        "project": demo_project(),
         "postgres": {"database": "demo"},
         "app": {"servers": 2, "workers": 2},
     }
     cluster = ctx.factory(data, parts=("postgres", "redis", "migrate", "app"), name="lbbench")
     ups = cluster.upstreams()
     procs: dict[str, ManagedProcess] = {}
-    for kind in ("nginx", "haproxy"):
-        spec = LoadBalancerSpec(kind=kind, method="round_robin")
-        proc = lb_process(spec, ups, port=free_port(), run_dir=ctx.scratch / kind,
-                          log=ctx.scratch / f"{kind}.log")
-        proc.name = f"lb-{kind}"
-        proc.start()
-        procs[kind] = proc
     try:
-        for proc in procs.values():
-            proc.wait_ready(lambda p=proc: http_ok(p.host, p.port), 20)  # type: ignore[misc]
+        for kind in ("nginx", "haproxy"):
+            procs[kind] = start_lb(ctx, LoadBalancerSpec(kind=kind, method="round_robin"),
+                                   ups, f"lb-{kind}")
         seconds = 2 if ctx.quick else 4
         rounds = 1 if ctx.quick else 3
         urls = {"direct": f"http://{ups[0].host}:{ups[0].port}{PATH}",

@@ -17,9 +17,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmarks.common import ROOT, Context, Result, wrk
+from benchmarks.common import Context, Result, demo_project, wrk
 from djscale.cluster import postgres as pg
-from djscale.topology import load
 
 TOPIC = "pooling"
 
@@ -41,12 +40,10 @@ def _sessions(host: str, port: int, user: str, db: str) -> tuple[int, int]:
 
 
 def run(ctx: Context) -> list[Result]:
-    base = load(ROOT / "examples/demo/djscale.toml")
     clusters = {}
     for key, postgres in CONFIGS.items():
         data = {
-            "project": {"name": "demo", "pythonpath": str(ROOT / "examples/demo"),
-                        "settings": base.project.settings, "wsgi": base.project.wsgi},
+            "project": demo_project(),
             "postgres": {"database": "demo", **postgres},
             "app": {"servers": 1, "workers": 2},
         }

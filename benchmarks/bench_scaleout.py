@@ -15,39 +15,26 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.common import ROOT, Context, Result, wrk
-from djscale.cluster.lb import Upstream, lb_process
-from djscale.cluster.local import http_ok
-from djscale.cluster.supervisor import free_port
-from djscale.topology import load, parse
+from benchmarks.common import ROOT, Context, Result, demo_project, start_lb, wrk
+from djscale.topology import parse
 
 TOPIC = "scale-out"
 
 
 def run(ctx: Context) -> list[Result]:
-    base = load(ROOT / "examples/demo/djscale.toml")
     data = {
-        "project": {"name": "demo", "pythonpath": str(ROOT / "examples/demo"),
-                    "settings": base.project.settings, "wsgi": base.project.wsgi},
+        "project": demo_project(),
         "postgres": {"database": "demo", "replicas": 1},
         "app": {"servers": 4, "workers": 1},
-        "lb": {"kind": "nginx", "method": "least_conn"},
     }
     cluster = ctx.factory(data, parts=("postgres", "redis", "migrate", "app"), name="scaleout")
     ups = cluster.upstreams()
     spec = parse({"lb": {"kind": "nginx", "method": "least_conn"}}).lb
     sizes = (1, 2, 4)
     procs = {}
-    for n in sizes:
-        port = free_port()
-        proc = lb_process(spec, [Upstream(u.name, u.host, u.port) for u in ups[:n]], port=port,
-                          run_dir=ctx.scratch / f"nginx{n}", log=ctx.scratch / f"nginx{n}.log")
-        proc.name = f"lb-{n}"
-        proc.start()
-        procs[n] = proc
     try:
-        for proc in procs.values():
-            proc.wait_ready(lambda p=proc: http_ok(p.host, p.port), 20)  # type: ignore[misc]
+        for n in sizes:
+            procs[n] = start_lb(ctx, spec, ups[:n], f"lb-{n}")
         seconds = 2 if ctx.quick else 4
         rounds = 1 if ctx.quick else 3
         direct = f"http://{ups[0].host}:{ups[0].port}/whoami"

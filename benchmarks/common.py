@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from djscale.cluster.lb import Upstream, lb_process
+from djscale.cluster.local import http_ok
+from djscale.cluster.supervisor import ManagedProcess, free_port
 from djscale.testing import ClusterFactory
+from djscale.topology import LoadBalancerSpec, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +63,31 @@ class Context:
     scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="djbench-")))
     quick: bool = False
     plots: list[Path] = field(default_factory=list)
+
+
+def demo_project() -> dict[str, str]:
+    """The ``[project]`` table of examples/demo, usable from a benchmark's cluster."""
+    project = load(ROOT / "examples/demo/djscale.toml").project
+    return {"name": "demo", "pythonpath": str(ROOT / "examples/demo"),
+            "settings": project.settings, "wsgi": project.wsgi}
+
+
+def start_lb(ctx: Context, spec: LoadBalancerSpec, upstreams: list[Upstream],
+             name: str) -> ManagedProcess:
+    """A load balancer of ``spec`` in front of ``upstreams`` on a free port, ready to serve.
+
+    The caller stops it; it is stopped here when it does not become ready.
+    """
+    proc = lb_process(spec, upstreams, port=free_port(), run_dir=ctx.scratch / name,
+                      log=ctx.scratch / f"{name}.log")
+    proc.name = name
+    proc.start()
+    try:
+        proc.wait_ready(lambda: http_ok(proc.host, proc.port), 20)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
 
 
 def per_call_seconds(fn: Callable[[], object], *, number: int = 20000, repeat: int = 5) -> float:
