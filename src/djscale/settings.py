@@ -129,7 +129,8 @@ def from_topology(topology: Topology | str | Path | None = None, *,
             databases[group.name] = database_settings(group, host, port)
         for i, alias in enumerate(group.replica_aliases):
             configured = group.replica_ports[i] if i < len(group.replica_ports) else AUTO
-            rhost, rport = addr.get(f"pg-{alias.replace('_', '-')}", group.host, configured)
+            rhost, rport = addr.get(f"pg-{alias.replace('_', '-')}", group.replica_host(i),
+                                    configured)
             databases[alias] = database_settings(group, rhost, rport, replica_of=group.name)
         groups[group.name] = {
             "PRIMARY": group.name,

@@ -57,11 +57,30 @@ Example::
     logical_shards = 1024      # fixed for the life of the data (at most 8192)
     epoch = "2025-01-01"       # custom epoch of the 64-bit ids (a past UTC date/datetime)
     mode = "hash"              # or "modulo" (key % logical_shards, integer keys)
+
+Several machines: name them in ``[hosts]`` and place services on them by name; any
+``host`` may still be a plain address. Names are resolved here, so every other module
+sees addresses only (``Topology.host_at(address)`` finds the machine again)::
+
+    [hosts.db]
+    address = "10.77.0.2"
+    netns = "djs-db"           # local cluster only: run this host's processes in a netns
+    [hosts.app1]
+    address = "10.77.0.3"
+
+    [postgres]
+    host = "db"
+    replica_hosts = ["db2"]    # one per replica (default: the primary's host)
+    [app]
+    hosts = ["app1", "app2"]   # one per app server (default: app.host)
+    [celery]
+    hosts = ["app2"]           # one per worker (default: celery.host)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -78,6 +97,7 @@ __all__ = [
     "CompositionSpec",
     "DatabaseGroup",
     "GatewaySpec",
+    "HostSpec",
     "KubernetesSpec",
     "LoadBalancerSpec",
     "PgBouncerSpec",
@@ -107,6 +127,8 @@ DEFAULT_SHARD_EPOCH_MS = 1735689600000  # 2025-01-01T00:00:00Z
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.:\-]+$")
+_HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,30}$")
+_NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _URL_RE = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~\-/]*)?$")
 _PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~\-/]*$")
 _CPATH_RE = re.compile(r"^/[A-Za-z0-9._~\-/{}]*$")
@@ -114,6 +136,20 @@ _TEMPLATE_RE = re.compile(r"^/[A-Za-z0-9._~\-/{}?=&]*$")
 _PLACEHOLDER_RE = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A machine of a multi-host topology (``[hosts.<name>]``).
+
+    ``netns`` only matters to the local cluster: when set, the processes placed on this
+    host run inside that Linux network namespace (made beforehand, e.g. by
+    :mod:`djscale.testing.netns`); a real deployment leaves it empty.
+    """
+
+    name: str
+    address: str
+    netns: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +177,7 @@ class DatabaseGroup:
     port: Port = AUTO
     replicas: int = 0
     replica_ports: tuple[Port, ...] = ()
+    replica_hosts: tuple[str, ...] = ()
     max_lag_seconds: float = 5.0
     max_lag_bytes: int = 16 * 1024 * 1024
     replica_policy: str = "random"
@@ -156,6 +193,10 @@ class DatabaseGroup:
     def aliases(self) -> tuple[str, ...]:
         """The primary's alias followed by the replicas' aliases."""
         return (self.name, *self.replica_aliases)
+
+    def replica_host(self, index: int) -> str:
+        """Address of replica ``index`` (0-based): its ``replica_hosts`` entry or ``host``."""
+        return self.replica_hosts[index] if index < len(self.replica_hosts) else self.host
 
 
 @dataclass(frozen=True)
@@ -187,6 +228,7 @@ class AppSpec:
     ports: tuple[Port, ...] = ()
     weights: tuple[int, ...] = ()
     timeout: int = 30
+    hosts: tuple[str, ...] = ()
 
     def weight(self, index: int) -> int:
         """Load-balancer weight of app server ``index`` (0-based); 1 when unset."""
@@ -195,6 +237,10 @@ class AppSpec:
     def port(self, index: int) -> Port:
         """Configured port of app server ``index`` (0-based); ``auto`` when unset."""
         return self.ports[index] if index < len(self.ports) else AUTO
+
+    def host_of(self, index: int) -> str:
+        """Address of app server ``index`` (0-based): its ``hosts`` entry or ``host``."""
+        return self.hosts[index] if index < len(self.hosts) else self.host
 
 
 @dataclass(frozen=True)
@@ -223,6 +269,14 @@ class CelerySpec:
     """Run the transactional-outbox relay (``django-admin events_relay``) as a service."""
     broker: str = ""
     """Broker URL when it is not this topology's Redis (e.g. an event bus shared by services)."""
+    host: str = "127.0.0.1"
+    """Where the workers and the relay run (they listen on no port)."""
+    hosts: tuple[str, ...] = ()
+    """One address per worker; the relay runs on the first. Empty: ``host`` for all."""
+
+    def host_of(self, index: int) -> str:
+        """Address of worker ``index`` (0-based): its ``hosts`` entry or ``host``."""
+        return self.hosts[index] if index < len(self.hosts) else self.host
 
 
 @dataclass(frozen=True)
@@ -370,7 +424,20 @@ class Topology:
     pgbouncer: PgBouncerSpec = field(default_factory=PgBouncerSpec)
     kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
     sharding: ShardingSpec = field(default_factory=ShardingSpec)
+    hosts: tuple[HostSpec, ...] = ()
     source: str = "<memory>"
+
+    def host_at(self, address: str) -> HostSpec | None:
+        """The ``[hosts]`` machine with this address, or None (a plain address)."""
+        for host in self.hosts:
+            if host.address == address:
+                return host
+        return None
+
+    def netns_of(self, address: str) -> str:
+        """The network namespace the local cluster runs ``address``'s processes in ('')."""
+        host = self.host_at(address)
+        return host.netns if host is not None else ""
 
     def service(self, name: str) -> ServiceSpec:
         """The service called ``name``; TopologyError naming the known ones otherwise."""
@@ -444,6 +511,22 @@ class _Section:
     def port(self, name: str, default: Port = AUTO) -> Port:
         return _port(self.data.get(name, default), self._key(name))
 
+    def host(self, name: str, default: str, hosts: Mapping[str, HostSpec]) -> str:
+        """A ``host``: the address of a ``[hosts]`` name, or an address as it is."""
+        return _host(self.data.get(name, default), self._key(name), hosts)
+
+    def hosts(self, name: str, hosts: Mapping[str, HostSpec], *, count: int,
+              what: str) -> tuple[str, ...]:
+        """A list of hosts, empty or exactly one per ``what`` (``count`` of them)."""
+        value = self.data.get(name, [])
+        if not isinstance(value, list):
+            raise self._bad(name, value, f"a list of host names, one per {what}")
+        if value and len(value) != count:
+            raise TopologyError(
+                f"{self._key(name)} has {len(value)} entries but there are {count} "
+                f"{what}s: give exactly one host per {what} (or leave it out)")
+        return tuple(_host(v, f"{self._key(name)}[{i}]", hosts) for i, v in enumerate(value))
+
     def ports(self, name: str) -> tuple[Port, ...]:
         value = self.data.get(name, [])
         if not isinstance(value, list):
@@ -473,6 +556,50 @@ def _port(value: object, key: str) -> Port:
     return value
 
 
+def _host(value: object, key: str, hosts: Mapping[str, HostSpec]) -> str:
+    if isinstance(value, str) and value in hosts:
+        return hosts[value].address
+    if not isinstance(value, str) or not _HOST_RE.match(value):
+        raise TopologyError(f"{key} = {value!r} is invalid: expected {_HOST}")
+    if hosts and not any(c in value for c in ".:") and value != "localhost":
+        # With [hosts], a bare word is a host name: a typo must not become a DNS lookup.
+        raise TopologyError(f"{key} = {value!r} is not a host of [hosts] "
+                            f"(known: {', '.join(sorted(hosts))}) nor an IP address")
+    return value
+
+
+def _hosts(data: Mapping[str, Any]) -> dict[str, HostSpec]:
+    hosts: dict[str, HostSpec] = {}
+    for name, raw in data.items():
+        path = f"hosts.{name}"
+        if not _HOST_NAME_RE.match(name):
+            raise TopologyError(f"[{path}] is invalid: a host name is lowercase letters, "
+                                "digits, _ and -, starting with a letter")
+        if not isinstance(raw, dict):
+            raise TopologyError(f"{path} = {raw!r} is invalid: expected a table [{path}]")
+        s = _Section(raw, path, ("address", "netns"))
+        if "address" not in raw:
+            raise TopologyError(f"{path}.address is missing: give the host's IP address "
+                                "such as \"10.77.0.2\"")
+        address = s.get_str("address", "", what="an IP address such as '10.77.0.2'")
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise s._bad("address", address, "an IP address such as '10.77.0.2'") from None
+        netns = s.get_str("netns", "", what="a network namespace name")
+        if netns and not _NETNS_RE.match(netns):
+            raise s._bad("netns", netns, "a network namespace name (letters, digits, _.-)")
+        for other in hosts.values():
+            if other.address == address:
+                raise TopologyError(f"{path}.address = {address!r} is invalid: "
+                                    f"hosts.{other.name} has the same address")
+            if netns and other.netns == netns:
+                raise TopologyError(f"{path}.netns = {netns!r} is invalid: "
+                                    f"hosts.{other.name} has the same namespace")
+        hosts[name] = HostSpec(name=name, address=address, netns=netns)
+    return hosts
+
+
 def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
@@ -484,11 +611,12 @@ _HOST = "a host name or IP address"
 
 
 def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGroup | None,
-           ) -> DatabaseGroup:
+           hosts: Mapping[str, HostSpec]) -> DatabaseGroup:
     base = defaults or DatabaseGroup(name=name)
     s = _Section(data, path, (
         "name", "database", "user", "host", "port", "replicas", "replica_ports",
-        "max_lag_seconds", "max_lag_bytes", "replica_policy", "conn_max_age", "pool",
+        "replica_hosts", "max_lag_seconds", "max_lag_bytes", "replica_policy", "conn_max_age",
+        "pool",
     ))
     group = DatabaseGroup(
         name=name,
@@ -496,10 +624,12 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
                        what="a PostgreSQL identifier (letters, digits, _)"),
         user=s.get_str("user", base.user, pattern=_DB_NAME_RE,
                    what="a PostgreSQL role name (letters, digits, _)"),
-        host=s.get_str("host", base.host, pattern=_HOST_RE, what=_HOST),
+        host=s.host("host", base.host, hosts),
         port=s.port("port"),
         replicas=s.get_int("replicas", 0, maximum=16),
         replica_ports=s.ports("replica_ports"),
+        replica_hosts=s.hosts("replica_hosts", hosts, count=s.get_int("replicas", 0, maximum=16),
+                              what="replica"),
         max_lag_seconds=s.get_float("max_lag_seconds", base.max_lag_seconds),
         max_lag_bytes=s.get_int("max_lag_bytes", base.max_lag_bytes),
         replica_policy=s.get_str("replica_policy", base.replica_policy, choices=REPLICA_POLICIES),
@@ -527,7 +657,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<memory>") -> Topology:
 
 def _parse(data: Mapping[str, Any], source: str) -> Topology:
     _Section(data, "", ("project", "postgres", "shards", "redis", "app", "lb", "celery",
-                        "services", "gateway", "pgbouncer", "kubernetes", "sharding"))
+                        "services", "gateway", "pgbouncer", "kubernetes", "sharding", "hosts"))
+    hosts = _hosts(_table(data, "hosts"))
 
     p = _Section(_table(data, "project"), "project", ("name", "pythonpath", "settings", "wsgi"))
     project = ProjectSpec(
@@ -541,7 +672,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
                    what="'module.path:callable'"),
     )
 
-    postgres = _group(_table(data, "postgres"), "postgres", "default", None)
+    postgres = _group(_table(data, "postgres"), "postgres", "default", None, hosts)
 
     raw_shards = data.get("shards", [])
     if not isinstance(raw_shards, list):
@@ -561,25 +692,28 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
             )
         if any(s.name == name for s in shards):
             raise TopologyError(f"{path}.name = {name!r} is invalid: shard names must be unique")
-        shards.append(_group(raw, path, name, postgres))
+        shards.append(_group(raw, path, name, postgres, hosts))
 
     r = _Section(_table(data, "redis"), "redis",
                  ("mode", "host", "port", "masters", "replicas_per_master"))
     redis = RedisSpec(
         mode=r.get_str("mode", "single", choices=REDIS_MODES),
-        host=r.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        host=r.host("host", "127.0.0.1", hosts),
         port=r.port("port"),
         masters=r.get_int("masters", 3, minimum=3, maximum=16),
         replicas_per_master=r.get_int("replicas_per_master", 1, maximum=4),
     )
 
     a = _Section(_table(data, "app"), "app",
-                 ("servers", "workers", "threads", "host", "ports", "weights", "timeout"))
+                 ("servers", "workers", "threads", "host", "hosts", "ports", "weights",
+                  "timeout"))
+    servers = a.get_int("servers", 2, minimum=1, maximum=64)
     app = AppSpec(
-        servers=a.get_int("servers", 2, minimum=1, maximum=64),
+        servers=servers,
         workers=a.get_int("workers", 2, minimum=1, maximum=64),
         threads=a.get_int("threads", 1, minimum=1, maximum=64),
-        host=a.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        host=a.host("host", "127.0.0.1", hosts),
+        hosts=a.hosts("hosts", hosts, count=servers, what="app server"),
         ports=a.ports("ports"),
         weights=a.ints("weights", minimum=1),
         timeout=a.get_int("timeout", 30, minimum=1),
@@ -598,7 +732,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
     lb = LoadBalancerSpec(
         kind=lbs.get_str("kind", "nginx", choices=LB_KINDS),
         method=lbs.get_str("method", "round_robin", choices=LB_METHODS),
-        host=lbs.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        host=lbs.host("host", "127.0.0.1", hosts),
         port=lbs.port("port"),
         max_fails=lbs.get_int("max_fails", 2, minimum=1),
         fail_timeout=lbs.get_int("fail_timeout", 5, minimum=1),
@@ -607,9 +741,10 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
     )
 
     c = _Section(_table(data, "celery"), "celery",
-                 ("workers", "concurrency", "app", "queues", "relay", "broker"))
+                 ("workers", "concurrency", "app", "queues", "relay", "broker", "host", "hosts"))
+    workers = c.get_int("workers", 0, maximum=32)
     celery = CelerySpec(
-        workers=c.get_int("workers", 0, maximum=32),
+        workers=workers,
         concurrency=c.get_int("concurrency", 2, minimum=1, maximum=64),
         app=c.get_str("app", "", pattern=re.compile(r"^([A-Za-z_][\w.]*(:[A-Za-z_]\w*)?)?$"),
                   what="'module.path:app'"),
@@ -617,6 +752,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
         relay=c.get_bool("relay", False),
         broker=c.get_str("broker", "", pattern=re.compile(r"^((redis|rediss|amqp)://\S+)?$"),
                          what="a broker URL (redis://host:port/db or amqp://...)"),
+        host=c.host("host", "127.0.0.1", hosts),
+        hosts=c.hosts("hosts", hosts, count=workers, what="worker"),
     )
     if celery.workers and not celery.app:
         raise TopologyError(
@@ -625,14 +762,14 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
         )
 
     services = _services(_table(data, "services"))
-    gateway = _gateway(_table(data, "gateway"), {s.name for s in services})
+    gateway = _gateway(_table(data, "gateway"), {s.name for s in services}, hosts)
 
     return Topology(project=project, postgres=postgres, shards=tuple(shards), redis=redis,
                     app=app, lb=lb, celery=celery, services=services, gateway=gateway,
                     pgbouncer=_pgbouncer(_table(data, "pgbouncer")),
                     kubernetes=_kubernetes(_table(data, "kubernetes"), project, app),
                     sharding=_sharding(_table(data, "sharding")),
-                    source=source)
+                    hosts=tuple(hosts.values()), source=source)
 
 
 def _services(data: Mapping[str, Any]) -> tuple[ServiceSpec, ...]:
@@ -680,7 +817,8 @@ def _positive(s: _Section, name: str, default: float) -> float:
     return value
 
 
-def _gateway(data: Mapping[str, Any], services: set[str]) -> GatewaySpec:
+def _gateway(data: Mapping[str, Any], services: set[str],
+             hosts: Mapping[str, HostSpec]) -> GatewaySpec:
     g = _Section(data, "gateway", ("host", "port", "routes", "compositions", "rate_limit",
                                    "rate_window", "max_body_bytes"))
 
@@ -741,7 +879,7 @@ def _gateway(data: Mapping[str, Any], services: set[str]) -> GatewaySpec:
         ))
 
     return GatewaySpec(
-        host=g.get_str("host", "127.0.0.1", pattern=_HOST_RE, what=_HOST),
+        host=g.host("host", "127.0.0.1", hosts),
         port=g.port("port"),
         routes=tuple(routes),
         compositions=tuple(compositions),

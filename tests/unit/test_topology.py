@@ -245,3 +245,80 @@ def test_sharding_epoch_accepts_toml_dates_and_iso_strings() -> None:
 def test_bad_sharding_values_name_the_key(table: dict[str, object], message: str) -> None:
     with pytest.raises(TopologyError, match=re.escape(message)):
         parse({"sharding": table})
+
+
+MULTIHOST = {
+    "hosts": {
+        "db": {"address": "10.77.0.2", "netns": "djs-db"},
+        "db2": {"address": "10.77.0.3"},
+        "cache": {"address": "10.77.0.4"},
+        "app1": {"address": "10.77.0.5"},
+        "app2": {"address": "10.77.0.6"},
+        "edge": {"address": "10.77.0.7"},
+    },
+    "postgres": {"host": "db", "replicas": 1, "replica_hosts": ["db2"]},
+    "shards": [{"name": "shard1"}, {"name": "shard2", "host": "db2"}],
+    "redis": {"host": "cache"},
+    "app": {"servers": 2, "hosts": ["app1", "app2"]},
+    "lb": {"host": "edge"},
+    "celery": {"workers": 1, "app": "p.celery:app", "hosts": ["app2"]},
+}
+
+
+def test_hosts_are_resolved_to_addresses_and_placed_per_server() -> None:
+    topo = parse(MULTIHOST)
+    assert topo.postgres.host == "10.77.0.2"
+    assert topo.postgres.replica_host(0) == "10.77.0.3"
+    assert [s.host for s in topo.shards] == ["10.77.0.2", "10.77.0.3"]  # shard1 inherits
+    assert topo.redis.host == "10.77.0.4"
+    assert [topo.app.host_of(i) for i in range(2)] == ["10.77.0.5", "10.77.0.6"]
+    assert topo.lb.host == "10.77.0.7"
+    assert topo.celery.host_of(0) == "10.77.0.6"
+    assert topo.netns_of("10.77.0.2") == "djs-db"
+    assert topo.netns_of("10.77.0.3") == ""
+    host = topo.host_at("10.77.0.5")
+    assert host is not None and host.name == "app1"
+
+
+def test_without_hosts_every_service_stays_on_loopback() -> None:
+    topo = parse({"postgres": {"replicas": 2}, "app": {"servers": 3}})
+    assert topo.hosts == ()
+    assert topo.postgres.replica_host(1) == "127.0.0.1"
+    assert {topo.app.host_of(i) for i in range(3)} == {"127.0.0.1"}
+    assert topo.celery.host_of(0) == "127.0.0.1"
+    assert topo.netns_of("127.0.0.1") == ""
+
+
+def test_hosts_may_still_be_plain_addresses_next_to_names() -> None:
+    topo = parse({"hosts": {"db": {"address": "10.0.0.2"}},
+                  "postgres": {"host": "db"}, "redis": {"host": "10.0.0.9"}})
+    assert (topo.postgres.host, topo.redis.host) == ("10.0.0.2", "10.0.0.9")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"redis": {"host": "cach"}},
+     "redis.host = 'cach' is not a host of [hosts] (known: app1, app2, cache, db, db2, edge)"),
+    ({"app": {"servers": 2, "hosts": ["app1"]}},
+     "app.hosts has 1 entries but there are 2 app servers"),
+    ({"postgres": {"replicas": 2, "replica_hosts": ["db2"]}},
+     "postgres.replica_hosts has 1 entries but there are 2 replicas"),
+    ({"celery": {"workers": 1, "app": "p.celery:app", "hosts": ["nowhere"]}},
+     "celery.hosts[0] = 'nowhere' is not a host of [hosts]"),
+    ({"hosts": {"db": {"address": "10.77.0.300"}}},
+     "hosts.db.address = '10.77.0.300' is invalid: expected an IP address"),
+    ({"hosts": {"db": {"address": "10.77.0.2"}, "db2": {"address": "10.77.0.2"}}},
+     "hosts.db2.address = '10.77.0.2' is invalid: hosts.db has the same address"),
+    ({"hosts": {"db": {"netns": "x"}}}, "hosts.db.address is missing"),
+    ({"hosts": {"db": {"address": "10.77.0.2", "ip": "x"}}}, "unknown key 'hosts.db.ip'"),
+    ({"hosts": {"DB": {"address": "10.77.0.2"}}}, "[hosts.DB] is invalid"),
+    ({"hosts": {"db": {"address": "10.77.0.2", "netns": "bad name"}}},
+     "hosts.db.netns = 'bad name' is invalid"),
+    ({"hosts": {"a": {"address": "10.77.0.2", "netns": "n"},
+                "b": {"address": "10.77.0.3", "netns": "n"}}},
+     "hosts.b.netns = 'n' is invalid: hosts.a has the same namespace"),
+])
+def test_invalid_hosts_are_reported_on_one_line(change: dict, message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse({**MULTIHOST, **change})
+    text = str(info.value)
+    assert message in text and "\n" not in text
