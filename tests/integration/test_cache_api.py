@@ -30,6 +30,25 @@ def test_callers_get_copies_and_cannot_mutate_the_cached_value() -> None:
     assert cache.get(key) == {"tags": ["a"]}
 
 
+def test_copies_hold_on_every_path_into_l1_and_for_values_that_are_not_plain_data() -> None:
+    original = {"tags": ["a"], "attrs": {"n": [1]}}
+    key, other = _key(), _key()
+    cache.set(key, original, 60)
+    original["tags"].append("changed after set")  # the caller still holds its object
+    assert cache.get(key) == {"tags": ["a"], "attrs": {"n": [1]}}
+    cache.l1.discard(cache.make_key(key))
+    first = cache.get(key)  # filled from Redis
+    first["attrs"]["n"].append(2)
+    assert cache.get(key) == {"tags": ["a"], "attrs": {"n": [1]}}
+    many = cache.get_many([key])
+    many[key]["tags"].clear()
+    assert cache.get_many([key])[key]["tags"] == ["a"]
+    cache.set(other, {1, 2}, 60)  # a set: not plain data, kept pickled
+    got = cache.get(other)
+    got.add(3)
+    assert cache.get(other) == {1, 2}
+
+
 def test_second_read_is_an_l1_hit_and_l2_holds_the_value() -> None:
     key = _key()
     cache.set(key, "v", 60)

@@ -48,6 +48,7 @@ from djscale.cache import metrics
 from djscale.cache.bus import InvalidationBus
 from djscale.cache.l1 import LocalStore
 from djscale.cache.l2 import UNAVAILABLE, RedisL2, as_payload, dumps, loads
+from djscale.cache.plain import Plain, freeze
 from djscale.cache.stampede import SingleFlight, Stamped, should_recompute_early
 from djscale.errors import CacheUnavailable, ConfigurationError
 
@@ -245,9 +246,7 @@ class TieredCache(BaseCache):
         if self._l1_on:
             entry = self._l1.get(key)
             if entry is not None:
-                value = loads(entry.payload)
-                if type(value) is Stamped:
-                    value = value.value
+                value = _l1_value(entry.payload)
                 remaining = None if entry.l2_expires is None else \
                     entry.l2_expires - time.monotonic()
                 return value, remaining, entry.delta
@@ -266,17 +265,17 @@ class TieredCache(BaseCache):
             delta = value.delta
             value = value.value
         if self._l1_on and self._l1_usable():
-            self._l1.fill(key, payload, ttl=ttl, generation=gen, delta=delta)
+            self._l1.fill(key, _for_l1(payload, value), ttl=ttl, generation=gen, delta=delta)
         return value, ttl, delta
 
     def _store(self, key: str, raw: bytes | int, timeout: int | None,
-               delta: float = 0.0) -> bool:
+               delta: float = 0.0, value: Any = _MISSING) -> bool:
         ok = self._l2.set(key, raw, timeout, publish=self._msg([key]))
         if self._l1_on:
             if timeout == 0:
                 self._l1.discard(key)
             elif self._l1_usable():
-                self._l1.put(key, raw, ttl=timeout, delta=delta)
+                self._l1.put(key, _for_l1(raw, value), ttl=timeout, delta=delta)
             else:
                 self._l1.discard(key)
         return ok
@@ -296,7 +295,10 @@ class TieredCache(BaseCache):
                 pass
             self._l1.hits += 1  # statistics only: a lost increment under races is fine
             payload = entry.payload
-            if type(payload) is int:
+            kind = type(payload)
+            if kind is Plain:
+                return payload.copy()  # type: ignore[attr-defined]
+            if kind is int:
                 return payload
             value = pickle.loads(payload)  # type: ignore[arg-type]
             return value.value if type(value) is Stamped else value
@@ -307,7 +309,7 @@ class TieredCache(BaseCache):
             version: int | None = None) -> None:
         """Store ``value`` in Redis and L1 and evict it from other processes' L1."""
         key = self.make_and_validate_key(key, version=version)
-        self._store(key, dumps(value), self.get_backend_timeout(timeout))
+        self._store(key, dumps(value), self.get_backend_timeout(timeout), value=value)
 
     def add(self, key: Any, value: Any, timeout: float | object | None = DEFAULT_TIMEOUT,
             version: int | None = None) -> bool:
@@ -319,11 +321,11 @@ class TieredCache(BaseCache):
         if stored is UNAVAILABLE:
             # Redis down: behave like a process-local cache.
             if self._l1_on and self._l1.get(key) is None and timeout != 0:
-                self._l1.put(key, raw, ttl=timeout)
+                self._l1.put(key, _for_l1(raw, value), ttl=timeout)
                 return True
             return timeout == 0
         if stored and self._l1_on and timeout != 0:
-            self._l1.put(key, raw, ttl=timeout)
+            self._l1.put(key, _for_l1(raw, value), ttl=timeout)
         return bool(stored)
 
     def touch(self, key: Any, timeout: float | object | None = DEFAULT_TIMEOUT,
@@ -361,8 +363,7 @@ class TieredCache(BaseCache):
             if entry is None:
                 wanted.append(full)
                 continue
-            value = loads(entry.payload)
-            result[orig] = value.value if type(value) is Stamped else value
+            result[orig] = _l1_value(entry.payload)
         if not wanted:
             return result
         gens = {k: self._l1.generation(k) for k in wanted} if self._l1_on else {}
@@ -378,7 +379,8 @@ class TieredCache(BaseCache):
                 delta, value = value.delta, value.value
             result[key_map[full]] = value
             if fill:
-                self._l1.fill(full, payload, ttl=ttl, generation=gens[full], delta=delta)
+                self._l1.fill(full, _for_l1(payload, value), ttl=ttl, generation=gens[full],
+                              delta=delta)
         return result
 
     def set_many(self, data: dict[Any, Any], timeout: float | object | None = DEFAULT_TIMEOUT,
@@ -386,8 +388,8 @@ class TieredCache(BaseCache):
         """Store several values in one round trip; return the keys that were not stored."""
         if not data:
             return []
-        safe = {self.make_and_validate_key(k, version=version): dumps(v)
-                for k, v in data.items()}
+        values = {self.make_and_validate_key(k, version=version): v for k, v in data.items()}
+        safe = {full: dumps(v) for full, v in values.items()}
         timeout = self.get_backend_timeout(timeout)
         ok = self._l2.set_many(safe, timeout, publish=self._msg(list(safe)))
         if self._l1_on:
@@ -395,7 +397,7 @@ class TieredCache(BaseCache):
                 if timeout == 0 or not self._l1_usable():
                     self._l1.discard(full)
                 else:
-                    self._l1.put(full, raw, ttl=timeout)
+                    self._l1.put(full, _for_l1(raw, values[full]), ttl=timeout)
         return [] if ok else list(data)
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
@@ -489,7 +491,7 @@ class TieredCache(BaseCache):
             value = fn()
             took = time.monotonic() - started
             raw = dumps(value) if type(value) is int else dumps(Stamped(value, took))
-            self._store(key, raw, timeout, took)
+            self._store(key, raw, timeout, took, value=value)
             return value
         finally:
             if locked is True:
@@ -503,8 +505,7 @@ class TieredCache(BaseCache):
             full = self.make_and_validate_key(key, version=version)
             entry = self._l1.get(full)
             if entry is not None:
-                value = loads(entry.payload)
-                return value.value if type(value) is Stamped else value
+                return _l1_value(entry.payload)
         return await sync_to_async(self.get, thread_sensitive=False)(key, default, version)
 
     async def aget_or_set(self, key: Any, default: Any,
@@ -532,3 +533,20 @@ class TieredCache(BaseCache):
             "subscribed": bool(self._bus and self._bus.connected.is_set()),
             "invalidations_received": self._bus.received if self._bus else 0,
         }
+
+
+def _for_l1(raw: bytes | int, value: Any) -> object:
+    """What L1 keeps for a value and its serialized form: a cheap-to-copy snapshot of
+    plain data, else the serialized bytes (or the ``int``)."""
+    if type(raw) is int or value is _MISSING:
+        return raw
+    plain = freeze(value, nbytes=len(raw))  # type: ignore[arg-type]
+    return raw if plain is None else plain
+
+
+def _l1_value(payload: object) -> Any:
+    """A private copy of the value an L1 entry holds."""
+    if isinstance(payload, Plain):
+        return payload.copy()
+    value = loads(payload)  # type: ignore[arg-type]
+    return value.value if type(value) is Stamped else value

@@ -1,9 +1,10 @@
 """The in-process first level (L1) of :class:`~djscale.cache.TieredCache`.
 
 :class:`LocalStore` is a thread-safe LRU map bounded by entry count and by bytes, whose
-entries carry their own short expiry. It stores *serialized* values (the same bytes that
-go to Redis) and every read deserializes them, so callers always get a fresh copy and can
-never mutate what other callers see; ``int`` values are kept as they are (immutable).
+entries carry their own short expiry. It stores what the backend gives it: the serialized
+bytes that go to Redis (each read deserializes them), plain ``int`` values, or a
+:class:`~djscale.cache.plain.Plain` snapshot of plain data that the backend copies cheaply
+on each read. Either way callers get a fresh copy and never mutate what others see.
 
 It also keeps *fill generations*: a reader remembers the generation of a key's bucket
 before fetching from L2 and may only fill L1 if no invalidation touched that bucket in the
@@ -28,9 +29,10 @@ _OVERHEAD = 120  # rough per-entry bookkeeping bytes (key object, tuple, dict sl
 
 
 class Entry(NamedTuple):
-    """One L1 entry: serialized payload and its deadlines (``time.monotonic()``)."""
+    """One L1 entry: the stored payload and its deadlines (``time.monotonic()``)."""
 
-    payload: bytes | int
+    payload: object
+    """Serialized bytes, an ``int``, or a :class:`~djscale.cache.plain.Plain` snapshot."""
     expires: float
     """When L1 must stop serving it (L1 timeout, capped by the L2 expiry)."""
     l2_expires: float | None
@@ -100,15 +102,18 @@ class LocalStore:
 
     # ------------------------------------------------------------------ writes
 
-    def put(self, key: str, payload: bytes | int, *, ttl: float | None,
+    def put(self, key: str, payload: object, *, ttl: float | None,
             delta: float = 0.0) -> None:
-        """Store ``payload`` written by this process; ``ttl`` is the L2 timeout (None: never)."""
+        """Store ``payload`` written by this process; ``ttl`` is the L2 timeout (None: never).
+
+        A payload that is not ``bytes`` is accounted by its ``nbytes`` attribute if it has one.
+        """
         if not self.enabled:
             return
         now = time.monotonic()
         l2_expires = None if ttl is None else now + ttl
         expires = now + self.timeout if ttl is None else now + min(self.timeout, ttl)
-        size = (len(payload) if isinstance(payload, bytes) else 8) + len(key) + _OVERHEAD
+        size = _size(payload) + len(key) + _OVERHEAD
         if size > self.max_bytes:
             self.discard(key)
             return
@@ -116,7 +121,7 @@ class LocalStore:
             self._bump(key)
             self._store(key, Entry(payload, expires, l2_expires, delta, size))
 
-    def fill(self, key: str, payload: bytes | int, *, ttl: float | None, generation: int,
+    def fill(self, key: str, payload: object, *, ttl: float | None, generation: int,
              delta: float = 0.0) -> bool:
         """Store a value read from L2 unless ``key`` was invalidated since ``generation``.
 
@@ -127,7 +132,7 @@ class LocalStore:
         now = time.monotonic()
         l2_expires = None if ttl is None else now + ttl
         expires = now + self.timeout if ttl is None else now + min(self.timeout, ttl)
-        size = (len(payload) if isinstance(payload, bytes) else 8) + len(key) + _OVERHEAD
+        size = _size(payload) + len(key) + _OVERHEAD
         if size > self.max_bytes:
             return False
         with self._lock:
@@ -183,3 +188,9 @@ class LocalStore:
             _, evicted = self._data.popitem(last=False)
             self._bytes -= evicted.size
             self.evictions += 1
+
+
+def _size(payload: object) -> int:
+    if isinstance(payload, bytes):
+        return len(payload)
+    return int(getattr(payload, "nbytes", 8))
