@@ -17,7 +17,10 @@ Two entry points:
 
 Every cluster booted here is stopped and its data deleted when the session ends (also
 when a test fails or the run is interrupted), via the pytest plugin's session hook and
-an ``atexit`` fallback.
+an ``atexit`` fallback. ``SIGTERM`` and ``SIGHUP`` (``timeout``, a CI runner cancelling a
+job, a closed terminal) would end the process without either, so while clusters are
+owned here they are turned into :class:`KeyboardInterrupt`: the run unwinds as on
+Ctrl-C and the clusters are stopped; a second signal ends the process at once.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import tomli_w
@@ -46,11 +52,33 @@ FACTORY_PARTS = tuple(p for p in PARTS if p != "dashboard")
 """What a factory cluster boots unless told otherwise: everything but the dashboard."""
 
 
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+_handlers_installed = False
+
+
 def _register(cluster: LocalCluster) -> LocalCluster:
     if not _owned:
         atexit.register(stop_all)
+        _install_signal_handlers()
     _owned.append(cluster)
     return cluster
+
+
+def _install_signal_handlers() -> None:
+    """Unwind (and so stop the owned clusters) on SIGTERM/SIGHUP, if nobody else handles them."""
+    global _handlers_installed
+    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _handlers_installed = True
+    for sig in _TERMINATING:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _terminate)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    for sig in _TERMINATING:
+        signal.signal(sig, signal.SIG_DFL)  # a second signal ends the process at once
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: stopping the djscale test clusters")
 
 
 def stop_all() -> None:
