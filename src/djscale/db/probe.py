@@ -10,8 +10,15 @@ transactions) and, per refresh of a :class:`~djscale.db.pool.ReplicaPool`:
    and the seconds (``now() - pg_last_xact_replay_timestamp()``, capped by the pool's
    history of primary positions so an idle primary does not look like lag).
 
-A server that does not answer within the timeout is reported down; its connection is
-dropped and opened again on the next refresh. Probes connect to the ``postgres``
+Every server is measured in its own short-lived daemon thread and waited for at most
+``ANSWER_SECONDS``: ``statement_timeout`` is enforced by the server, so a *frozen* server
+(a paused VM, a stopped process, a partition that drops packets) would otherwise block a
+query, and the probe thread with it, until TCP gives up hours later, leaving the router
+with stale health. A server that does not answer in time is reported down; while its
+probe is still stuck no second one is started, and it is reported down every round until
+that probe returns. A server whose query fails is reported down; its connection is
+dropped and opened again on the next refresh. Replicas are measured concurrently, so one
+hung replica does not delay its siblings' reports. Probes connect to the ``postgres``
 maintenance database when they can (as Django's own ``_nodb_cursor`` does), so they
 never block ``DROP DATABASE`` of a test database; otherwise to the alias's ``NAME``.
 
@@ -22,7 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, as_completed
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
 import psycopg
 from django.db import connections
@@ -34,6 +45,10 @@ __all__ = ["Prober", "format_lsn", "parse_lsn"]
 log = logging.getLogger("djscale.db.probe")
 
 PROBE_TIMEOUT_SECONDS = 2
+ANSWER_SECONDS = PROBE_TIMEOUT_SECONDS + 1.0
+"""How long a refresh waits for one server's answer before reporting it down."""
+
+_T = TypeVar("_T")
 
 _REPLICA_SQL = (
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
@@ -84,6 +99,7 @@ class Prober:
 
     def __init__(self) -> None:
         self._conns: dict[str, psycopg.Connection[Any]] = {}
+        self._pending: dict[str, Future[Any]] = {}
 
     def _connect(self, alias: str) -> psycopg.Connection[Any]:
         conn = self._conns.get(alias)
@@ -146,11 +162,51 @@ class Prober:
 
     def refresh(self, pool: ReplicaPool) -> None:
         """Measure the group's primary, then every replica, and store the results."""
-        pool.record_primary(self.primary_lsn(pool.group.primary))
-        for alias in pool.group.replicas:
-            pool.update(self.replica(alias, pool))
+        primary = pool.group.primary
+        try:
+            lsn = self._start(primary, self.primary_lsn, primary).result(
+                timeout=ANSWER_SECONDS)
+        except FutureTimeout:
+            log.warning("probe of primary %s: no answer within %.0f s", primary,
+                        ANSWER_SECONDS)
+            lsn = None
+        pool.record_primary(lsn)
+        started = pool._clock()
+        waiting = {self._start(alias, self.replica, alias, pool): alias
+                   for alias in pool.group.replicas}
+        try:
+            for done in as_completed(waiting, timeout=ANSWER_SECONDS):
+                pool.update(done.result())
+                del waiting[done]
+        except FutureTimeout:
+            for alias in waiting.values():
+                pool.update(ReplicaHealth(
+                    alias, up=False, checked_at=started,
+                    error=f"no answer within {ANSWER_SECONDS:.0f} s (server hung or "
+                          "unreachable)"))
+
+    def _start(self, alias: str, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        """Run one probe of ``alias`` in a daemon thread, unless one is still stuck."""
+        future = self._pending.get(alias)
+        if future is not None and not future.done():
+            return future  # at most one probe per server: no pile-up behind a hung one
+        future = Future()
+        self._pending[alias] = future
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:  # delivered to the caller by future.result()
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name=f"djscale-probe-{alias}", daemon=True).start()
+        return future
 
     def close(self) -> None:
-        """Close every probe connection."""
+        """Close every probe connection (a connection held by a stuck probe is left to it)."""
         for alias in list(self._conns):
-            self._drop(alias)
+            stuck = self._pending.get(alias)
+            if stuck is None or stuck.done():
+                self._drop(alias)
