@@ -198,7 +198,7 @@ class Prober:
                 return
             try:
                 future.set_result(fn(*args))
-            except Exception as exc:  # delivered to the caller by future.result()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller by future.result()
                 future.set_exception(exc)
 
         threading.Thread(target=run, name=f"djscale-probe-{alias}", daemon=True).start()
