@@ -188,12 +188,18 @@ backend djscale_app
 """
 
 
-def validate(kind: str, config: Path, run_dir: Path) -> None:
-    """Check a generated config with ``nginx -t`` / ``haproxy -c``; raise ServiceStartError."""
+def validate(kind: str, config: Path, run_dir: Path, *, netns: str = "") -> None:
+    """Check a generated config with ``nginx -t`` / ``haproxy -c``; raise ServiceStartError.
+
+    ``nginx -t`` binds the listen address: with ``netns`` it runs in the namespace that
+    owns that address.
+    """
     if kind == "nginx":
         cmd = ["nginx", "-t", "-q", "-p", str(run_dir), "-c", str(config)]
     else:
         cmd = ["haproxy", "-c", "-q", "-f", str(config)]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
@@ -204,7 +210,7 @@ def validate(kind: str, config: Path, run_dir: Path) -> None:
 
 
 def lb_process(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, port: int,
-               run_dir: Path, log: Path) -> ManagedProcess:
+               run_dir: Path, log: Path, netns: str = "") -> ManagedProcess:
     """Write and validate the config, and describe the load-balancer process."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -220,7 +226,7 @@ def lb_process(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, port: i
         config.write_text(haproxy_config(spec, upstreams, listen_port=port, run_dir=run_dir))
         cmd = ["haproxy", "-db", "-f", str(config)]
         stop = signal.SIGUSR1  # soft stop
-    validate(spec.kind, config, run_dir)
+    validate(spec.kind, config, run_dir, netns=netns)
     return ManagedProcess(name="lb", kind=spec.kind, role="lb", host=spec.host, port=port,
-                          cmd=cmd, log=str(log), stop_signal=stop,
+                          cmd=cmd, log=str(log), stop_signal=stop, netns=netns,
                           extra={"config": str(config), "method": spec.method})

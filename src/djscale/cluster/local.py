@@ -6,6 +6,10 @@ keeping their data, logs and configs under a state folder and their addresses in
 ``cluster.json``. ``up`` is idempotent: running services are kept, stopped ones are
 restarted on the same ports and data. The CLI (``djscale cluster``), the pytest fixtures
 (:mod:`djscale.testing`), the demo and the benchmarks all use this class.
+
+Every service binds to the address of the host the topology places it on (loopback
+unless ``[hosts]`` says otherwise); a service on a host with a ``netns`` runs inside that
+network namespace, and is probed from here over the network like any remote machine.
 """
 
 from __future__ import annotations
@@ -91,6 +95,10 @@ class LocalCluster:
             return recorded[1]
         if configured != AUTO:
             return int(configured)
+        if self.topology.netns_of(host):
+            # The address lives in another namespace and cannot be bound here; ports of a
+            # namespace are free anyway, and free_port never hands one out twice.
+            return free_port("127.0.0.1")
         return free_port(host)
 
     def _record(self, proc: ManagedProcess) -> None:
@@ -103,6 +111,13 @@ class LocalCluster:
 
     def _ensure(self, proc: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
         """Start ``proc`` unless its recorded twin is already running, then wait for it."""
+        proc.netns = self.topology.netns_of(proc.host)
+        if proc.netns and not Path("/run/netns", proc.netns).exists():
+            host = self.topology.host_at(proc.host)
+            raise ClusterError(
+                f"{proc.name} runs on host {host.name if host else proc.host!r} whose network "
+                f"namespace {proc.netns!r} does not exist: create it first "
+                "(djscale.testing.netns) or remove its netns from [hosts]")
         previous = self.state.services.get(proc.name)
         if previous and previous.get("pid"):
             running = ManagedProcess.from_record(previous)
@@ -178,15 +193,16 @@ class LocalCluster:
         for i, alias in enumerate(group.replica_aliases):
             rname = f"pg-{alias.replace('_', '-')}"
             configured = group.replica_ports[i] if i < len(group.replica_ports) else AUTO
-            rport = self._port(rname, group.host, configured)
+            rhost = group.replica_host(i)
+            rport = self._port(rname, rhost, configured)
             rdata = home / alias
             rlog = self._log(rname)
             pg.init_replica(rname, rdata, group.host, port, group.user, alias, rlog)
-            replica = pg.pg_process(rname, data_dir=rdata, host=group.host, port=rport,
+            replica = pg.pg_process(rname, data_dir=rdata, host=rhost, port=rport,
                                     log=rlog, role="replica", group=group.name)
             replica.extra = {"database": group.database, "user": group.user, "alias": alias}
-            self._ensure(replica, lambda p=rport: _replica_ready(  # type: ignore[misc]
-                group.host, p, group.user, group.database), 60)
+            self._ensure(replica, lambda h=rhost, p=rport: _replica_ready(  # type: ignore[misc]
+                h, p, group.user, group.database), 60)
 
     def _up_pgbouncer(self, group: DatabaseGroup) -> None:
         """PgBouncer in front of the group's primary (``[pgbouncer] enabled = true``)."""
@@ -249,18 +265,19 @@ class LocalCluster:
         spec = self.topology.app
         for i in range(spec.servers):
             name = f"app-{i + 1}"
-            port = self._port(name, spec.host, spec.port(i))
+            host = spec.host_of(i)
+            port = self._port(name, host, spec.port(i))
             cmd = [sys.executable, "-m", "gunicorn", self.topology.project.wsgi,
-                   "--bind", f"{spec.host}:{port}", "--workers", str(spec.workers),
+                   "--bind", f"{_bracket(host)}:{port}", "--workers", str(spec.workers),
                    "--threads", str(spec.threads), "--timeout", str(spec.timeout),
                    "--graceful-timeout", "5", "--name", name,
                    "--backlog", "2048", "--access-logfile", "-" if os.environ.get(
                        "DJSCALE_ACCESS_LOG") else "/dev/null"]
-            proc = ManagedProcess(name=name, kind="gunicorn", role="app", host=spec.host,
+            proc = ManagedProcess(name=name, kind="gunicorn", role="app", host=host,
                                   port=port, cmd=cmd, log=str(self._log(name)),
                                   env=self.env(name), stop_signal=signal.SIGTERM,
                                   extra={"weight": spec.weight(i)})
-            self._ensure(proc, lambda p=port: http_ok(spec.host, p), 60)  # type: ignore[misc]
+            self._ensure(proc, lambda h=host, p=port: http_ok(h, p), 60)  # type: ignore[misc]
 
     def upstreams(self) -> list[Upstream]:
         """The app servers as load-balancer upstreams."""
@@ -276,7 +293,7 @@ class LocalCluster:
         spec = self.topology.lb
         port = self._port("lb", spec.host, spec.port)
         proc = lb_process(spec, self.upstreams(), port=port, run_dir=self.state_dir / "lb",
-                          log=self._log("lb"))
+                          log=self._log("lb"), netns=self.topology.netns_of(spec.host))
         self._ensure(proc, lambda: http_ok(spec.host, port), 30)
 
     def _up_celery(self) -> None:
@@ -289,7 +306,7 @@ class LocalCluster:
                    "--queues", ",".join(spec.queues), "--loglevel", "INFO",
                    "--without-gossip", "--without-mingle"]
             proc = ManagedProcess(name=name, kind="celery", role="worker", cmd=cmd,
-                                  log=str(log), env=self.env(name),
+                                  host=spec.host_of(i), log=str(log), env=self.env(name),
                                   stop_signal=signal.SIGTERM)
             start = log.stat().st_size if log.exists() else 0
             self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
@@ -298,6 +315,7 @@ class LocalCluster:
             # The outbox relay (djscale.events) publishes committed events to the broker.
             log = self._log("relay")
             proc = ManagedProcess(name="relay", kind="relay", role="relay",
+                                  host=spec.host_of(0),
                                   cmd=[sys.executable, "-m", "django", "events_relay"],
                                   log=str(log), env=self.env("relay"),
                                   stop_signal=signal.SIGTERM)
@@ -399,6 +417,11 @@ class LocalCluster:
         proc.start()
         self._record(proc)
         proc.wait_ready(lambda: self._probe(proc)[0], timeout)
+
+
+def _bracket(host: str) -> str:
+    """``host`` as the host part of ``host:port`` (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _pg_ready(host: str, port: int, user: str) -> bool:

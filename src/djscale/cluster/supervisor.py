@@ -6,6 +6,11 @@ whole process group and it outlives the ``djscale`` command that started it), wi
 stdout and stderr appended to a log file, and described by a JSON-serialisable record so
 another ``djscale`` invocation can find, probe and stop it.
 
+A process may run inside a Linux network namespace (``netns``: a "host" of a multi-host
+topology on one machine): it is started as ``ip netns exec NS [setpriv ...] CMD``. Both
+``ip netns exec`` and ``setpriv`` exec in place, so the recorded pid is the service's own
+pid and process-group stop/kill work exactly as without a namespace.
+
 This module knows nothing about what the processes are; readiness probes are passed in.
 """
 
@@ -158,23 +163,37 @@ class ManagedProcess:
     group: str = ""
     data_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    netns: str = ""
+    """Network namespace to run in ('' = the supervisor's own)."""
 
     # ------------------------------------------------------------------ lifecycle
+
+    def command(self) -> tuple[list[str], dict[str, Any]]:
+        """The command line to start and the Popen user arguments (netns-aware)."""
+        if not self.netns:
+            return list(self.cmd), _user_kwargs(self.user)
+        # Entering a namespace needs root, so the switch to ``user`` happens after it
+        # (setpriv), not in Popen.
+        prefix = ["ip", "netns", "exec", self.netns]
+        if self.user is not None:
+            prefix += ["setpriv", f"--reuid={self.user}", f"--regid={self.user}",
+                       "--init-groups"]
+        return [*prefix, *self.cmd], {}
 
     def start(self) -> None:
         """Start the process in a new session with output appended to its log."""
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
+        cmd, user_kwargs = self.command()
         with open(self.log, "ab") as log:
             try:
                 proc = subprocess.Popen(
-                    self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.cwd or None, env=env, start_new_session=True,
-                    **_user_kwargs(self.user),
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=self.cwd or None, env=env, start_new_session=True, **user_kwargs,
                 )
             except FileNotFoundError:
                 raise ServiceStartError(
-                    self.name, f"command not found: {self.cmd[0]} (run `make setup`)"
+                    self.name, f"command not found: {cmd[0]} (run `make setup`)"
                 ) from None
         self.pid = proc.pid
         # The service outlives this process; the Popen object is kept only so that we
