@@ -1,9 +1,10 @@
 """``make demo``: boot the demo cluster, seed it, drive load through the LB, report, shut down.
 
 Boots examples/demo/djscale.toml (PostgreSQL primary + 2 streaming replicas, Redis,
-2 gunicorn app servers behind nginx, a Celery worker) under ``.djscale/demo``, writes a
-few rows through the load balancer, sends a bounded burst of GET requests, and prints which
-app server and which database answered each, then stops everything.
+2 gunicorn app servers behind nginx, a Celery worker, the outbox relay) under
+``.djscale/demo``, writes a few rows through the load balancer, writes notes whose events a
+Celery consumer indexes, sends a bounded burst of GET requests, and prints which app
+server and which database answered each, then stops everything.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def main() -> int:
     topology = load(HERE / "djscale.toml")
     cluster = LocalCluster(topology, ROOT / ".djscale" / "demo")
     print("== booting the demo cluster (PostgreSQL primary + 2 replicas, Redis, "
-          "2 app servers, nginx, Celery)")
+          "2 app servers, nginx, Celery, outbox relay)")
     started = time.monotonic()
     try:
         cluster.up()
@@ -69,6 +70,18 @@ def main() -> int:
                                     for w in writes)
         _table("writes answered by app server:", w_servers)
         _table("writes went to database:", w_dbs)
+
+        print(f"\n== 20 notes through the load balancer ({base}/notes): each publishes a "
+              "note_created event (outbox -> relay -> Celery -> inbox)")
+        for _ in range(20):
+            _request(f"{base}/notes", "POST")
+        deadline = time.monotonic() + 60
+        counts = _request(f"{base}/notes")
+        while counts["indexed"] != counts["notes"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            counts = _request(f"{base}/notes")
+        print(f"   {counts['notes']} notes written, {counts['indexed']} indexed by the "
+              "Celery consumer (once each)")
 
         print(f"\n== {args.requests} GET requests through the load balancer, 16 at a time")
         t0 = time.monotonic()

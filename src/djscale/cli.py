@@ -7,6 +7,7 @@
     djscale cluster logs   [--topology FILE] [--state-dir DIR] [SERVICE] [-n LINES]
     djscale cluster down   [--topology FILE] [--state-dir DIR] [--purge]
     djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
+                  [--event-topic T --event-consumer C [--effect-sql SQL]]
     djscale doctor [--settings MODULE] [--no-deploy]
     djscale topology check [FILE]
     djscale deploy kubernetes [--topology FILE] [--out DIR]
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     chaos = sub.add_parser("chaos", help="break one component of a running cluster under load")
     chaos.add_argument("scenario", help="kill-app-server, kill-replica, pause-replication, "
-                                        "stop-redis, restart-primary")
+                                        "stop-redis, restart-primary, stop-broker, kill-worker")
     chaos.add_argument("--topology", "-t", default="djscale.toml")
     chaos.add_argument("--state-dir", default=None)
     chaos.add_argument("--read-path", default="/whoami", help="GET path of the load")
@@ -63,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="SQL counting the rows the writes add (for reconciliation)")
     chaos.add_argument("--requests", type=int, default=20000, help="upper bound of requests")
     chaos.add_argument("--fault-seconds", type=float, default=3.0)
+    chaos.add_argument("--write-every", type=int, default=4,
+                       help="every Nth request is a write (default 4)")
+    chaos.add_argument("--event-topic", default="",
+                       help="topic of the event each write publishes (stop-broker, kill-worker)")
+    chaos.add_argument("--event-consumer", default="",
+                       help="consumer (inbox name) that must process each event once")
+    chaos.add_argument("--effect-sql", default="",
+                       help="SQL returning (effect rows, distinct events): duplicates check")
+    chaos.add_argument("--drain-seconds", type=float, default=30.0,
+                       help="how long to wait for every event to be consumed")
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
 
     deploy = sub.add_parser("deploy", help="render the topology for a deployment target")
@@ -204,9 +215,13 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
     if not cluster.state.services or "lb" not in cluster.state.services:
         raise ClusterError("no running cluster with a load balancer here; "
                            "start it with `djscale cluster up` first")
+    if args.write_every < 1:
+        raise ClusterError("--write-every must be 1 or more")
     options = ChaosOptions(read_path=args.read_path, write_path=args.write_path,
                            count_sql=args.count_sql, requests=args.requests,
-                           fault_seconds=args.fault_seconds)
+                           fault_seconds=args.fault_seconds, write_every=args.write_every,
+                           event_topic=args.event_topic, event_consumer=args.event_consumer,
+                           effect_sql=args.effect_sql, drain_seconds=args.drain_seconds)
     report = run_scenario(cluster, args.scenario, options)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0 if report.passed else 1

@@ -16,6 +16,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.sessions",
     "djscale",
+    "djscale.events",
     "demo",
 ]
 MIDDLEWARE = [
@@ -35,5 +36,14 @@ ROOT_URLCONF = "demo.urls"
 WSGI_APPLICATION = "demo.wsgi.application"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The broker is Redis: a message a worker took but never acknowledged (acks_late; the
+# worker was killed) goes back to the queue once it has been invisible this long. Short,
+# so that the demo's chaos scenarios see it come back within seconds; a redelivery of a
+# message that was in fact processed is skipped by the consumers' inbox.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 8, "unacked_restore_interval": 1,
+                                   "unacked_restore_throttle": 1}
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 globals().update(from_topology(os.environ.get("DJSCALE_TOPOLOGY", BASE_DIR / "djscale.toml")))

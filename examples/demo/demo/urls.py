@@ -6,4 +6,5 @@ urlpatterns = [
     path("", include("djscale.urls")),
     path("whoami", views.whoami),
     path("visit", views.visit),
+    path("notes", views.notes),
 ]

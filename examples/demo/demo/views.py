@@ -1,14 +1,16 @@
-"""Views that say which app server and which database answered."""
+"""Views that say which app server and which database answered, and a write with an event."""
 
 from __future__ import annotations
 
 import os
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from demo.models import Visit
+from demo.consumers import MAX_WORK_MS
+from demo.models import Note, NoteIndexed, Visit
+from djscale.events import publish
 
 
 def _server_port(alias: str) -> int:
@@ -43,3 +45,28 @@ def visit(request: HttpRequest) -> JsonResponse:
     Visit.objects.create(app_server=server)
     return JsonResponse({"app_server": server, "write_db": alias, "write_db_port": port},
                         status=201)
+
+
+@csrf_exempt
+def notes(request: HttpRequest) -> JsonResponse:
+    """POST: create a note and its ``note_created`` event in one transaction; GET: counts.
+
+    ``?work_ms=N`` (0-2000) asks the consumer to spend N ms on the event, to simulate
+    a slow consumer (chaos scenarios kill a worker in the middle of it).
+    """
+    alias = router.db_for_write(Note) or "default"
+    if request.method == "GET":
+        return JsonResponse({"notes": Note.objects.using(alias).count(),
+                             "indexed": NoteIndexed.objects.using(alias).count()})
+    if request.method != "POST":
+        return JsonResponse({"error": "GET or POST only"}, status=405)
+    raw = request.GET.get("work_ms", "0")
+    if not raw.isdigit() or int(raw) > MAX_WORK_MS:
+        return JsonResponse({"error": f"work_ms must be an integer from 0 to {MAX_WORK_MS}"},
+                            status=400)
+    with transaction.atomic(using=alias):
+        note = Note.objects.using(alias).create(text=request.GET.get("text", "")[:200])
+        event_id = publish("note_created", {"note_id": note.id, "work_ms": int(raw)},
+                           using=alias)
+    # The commit above is the last database operation: once it is done, the answer is 201.
+    return JsonResponse({"id": note.id, "event_id": str(event_id)}, status=201)

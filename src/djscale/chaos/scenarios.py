@@ -2,14 +2,19 @@
 
 Each scenario drives a bounded load through the load balancer, injects one fault
 (SIGKILL an app server, SIGKILL a replica, pause replay on the replicas, stop Redis,
-restart the primary), heals it, and reports failed requests, the p99 latency during the
-fault, the recovery time and, when writes are part of the load, a reconciliation of the
-writes acknowledged to the client against the rows in the database (nothing lost, nothing
-duplicated). The expectation of each scenario is part of its definition, so the CLI and
-the integration tests judge a run the same way.
+restart the primary, stop the Celery broker, SIGKILL a Celery worker mid-task), heals it,
+and reports failed requests, the p99 latency during the fault, the recovery time and,
+when writes are part of the load, a reconciliation of the writes acknowledged to the
+client against the rows in the database (nothing lost, nothing duplicated). The event
+scenarios also reconcile the events those writes published (transactional outbox) with
+what the consumer processed (its inbox and, optionally, its effect rows): none lost, none
+applied twice, and how many redeliveries the inbox skipped. The expectation of each
+scenario is part of its definition, so the CLI and the integration tests judge a run the
+same way.
 
 This module must not change the cluster's configuration: it only stops and starts the
-processes the cluster recorded, and runs read-only SQL (plus replay pause/resume).
+processes the cluster recorded, and runs read-only SQL (plus replay pause/resume) and
+read-only broker commands (:mod:`djscale.chaos.events`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from djscale.chaos.events import EventLedger, consumers_mid_task, inbox_rows, unacked_task_ids
 from djscale.chaos.load import LoadResult, run_load
 from djscale.cluster import LocalCluster
 from djscale.cluster import postgres as pg
@@ -44,6 +51,14 @@ class ChaosOptions:
     fault_after: float = 1.5
     fault_seconds: float = 3.0
     tail_seconds: float = 1.5
+    event_topic: str = ""
+    """Topic of the event each write publishes (event scenarios)."""
+    event_consumer: str = ""
+    """Name of the consumer (its inbox rows) that must process each event once."""
+    effect_sql: str = ""
+    """Optional SQL returning (effect rows, distinct events with an effect)."""
+    drain_seconds: float = 30.0
+    """How long to wait, after the fault, for every event to be consumed."""
 
 
 @dataclass
@@ -64,6 +79,16 @@ class ChaosReport:
     lost: int | None = None
     duplicated: int | None = None
     ambiguous: int | None = None
+    events_published: int | None = None
+    events_consumed: int | None = None
+    events_lost: int | None = None
+    effects_duplicated: int | None = None
+    redeliveries_skipped: int | None = None
+    held_in_outbox: int | None = None
+    in_flight_at_fault: int | None = None
+    mid_task_at_fault: int | None = None
+    in_flight_consumed: int | None = None
+    events_recovery_seconds: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     passed: bool = False
     notes: list[str] = field(default_factory=list)
@@ -88,19 +113,50 @@ class ChaosReport:
             lines.append(f"writes     {self.writes_ok} acknowledged, {self.rows_added} rows added: "
                          f"lost {self.lost}, duplicated {self.duplicated}, committed but "
                          f"answered with an error {self.ambiguous}")
+        if self.events_published is not None:
+            effects = ("" if self.effects_duplicated is None else
+                       f", effects applied twice {self.effects_duplicated}")
+            lines.append(f"events     {self.writes_ok} acknowledged writes, "
+                         f"{self.events_published} events published, {self.events_consumed} "
+                         f"consumed exactly once: lost {self.events_lost}{effects}; "
+                         f"{self.redeliveries_skipped} redeliveries skipped by the inbox")
+            if self.held_in_outbox is not None:
+                lines.append(f"outbox     {self.held_in_outbox} events held in the outbox "
+                             "while the broker was down")
+            if self.in_flight_at_fault is not None:
+                lines.append(f"in flight  {self.mid_task_at_fault} consumers mid-task "
+                             f"(uncommitted inbox row) and {self.in_flight_at_fault} "
+                             "unacknowledged messages when the worker was killed")
+            lines.append(f"drained    {self.events_recovery_seconds:.2f} s after the restart "
+                         "every event was consumed")
         lines += [f"note       {n}" for n in self.notes]
         lines.append(f"result     {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
+
+
+@dataclass
+class _Fault:
+    """A fault in progress: the cluster, the report to note observations in, the ledger."""
+
+    cluster: LocalCluster
+    report: ChaosReport
+    ledger: EventLedger | None = None
+    in_flight: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class _Scenario:
     fault: str
     expectation: str
-    inject: Callable[[LocalCluster], None]
-    heal: Callable[[LocalCluster], None]
+    inject: Callable[[_Fault], None]
+    heal: Callable[[_Fault], None]
     writes: bool
     judge: Callable[[ChaosReport, LoadResult, float, float], bool]
+    events: bool = False
+
+
+def _on(action: Callable[[LocalCluster], None]) -> Callable[[_Fault], None]:
+    return lambda fault: action(fault.cluster)
 
 
 def _replicas(cluster: LocalCluster) -> list[str]:
@@ -141,12 +197,77 @@ def _primary_restart(report: ChaosReport, load: LoadResult, t0: float, t1: float
             and report.lost == 0 and report.duplicated == 0)
 
 
-def _kill(prefix: str) -> Callable[[LocalCluster], None]:
-    return lambda c: c.stop_service(_first(c, prefix), crash=True)
+def _kill(prefix: str) -> Callable[[_Fault], None]:
+    return lambda f: f.cluster.stop_service(_first(f.cluster, prefix), crash=True)
 
 
-def _start(prefix: str) -> Callable[[LocalCluster], None]:
-    return lambda c: c.start_service(_first(c, prefix))
+def _start(prefix: str) -> Callable[[_Fault], None]:
+    return lambda f: f.cluster.start_service(_first(f.cluster, prefix))
+
+
+def _broker(cluster: LocalCluster) -> str:
+    # A Redis Cluster topology gives Celery a node of its own; otherwise it is "redis".
+    return "redis-broker" if "redis-broker" in cluster.state.services else "redis"
+
+
+def _stop_broker(fault: _Fault) -> None:
+    fault.cluster.stop_service(_broker(fault.cluster))
+
+
+def _start_broker(fault: _Fault) -> None:
+    if fault.ledger is not None:
+        # What the outbox holds at the end of the outage: events written meanwhile.
+        fault.report.held_in_outbox = fault.ledger.pending()
+    fault.cluster.start_service(_broker(fault.cluster))
+
+
+def _kill_worker_mid_task(fault: _Fault) -> None:
+    """SIGKILL the first Celery worker (its process group) while a consumer is mid-task."""
+    name = _first(fault.cluster, "celery-")
+    deadline = time.monotonic() + 10
+    mid_task = consumers_mid_task(fault.cluster)
+    while not mid_task and time.monotonic() < deadline:
+        time.sleep(0.01)
+        mid_task = consumers_mid_task(fault.cluster)
+    fault.cluster.stop_service(name, crash=True)
+    fault.report.mid_task_at_fault = mid_task
+    # The worker is gone: nothing acknowledges or restores these until it is back.
+    fault.in_flight = unacked_task_ids(fault.cluster)
+    fault.report.in_flight_at_fault = len(fault.in_flight)
+
+
+def _start_worker(fault: _Fault) -> None:
+    """Start the killed worker again and wait until it consumes (its log says "ready.")."""
+    name = _first(fault.cluster, "celery-")
+    log = Path(fault.cluster.process(name).log)
+    offset = log.stat().st_size if log.exists() else 0
+    fault.cluster.start_service(name)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            if b" ready." in fh.read():
+                return
+        time.sleep(0.05)
+    raise ClusterError(f"{name} did not say 'ready.' within 60 s after its restart; see {log}")
+
+
+def _events_delivered(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool:
+    ok = (report.requests > 0 and report.reads_failed == 0 and report.writes_failed == 0
+          and bool(report.events_published) and report.events_lost == 0
+          and not report.effects_duplicated)
+    if report.held_in_outbox is not None and report.held_in_outbox < 1:
+        report.notes.append("no event waited in the outbox for the broker: the fault did not "
+                            "exercise the outbox (make the fault longer)")
+        ok = False
+    if report.in_flight_at_fault is not None:
+        if report.in_flight_at_fault < 1:
+            report.notes.append("no message was in flight when the worker was killed: the "
+                                "fault did not happen mid-task (slow the consumer: ?work_ms=)")
+            ok = False
+        elif report.in_flight_consumed != report.in_flight_at_fault:
+            ok = False
+    return ok
 
 
 SCENARIOS: dict[str, _Scenario] = {
@@ -155,22 +276,33 @@ SCENARIOS: dict[str, _Scenario] = {
         _kill("app-"), _start("app-"), False, _no_failed_reads),
     "kill-replica": _Scenario(
         "SIGKILL one replica, restart it", "zero failed idempotent requests",
-        lambda c: c.stop_service(_replicas(c)[0], crash=True),
-        lambda c: c.start_service(_replicas(c)[0]), False, _no_failed_reads),
+        _on(lambda c: c.stop_service(_replicas(c)[0], crash=True)),
+        _on(lambda c: c.start_service(_replicas(c)[0])), False, _no_failed_reads),
     "pause-replication": _Scenario(
         "pause WAL replay on every replica past max_lag, resume it",
         "zero failed requests; reads fall back to the primary while replicas lag",
-        lambda c: _replay(c, True), lambda c: _replay(c, False), True, _no_failed_reads),
+        _on(lambda c: _replay(c, True)), _on(lambda c: _replay(c, False)), True,
+        _no_failed_reads),
     "stop-redis": _Scenario(
         "stop Redis, start it again", "zero failed idempotent requests",
-        lambda c: c.stop_service("redis"), lambda c: c.start_service("redis"), False,
+        _on(lambda c: c.stop_service("redis")), _on(lambda c: c.start_service("redis")), False,
         _no_failed_reads),
     "restart-primary": _Scenario(
         "stop the primary (fast shutdown), start it again",
         "writes fail fast with 503 during the restart and succeed after it; reads continue; "
         "no acknowledged write lost or duplicated",
-        lambda c: c.stop_service("pg-default"), lambda c: c.start_service("pg-default"), True,
-        _primary_restart),
+        _on(lambda c: c.stop_service("pg-default")),
+        _on(lambda c: c.start_service("pg-default")), True, _primary_restart),
+    "stop-broker": _Scenario(
+        "stop the Celery broker while writes publish events, start it again",
+        "zero failed requests; the outbox holds the events until the broker is back, then "
+        "every event is consumed exactly once (zero lost, none applied twice)",
+        _stop_broker, _start_broker, True, _events_delivered, events=True),
+    "kill-worker": _Scenario(
+        "SIGKILL the Celery worker while a consumer is mid-task, restart it",
+        "zero failed requests; the unacknowledged messages come back (acks_late) and every "
+        "event is consumed exactly once (zero lost, none applied twice)",
+        _kill_worker_mid_task, _start_worker, True, _events_delivered, events=True),
 }
 
 
@@ -197,10 +329,17 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
                            f"{', '.join(SCENARIOS)}")
     opts = options or ChaosOptions()
     scenario = SCENARIOS[name]
+    if scenario.events and not (opts.write_path and opts.event_topic and opts.event_consumer):
+        raise ClusterError(f"scenario {name!r} needs writes that publish events: give "
+                           "--write-path, --event-topic and --event-consumer (see "
+                           "docs/reliability.md)")
     writes = scenario.writes and bool(opts.write_path)
     report = ChaosReport(name, scenario.fault, scenario.expectation)
     host, port = cluster.address("lb")
     before_rows = _count(cluster, opts.count_sql) if writes and opts.count_sql else None
+    ledger = (EventLedger(cluster, topic=opts.event_topic, consumer=opts.event_consumer,
+                          effect_sql=opts.effect_sql) if scenario.events else None)
+    fault = _Fault(cluster, report, ledger)
 
     def plan(i: int) -> tuple[str, str]:
         if writes and i % opts.write_every == 0:
@@ -217,10 +356,10 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     time.sleep(opts.fault_after)
     fault_at = heal_at = time.monotonic()
     try:
-        scenario.inject(cluster)
+        scenario.inject(fault)
         time.sleep(opts.fault_seconds)
         heal_at = time.monotonic()
-        scenario.heal(cluster)
+        scenario.heal(fault)
     finally:
         healed_at = time.monotonic()
         time.sleep(opts.tail_seconds)
@@ -246,5 +385,38 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
         # true duplicates.
         report.ambiguous = max(0, min(report.writes_failed, added - report.writes_ok))
         report.duplicated = max(0, added - report.writes_ok - report.writes_failed)
+    if ledger is not None:
+        _reconcile_events(fault, ledger, opts, since_heal=time.monotonic() - healed_at)
     report.passed = scenario.judge(report, load, fault_at, healed_at)
     return report
+
+
+def _reconcile_events(fault: _Fault, ledger: EventLedger, opts: ChaosOptions, *,
+                      since_heal: float) -> None:
+    """Wait for the events of the run to be consumed, then count lost and duplicates."""
+    report = fault.report
+    tally, consumed_after, _ = ledger.drain(timeout=opts.drain_seconds)
+    report.events_published = tally.published
+    report.events_consumed = tally.consumed
+    # Every acknowledged write committed exactly one event with it: an acknowledged write
+    # without its event, or an event never consumed, is lost.
+    report.events_lost = (tally.published - tally.consumed
+                          + max(0, report.writes_ok - tally.published))
+    report.redeliveries_skipped = tally.duplicates_skipped
+    report.events_recovery_seconds = since_heal + consumed_after
+    if tally.effects is not None and tally.distinct_effects is not None:
+        report.effects_duplicated = tally.effects - tally.distinct_effects
+        if tally.distinct_effects != tally.consumed:
+            report.notes.append(f"{tally.distinct_effects} events have an effect row but "
+                                f"{tally.consumed} an inbox row")
+    if tally.pending:
+        report.notes.append(f"{tally.pending} events still wait in the outbox after "
+                            f"{opts.drain_seconds:.0f} s")
+    if fault.in_flight:
+        ids = [i for i in fault.in_flight if i != "?"]
+        # The inbox allows one row per (consumer, event): one row each = consumed once.
+        report.in_flight_consumed = inbox_rows(fault.cluster, consumer=opts.event_consumer,
+                                               event_ids=ids)
+        report.notes.append(f"messages unacknowledged at the kill: {', '.join(ids)}; "
+                            f"{report.in_flight_consumed} of them consumed exactly once "
+                            "after the restart")
