@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ import psycopg
 import pytest
 
 from djscale.cluster import LocalCluster
-from djscale.cluster.supervisor import wait_until
+from djscale.cluster.supervisor import ManagedProcess, wait_until
+from djscale.errors import ClusterError
 from djscale.testing import ClusterFactory
 from djscale.testing.netns import HostNetwork, unavailable_reason
+from djscale.topology import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ("db", "db-replica", "cache", "app1", "app2", "lb")
@@ -129,7 +132,7 @@ def test_a_client_reads_its_own_write_across_hosts_while_the_replica_is_paused(
     # test_replicas_http: a replica first seen while behind is rightly skipped).
     for _ in range(16):
         assert request(cluster, "GET", "/mh/notes/0")[0] == 200
-    wait_until(lambda: False, 1.5)
+    time.sleep(1.5)
     _sql(cluster, "pg-default-replica1", "SELECT pg_wal_replay_pause()")
     try:
         status, headers, created = request(cluster, "POST", "/mh/notes", {"text": "mine"})
@@ -215,6 +218,35 @@ def test_an_event_published_on_app1_is_consumed_by_the_worker_on_app2(
     assert wait_until(consumed, 20, interval=0.25)
     log = Path(cluster.process("celery-1").log).read_text(errors="replace")
     assert "eventsapp.close_account" in log or "succeeded" in log
+
+
+def test_app_hosts_talk_only_to_hosts_of_the_private_network(
+        net: HostNetwork, cluster: LocalCluster) -> None:
+    subnet = net.gateway.rsplit(".", 1)[0] + "."
+    for host in ("app1", "app2", "lb"):
+        out = subprocess.run(["ip", "netns", "exec", net.netns(host), "ss", "-Htn"],
+                             capture_output=True, text=True, check=True).stdout
+        peers = {line.split()[4].rsplit(":", 1)[0] for line in out.splitlines()}
+        assert peers or host == "lb", f"no TCP connections on {host}"  # DB, Redis at least
+        assert all(p.startswith(subnet) for p in peers), (host, peers)
+
+
+def test_a_missing_namespace_is_a_clear_error(tmp_path: Path) -> None:
+    topology = parse({"hosts": {"cache": {"address": "10.254.254.2", "netns": "djs-missing"}},
+                      "redis": {"host": "cache"}})
+    with pytest.raises(ClusterError, match="namespace 'djs-missing' does not exist"):
+        LocalCluster(topology, tmp_path).up(only=("redis",))
+
+
+def test_a_process_enters_its_namespace_then_drops_to_its_user() -> None:
+    proc = ManagedProcess(name="pg", kind="postgres", cmd=["postgres", "-D", "x"], log="l",
+                          user="postgres", netns="djs1-db")
+    cmd, user_kwargs = proc.command()
+    assert cmd == ["ip", "netns", "exec", "djs1-db", "setpriv", "--reuid=postgres",
+                   "--regid=postgres", "--init-groups", "postgres", "-D", "x"]
+    assert user_kwargs == {}
+    plain = ManagedProcess(name="pg", kind="postgres", cmd=["postgres"], log="l")
+    assert plain.command() == (["postgres"], {})
 
 
 def test_host_network_removes_everything_even_when_the_body_fails() -> None:
