@@ -8,6 +8,10 @@ policy: every call goes through :meth:`RedisL2.run`, which consults the location
 caller's fallback value. Redis *answers* (e.g. "value is not an integer") are not
 failures and propagate.
 
+:meth:`RedisL2.write_acked` is the exception to "fail fast": a write (sessions) that
+must survive a master failover is sent to the key's master together with ``WAIT``, and
+retried with bounded back-off while a failover is in progress.
+
 Like Django's ``RedisCacheClient`` it splits the client from the cache API; unlike it,
 it supports Redis Cluster, reads the key's remaining TTL with the value (so L1 never
 outlives L2), and fails fast.
@@ -19,6 +23,7 @@ import contextlib
 import logging
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,9 +31,13 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AskError,
+    ClusterDownError,
     ClusterError,
+    MovedError,
     RedisClusterException,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -47,6 +56,10 @@ T = TypeVar("T")
 FAILURES: tuple[type[Exception], ...] = (
     RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException, OSError,
 )
+# What a Redis Cluster answers while a failover is in progress (or a slot moves).
+TRANSIENT: tuple[type[Exception], ...] = (
+    *FAILURES, ClusterDownError, TryAgainError, MovedError,
+)
 
 
 class _Unavailable:
@@ -61,6 +74,9 @@ UNAVAILABLE: Any = _Unavailable()
 """Fallback returned by :meth:`RedisL2.run` when Redis could not be reached."""
 
 _PICKLE = b"\x80"
+
+NO_ACK_BACKOFF = 5.0
+"""Seconds :meth:`RedisL2.write_acked` skips WAIT on a master whose replicas did not ack."""
 
 _INCR = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -134,6 +150,8 @@ class RedisL2:
         self._incr = self.client.register_script(_INCR)
         self._unlock = self.client.register_script(_UNLOCK)
         self._warned = threading.Event()
+        self._acked_down_since: float | None = None
+        self._no_ack_until: dict[str, float] = {}
 
     # ------------------------------------------------------------------ failure policy
 
@@ -315,6 +333,101 @@ class RedisL2:
     def publish(self, channel: str, message: bytes) -> None:
         """PUBLISH (cluster-wide in a Redis Cluster)."""
         self.run(lambda c: c.publish(channel, message), None)
+
+    def write_acked(self, key: str, raw: bytes | int | None, timeout: int | None, *,
+                    replicas: int, ack_timeout: float, retry_for: float) -> int | Any:
+        """SET ``key`` (DEL when ``raw`` is None or ``timeout`` is 0), then ``WAIT``.
+
+        The write and ``WAIT replicas <ack_timeout ms>`` go to the key's master on one
+        connection, so the answer says how many replicas hold *this* write: a replica
+        promoted after the master dies has it. Connection errors, ``CLUSTERDOWN``,
+        ``TRYAGAIN`` and ``MOVED``/``ASK`` (a failover or slot move in progress) are
+        retried with back-off (50 ms doubling to 0.5 s), refreshing the slot map between
+        tries, for at most ``retry_for`` seconds *per outage*: once writes have failed for
+        longer than that, each call tries once and gives up, so a long outage does not
+        make every caller wait. The circuit breaker is not consulted (this path exists
+        to outlast a failover). WAIT blocks at most ``ack_timeout`` (capped below the
+        socket timeout); a master whose replicas did not ack in time (none is attached,
+        e.g. right after a promotion) is written without WAIT for ``NO_ACK_BACKOFF``
+        seconds, so writes do not all pay the timeout. Return the number of replicas that
+        acknowledged (fewer than ``replicas`` when they did not ack, 0 when ``replicas``
+        is 0), or UNAVAILABLE when the write could not be made.
+        """
+        delete = raw is None or timeout == 0
+        # WAIT must answer before the socket times out, or a slow ack looks like a dead node.
+        ack_ms = max(1, int(min(ack_timeout, 0.8 * float(self._kwargs["socket_timeout"]))
+                            * 1000))
+        now = time.monotonic()
+        deadline = (self._acked_down_since or now) + retry_for
+        pause = 0.05
+        ask: tuple[str, int] | None = None
+        while True:
+            try:
+                conn = self._node_client(key, ask)
+                node = self._node_name(conn)
+                wait = replicas > 0 and self._no_ack_until.get(node, 0.0) <= time.monotonic()
+                pipe = conn.pipeline(transaction=False)
+                if ask is not None:
+                    pipe.execute_command("ASKING")
+                if delete:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, raw, ex=timeout)
+                if wait:
+                    pipe.execute_command("WAIT", replicas, ack_ms)
+                results = pipe.execute()
+            except TRANSIENT as exc:  # first: MovedError is a subclass of AskError
+                ask = None
+                if self._acked_down_since is None:
+                    self._acked_down_since = time.monotonic()
+                metrics.L2_ERRORS.labels(self.location).inc()
+                if time.monotonic() + pause > deadline:
+                    metrics.WRITES_DROPPED.labels(self.location).inc()
+                    log.warning("Redis %s: acknowledged write of %r failed for %.1f s "
+                                "(%s: %s); giving up", self.location, key, retry_for,
+                                type(exc).__name__, exc)
+                    return UNAVAILABLE
+                if not isinstance(exc, MovedError):
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
+                if self.cluster:
+                    with contextlib.suppress(*FAILURES):
+                        self.client.nodes_manager.initialize()
+                continue
+            except AskError as exc:  # the slot is migrating: this key is on the target
+                if time.monotonic() > deadline:
+                    metrics.WRITES_DROPPED.labels(self.location).inc()
+                    return UNAVAILABLE
+                if ask is not None:  # a second ASK in a row: let the slot map settle
+                    ask = None
+                    time.sleep(pause)
+                else:
+                    ask = (exc.host, exc.port)
+                continue
+            self._acked_down_since = None
+            acks = int(results[-1]) if wait else 0
+            if replicas > 0 and acks < replicas:
+                # A master without (enough) live replicas, e.g. just promoted: do not make
+                # every write wait for acks that cannot come; ask again a little later.
+                self._no_ack_until[node] = time.monotonic() + NO_ACK_BACKOFF
+            elif wait:
+                self._no_ack_until.pop(node, None)
+            return acks
+
+    @staticmethod
+    def _node_name(conn: Any) -> str:
+        kw = conn.connection_pool.connection_kwargs
+        return f"{kw.get('host')}:{kw.get('port')}"
+
+    def _node_client(self, key: str, ask: tuple[str, int] | None) -> Any:
+        """The client of the node that holds ``key`` (the master of its slot)."""
+        if not self.cluster:
+            return self.client
+        if ask is not None:
+            node = self.client.get_node(host=ask[0], port=ask[1])
+            if node is not None:
+                return self.client.get_redis_connection(node)
+        return self.client.get_redis_connection(self.client.get_node_from_key(key))
 
     def close(self) -> None:
         """Close every pooled connection."""
