@@ -40,6 +40,7 @@ from redis.cluster import key_slot
 from djscale.cluster import LocalCluster
 from djscale.cluster.redis import cluster_ok
 from djscale.services.ratelimit import RateLimiter
+from djscale.sessions import CACHE_WRITES
 from djscale.testing import ClusterFactory
 from tests.integration.cache_support.redis_cluster import boot_redis_cluster
 
@@ -181,6 +182,11 @@ def _slots_of(node: dict[str, Any]) -> set[int]:
     return slots
 
 
+def _session_writes() -> dict[str, float]:
+    """``djscale_session_cache_writes_total`` by result, in this process."""
+    return {r: CACHE_WRITES.labels(r)._value.get() for r in ("acked", "unacked", "failed")}
+
+
 @dataclass
 class Worker:
     """One load thread: its sessions (client + expected counter) and limited client."""
@@ -290,6 +296,7 @@ def test_master_failover_under_load_loses_no_session_and_fails_no_request(
             time.sleep(0.05)
         assert all(w.admitted == LIMIT for w in workers), [w.admitted for w in workers]
 
+        before_kill = _session_writes()
         killed.set()
         kill_at = time.monotonic()
         cluster.stop_service(victim_name, crash=True)  # SIGKILL
@@ -316,6 +323,10 @@ def test_master_failover_under_load_loses_no_session_and_fails_no_request(
     requests = sum(w.requests for w in workers)
     assert failures == [], f"{len(failures)} of {requests} requests failed: {failures[:10]}"
     assert sum(w.bumps_after_kill for w in workers) > 0
+    # Before the crash every session write was held by a replica; none was given up.
+    assert before_kill["acked"] > 0 and before_kill["unacked"] == before_kill["failed"] == 0, \
+        before_kill
+    assert _session_writes()["failed"] == 0
 
     # Every session, read back through the app and straight from Redis and the database.
     cache = caches[ALIAS]
@@ -338,7 +349,9 @@ def test_master_failover_under_load_loses_no_session_and_fails_no_request(
     for w in workers:
         assert w.admitted_after_kill <= TOLERANCE, (w.limited_id, w.admitted_after_kill)
         assert w.refused_after_kill > 0, w.limited_id
-    print(f"\n{requests} requests, 0 failed; replica promoted {promoted:.1f} s after the "
+    writes = {k: int(v - before_kill[k]) for k, v in _session_writes().items()}
+    print(f"\nsession cache writes before the kill {before_kill}, after {writes}")
+    print(f"{requests} requests, 0 failed; replica promoted {promoted:.1f} s after the "
           f"SIGKILL; {on_victim} of {THREADS * SESSIONS_PER_THREAD} sessions on the killed "
           f"master; admitted after the kill per client: "
           f"{[w.admitted_after_kill for w in workers]}")
