@@ -238,6 +238,14 @@ def test_a_missing_namespace_is_a_clear_error(tmp_path: Path) -> None:
         LocalCluster(topology, tmp_path).up(only=("redis",))
 
 
+def test_an_address_of_another_machine_is_a_clear_error(tmp_path: Path) -> None:
+    topology = parse({"hosts": {"cache": {"address": "10.254.254.2"}},
+                      "redis": {"host": "cache"}})
+    with pytest.raises(ClusterError, match=r"redis is placed on 10\.254\.254\.2, which this "
+                       "machine cannot listen on"):
+        LocalCluster(topology, tmp_path).up(only=("redis",))
+
+
 def test_a_process_enters_its_namespace_then_drops_to_its_user() -> None:
     proc = ManagedProcess(name="pg", kind="postgres", cmd=["postgres", "-D", "x"], log="l",
                           user="postgres", netns="djs1-db")

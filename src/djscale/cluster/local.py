@@ -99,7 +99,13 @@ class LocalCluster:
             # The address lives in another namespace and cannot be bound here; ports of a
             # namespace are free anyway, and free_port never hands one out twice.
             return free_port("127.0.0.1")
-        return free_port(host)
+        try:
+            return free_port(host)
+        except OSError as exc:
+            raise ClusterError(
+                f"{name} is placed on {host}, which this machine cannot listen on "
+                f"({exc.strerror or exc}): run it on that machine, or give its [hosts] entry "
+                "a netns to rehearse it here") from None
 
     def _record(self, proc: ManagedProcess) -> None:
         self.state.services[proc.name] = proc.to_record()
