@@ -33,7 +33,7 @@ from types import TracebackType
 
 from djscale.errors import ClusterError
 
-__all__ = ["HostNetwork", "unavailable_reason"]
+__all__ = ["HostNetwork", "namespace_pids", "unavailable_reason"]
 
 RUN_DIR = Path("/run/djscale-netns")
 _HOST_RE = re.compile(r"^[a-z][a-z0-9-]{0,20}$")
