@@ -1,11 +1,15 @@
 """Services: what the API gateway hop costs, and how fast an open breaker answers.
 
-Two uvicorn processes (1 worker each): a trivial ASGI upstream, and the djscale gateway
-in front of it. ``wrk`` measures requests/s straight to the upstream (baseline) and
-through the gateway, in alternating rounds: the ratio is the price of the extra hop
-(header rewriting, pooled upstream connection, breaker bookkeeping). Then, through the
-same gateway: the latency of a 503 from an open circuit breaker against the latency of a
-504 from a slow upstream at a 0.2 s budget: the breaker's reason to exist.
+Three uvicorn processes (1 worker each): a trivial ASGI upstream, the djscale gateway in
+front of it, and the same gateway on httpx's own connection pool
+(``httpx.AsyncHTTPTransport``, the wire the gateway used before it moved to aiohttp; see
+:mod:`djscale.services.aiohttp_transport`). ``wrk`` measures requests/s straight to the
+upstream (baseline) and through each gateway, in alternating rounds: the ratio is the
+price of the extra hop (header rewriting, pooled upstream connection, breaker
+bookkeeping). The CPU time each gateway process spends per proxied request (from
+``/proc``) is steadier than requests/s on a shared machine: it compares the two wires.
+Then, through the gateway: the latency of a 503 from an open circuit breaker against the
+latency of a 504 from a slow upstream at a 0.2 s budget: the breaker's reason to exist.
 """
 
 from __future__ import annotations
@@ -41,19 +45,42 @@ async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def gateway_app() -> Any:
+def gateway_app(*, gateway_class: Any = None) -> Any:
     """The gateway under test (``uvicorn --factory``), upstream from $BENCH_UPSTREAM."""
     from djscale.services.gateway import Gateway
     from djscale.topology import RouteSpec, ServiceSpec
 
     up = os.environ["BENCH_UPSTREAM"]
-    return Gateway(
+    return (gateway_class or Gateway)(
         services=[ServiceSpec(name="up", urls=(up,), timeout=0.2),
                   ServiceSpec(name="down", urls=(os.environ["BENCH_DOWN"],), retries=0,
                               breaker_minimum_calls=1, breaker_failure_rate=1.0,
                               breaker_reset=600.0)],
         routes=[RouteSpec(prefix="/api/", service="up"), RouteSpec(prefix="/slow", service="up"),
                 RouteSpec(prefix="/down/", service="down")])
+
+
+def httpx_pool_gateway_app() -> Any:
+    """The same gateway, its service clients on ``httpx.AsyncHTTPTransport`` (before)."""
+    from djscale.services.client import AsyncServiceClient
+    from djscale.services.gateway import Gateway
+    from djscale.topology import ServiceSpec
+
+    class HttpxPoolGateway(Gateway):
+        def _new_client(self, spec: ServiceSpec) -> AsyncServiceClient:
+            return AsyncServiceClient.from_spec(
+                spec, registry=self.registry, forward_auth=False,
+                transport=httpx.AsyncHTTPTransport(limits=httpx.Limits(
+                    max_connections=100, max_keepalive_connections=20)))
+
+    return gateway_app(gateway_class=HttpxPoolGateway)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _uvicorn(name: str, target: str, port: int, ctx: Context, env: dict[str, str],
@@ -84,27 +111,38 @@ def _latency(url: str, n: int) -> float:
 
 
 def run(ctx: Context) -> list[Result]:
-    """Gateway hop vs direct (wrk), open-breaker 503 vs slow-upstream 504 latency."""
+    """Gateway hop vs direct (wrk), gateway CPU per request on aiohttp vs httpx's pool,
+    open-breaker 503 vs slow-upstream 504 latency."""
     from benchmarks.common import Result, wrk
     from djscale.cluster.supervisor import free_port
 
-    up_port, gw_port = free_port(), free_port()
+    up_port, gw_port, old_port = free_port(), free_port(), free_port()
     procs = [_uvicorn("bench-upstream", "benchmarks.bench_services:upstream_app", up_port,
                       ctx, {})]
     try:
-        procs.append(_uvicorn(
-            "bench-gateway", "benchmarks.bench_services:gateway_app", gw_port, ctx,
-            {"BENCH_UPSTREAM": f"http://127.0.0.1:{up_port}",
-             "BENCH_DOWN": f"http://127.0.0.1:{free_port()}"}, factory=True))
+        env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{up_port}",
+               "BENCH_DOWN": f"http://127.0.0.1:{free_port()}"}
+        gateway = _uvicorn("bench-gateway", "benchmarks.bench_services:gateway_app", gw_port,
+                           ctx, env, factory=True)
+        procs.append(gateway)
+        old = _uvicorn("bench-gateway-httpx-pool",
+                       "benchmarks.bench_services:httpx_pool_gateway_app", old_port, ctx, env,
+                       factory=True)
+        procs.append(old)
         seconds = 2 if ctx.quick else 4
         rounds = 1 if ctx.quick else 3
         urls = {"direct": f"http://127.0.0.1:{up_port}/api/x",
-                "gateway": f"http://127.0.0.1:{gw_port}/api/x"}
+                "gateway": f"http://127.0.0.1:{gw_port}/api/x",
+                "httpx-pool": f"http://127.0.0.1:{old_port}/api/x"}
+        pids = {"direct": procs[0].pid, "gateway": gateway.pid, "httpx-pool": old.pid}
         rps: dict[str, list[float]] = {k: [] for k in urls}
+        cpu_us: dict[str, list[float]] = {k: [] for k in urls}
         errors = dict.fromkeys(urls, 0)
         for _ in range(rounds):
             for key, url in urls.items():
+                before = _cpu_seconds(pids[key])
                 r = wrk(url, seconds=seconds, connections=16)
+                cpu_us[key].append((_cpu_seconds(pids[key]) - before) / max(1, r.requests) * 1e6)
                 rps[key].append(r.requests_per_second)
                 errors[key] += r.errors
         gw = f"http://127.0.0.1:{gw_port}"
@@ -115,11 +153,20 @@ def run(ctx: Context) -> list[Result]:
     finally:
         for proc in reversed(procs):
             proc.stop()
-    direct, through = statistics.median(rps["direct"]), statistics.median(rps["gateway"])
+    rate = {k: statistics.median(v) for k, v in rps.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_us.items()}
     return [
-        Result(TOPIC, "requests/s through the gateway", through, direct, "req/s",
-               "same upstream, direct", notes=f"errors: {errors['gateway']} via gateway, "
-               f"{errors['direct']} direct; 1 uvicorn worker each, wrk on the same cores"),
+        Result(TOPIC, "requests/s through the gateway", rate["gateway"], rate["direct"],
+               "req/s", "same upstream, direct",
+               notes=f"errors: {errors['gateway']} via gateway, {errors['direct']} direct; "
+               f"on httpx's pool (before): {rate['httpx-pool']:,.0f} req/s, "
+               f"{rate['httpx-pool'] / rate['direct']:.3g}x; 1 uvicorn worker each, wrk on "
+               "the same cores"),
+        Result(TOPIC, "gateway CPU per proxied request", cpu["gateway"], cpu["httpx-pool"],
+               "us", "same gateway on httpx's connection pool (before)",
+               higher_is_better=False,
+               notes=f"the trivial upstream itself: {cpu['direct']:.0f} us per request; "
+               f"errors on httpx's pool: {errors['httpx-pool']}"),
         Result(TOPIC, "503 from an open breaker", open_s * 1000, slow_s * 1000, "ms",
                "504 from a slow upstream at a 0.2 s budget", higher_is_better=False,
                target="far below the budget", met=open_s < 0.05),

@@ -436,3 +436,78 @@ def test_one_gateway_object_serves_successive_event_loops(upstreams: dict[str, U
             return (await client.get("/api/users/1")).status_code
 
     assert [asyncio.run(call()) for _ in range(2)] == [200, 200]
+
+
+# ------------------------------------------------------------------ the upstream wire
+
+
+def _session(hit: Hit) -> Reply:
+    if hit.path.startswith("/api/login"):
+        return 200, {"Set-Cookie": "sessionid=alice-secret; Path=/"}, {"user": "alice"}
+    if hit.path.startswith("/api/moved"):
+        return 302, {"Location": "/api/elsewhere"}, {}
+    if hit.path.startswith("/api/gzip"):
+        import gzip
+
+        return 200, {"Content-Encoding": "gzip"}, gzip.compress(b'{"packed": true}')
+    headers = {k.lower(): v for k, v in hit.headers.items()}
+    return 200, {}, {"cookie": headers.get("cookie"), "path": hit.path}
+
+
+@pytest.fixture(scope="module")
+def wire_gateway() -> Iterator[tuple[GatewayServer, Upstream]]:
+    from djscale.topology import RouteSpec, ServiceSpec
+
+    upstream = Upstream(_session)
+    server = GatewayServer(Gateway(services=[ServiceSpec(name="web", urls=(upstream.url,))],
+                                   routes=[RouteSpec(prefix="/api/", service="web")]))
+    yield server, upstream
+    server.close()
+    upstream.close()
+
+
+def test_an_upstream_cookie_is_never_sent_on_another_clients_request(
+        wire_gateway: tuple[GatewayServer, Upstream]) -> None:
+    gateway, _ = wire_gateway
+    login = httpx.get(f"{gateway.url}/api/login")
+    assert login.headers["set-cookie"].startswith("sessionid=alice-secret")  # passed back
+    assert httpx.get(f"{gateway.url}/api/me").json()["cookie"] is None      # not kept
+    mine = httpx.get(f"{gateway.url}/api/me", headers={"Cookie": "sessionid=bob"})
+    assert mine.json()["cookie"] == "sessionid=bob"
+
+
+def test_a_redirect_is_passed_back_not_followed(
+        wire_gateway: tuple[GatewayServer, Upstream]) -> None:
+    gateway, upstream = wire_gateway
+    upstream.hits.clear()
+    r = httpx.get(f"{gateway.url}/api/moved")
+    assert (r.status_code, r.headers["location"]) == (302, "/api/elsewhere")
+    assert [hit.path for hit in upstream.hits] == ["/api/moved"]
+
+
+def test_a_compressed_answer_passes_through_as_sent(
+        wire_gateway: tuple[GatewayServer, Upstream]) -> None:
+    gateway, _ = wire_gateway
+    r = httpx.get(f"{gateway.url}/api/gzip", headers={"Accept-Encoding": "gzip"})
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.json() == {"packed": True}           # decoded by this client, not the gateway
+
+
+def test_concurrent_requests_share_a_bounded_pool_of_upstream_connections(
+        wire_gateway: tuple[GatewayServer, Upstream]) -> None:
+    import asyncio
+
+    gateway, upstream = wire_gateway
+    upstream.hits.clear()
+
+    async def waves() -> list[int]:
+        codes = []
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            for _ in range(3):      # three waves of 8 concurrent requests
+                answers = await asyncio.gather(*(client.get(f"/api/n/{i}") for i in range(8)))
+                codes += [a.status_code for a in answers]
+        return codes
+
+    assert asyncio.run(waves()) == [200] * 24
+    assert len(upstream.hits) == 24
+    assert len({hit.peer_port for hit in upstream.hits}) <= 8   # connections reused

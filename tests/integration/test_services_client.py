@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -11,6 +14,7 @@ from django.test import RequestFactory, override_settings
 from djscale.cluster.supervisor import free_port
 from djscale.errors import CircuitOpen, ConfigurationError, ServiceTimeout, ServiceUnavailable
 from djscale.services import (
+    AsyncServiceClient,
     CircuitBreaker,
     PropagationMiddleware,
     RetryPolicy,
@@ -26,7 +30,32 @@ pytestmark = pytest.mark.integration
 def _echo(hit: Hit) -> Reply:
     if hit.path.startswith("/slow"):
         time.sleep(2)
+    if hit.path.startswith("/login"):
+        return 200, {"Set-Cookie": "sessionid=alice; Path=/"}, {}
     return 200, {}, {"path": hit.path, "headers": {k.lower(): v for k, v in hit.headers.items()}}
+
+
+class HangUp:
+    """A TCP server that reads each request, then closes the connection unanswered."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(65536):
+                    self.requests += 1
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +129,108 @@ def test_service_client_is_built_from_django_settings(upstream: Upstream) -> Non
                 service_client("carts")
         finally:
             client_module._clients.clear()
+
+
+def test_a_shared_client_keeps_no_cookie_from_an_answer(upstream: Upstream) -> None:
+    with ServiceClient(name="echo", urls=[upstream.url]) as client:
+        assert client.get("/login").headers["set-cookie"].startswith("sessionid=alice")
+        assert "cookie" not in client.get("/x").json()["headers"]
+
+
+def test_credentials_in_the_service_url_are_sent_as_basic_auth(upstream: Upstream) -> None:
+    url = upstream.url.replace("http://", "http://svc:s3cret@")
+    with ServiceClient(name="echo", urls=[url]) as client:
+        seen = client.get("/x").json()["headers"]
+    assert seen["authorization"] == "Basic c3ZjOnMzY3JldA=="   # svc:s3cret
+    assert seen["host"] == upstream.url.removeprefix("http://")
+
+
+# ------------------------------------------------------------------ the async client
+
+
+def _run(coro_fn: object) -> object:
+    return asyncio.run(coro_fn())  # type: ignore[operator]
+
+
+def test_async_calls_reuse_one_pooled_connection(upstream: Upstream) -> None:
+    async def calls() -> list[int]:
+        client = AsyncServiceClient(name="echo", urls=[upstream.url])
+        try:
+            return [(await client.get("/x")).status_code for _ in range(5)]
+        finally:
+            await client.aclose()
+
+    upstream.hits.clear()
+    assert _run(calls) == [200] * 5
+    assert len({hit.peer_port for hit in upstream.hits}) == 1
+
+
+def test_async_post_cut_off_after_it_was_received_is_not_sent_again() -> None:
+    server = HangUp()
+
+    async def post() -> None:
+        client = AsyncServiceClient(name="hangup", urls=[server.url],
+                                    retry=RetryPolicy(retries=3, backoff=0.01))
+        try:
+            await client.post("/orders", json={"sku": 1})
+        finally:
+            await client.aclose()
+
+    try:
+        with pytest.raises(ServiceUnavailable, match="cannot reach service 'hangup'"):
+            _run(post)
+        assert server.requests == 1          # it may have been applied: never twice
+    finally:
+        server.close()
+
+
+def test_async_get_cut_off_is_retried() -> None:
+    server = HangUp()
+
+    async def get() -> None:
+        client = AsyncServiceClient(name="hangup", urls=[server.url],
+                                    retry=RetryPolicy(retries=2, backoff=0.01))
+        try:
+            await client.get("/orders")
+        finally:
+            await client.aclose()
+
+    try:
+        with pytest.raises(ServiceUnavailable):
+            _run(get)
+        assert server.requests == 3
+    finally:
+        server.close()
+
+
+def test_async_unreachable_service_is_retried_then_unavailable() -> None:
+    breaker = CircuitBreaker("ghost", minimum_calls=2, failure_rate=1.0, reset_timeout=30)
+
+    async def post() -> None:
+        client = AsyncServiceClient(name="ghost", urls=[f"http://127.0.0.1:{free_port()}"],
+                                    retry=RetryPolicy(retries=1, backoff=0.01),
+                                    breaker=breaker)
+        try:
+            await client.post("/x", json={})     # never sent: safe to retry even a POST
+        finally:
+            await client.aclose()
+
+    with pytest.raises(ServiceUnavailable, match=r"cannot reach service 'ghost'.*Connect"):
+        _run(post)
+    assert breaker.state == "open"              # 2 attempts = 2 failures
+
+
+def test_async_slow_service_raises_service_timeout_at_the_call_budget(
+        upstream: Upstream) -> None:
+    async def slow() -> None:
+        client = AsyncServiceClient(name="echo", urls=[upstream.url], timeout=0.3,
+                                    retry=RetryPolicy(retries=3))
+        try:
+            await client.get("/slow")
+        finally:
+            await client.aclose()
+
+    started = time.monotonic()
+    with pytest.raises(ServiceTimeout, match=r"'echo' did not answer GET /slow within 0\.3s"):
+        _run(slow)
+    assert time.monotonic() - started < 1.0

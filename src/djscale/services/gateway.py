@@ -172,11 +172,12 @@ class Gateway:
             self._clients, self._loop = {}, loop
         client = self._clients.get(service)
         if client is None:
-            # Hop-level headers are set per request; callers' auth is forwarded as sent.
-            client = AsyncServiceClient.from_spec(self.services[service],
-                                                  registry=self.registry, forward_auth=False)
-            self._clients[service] = client
+            client = self._clients[service] = self._new_client(self.services[service])
         return client
+
+    def _new_client(self, spec: ServiceSpec) -> AsyncServiceClient:
+        # Hop-level headers are set per request; callers' auth is forwarded as sent.
+        return AsyncServiceClient.from_spec(spec, registry=self.registry, forward_auth=False)
 
     async def aclose(self) -> None:
         """Close every pool and the limiter's Redis client."""

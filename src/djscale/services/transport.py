@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from djscale.errors import ServiceError, ServiceTimeout, ServiceUnavailable
+from djscale.services.aiohttp_transport import DEFAULT_LIMITS, AiohttpTransport
 from djscale.services.breaker import CircuitBreaker
 from djscale.services.policy import RetryPolicy, is_idempotent
 
@@ -143,8 +144,7 @@ class ResilientTransport(_Resilience, httpx.BaseTransport):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(service=service, timeout=timeout, connect_timeout=connect_timeout,
                          retry=retry, breaker=breaker, clock=clock)
-        self.inner = transport or httpx.HTTPTransport(
-            limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20))
+        self.inner = transport or httpx.HTTPTransport(limits=limits or DEFAULT_LIMITS)
         self.sleep = sleep
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -183,8 +183,9 @@ class AsyncResilientTransport(_Resilience, httpx.AsyncBaseTransport):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(service=service, timeout=timeout, connect_timeout=connect_timeout,
                          retry=retry, breaker=breaker, clock=clock)
-        self.inner = transport or httpx.AsyncHTTPTransport(
-            limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20))
+        # Not httpx.AsyncHTTPTransport: its pool costs CPU per open connection on every
+        # request (see djscale.services.aiohttp_transport).
+        self.inner = transport or AiohttpTransport(limits=limits or DEFAULT_LIMITS)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` within the budget, retrying what may be retried."""
