@@ -1,6 +1,7 @@
 """The whole cluster across "machines": one network namespace per host on a private bridge.
 
-Hosts: ``db`` (primary + 2 shards), ``db-replica`` (streaming replica), ``cache`` (Redis,
+Hosts: ``db`` (primary + 2 shards), ``db-replica1`` and ``db-replica2`` (a streaming
+replica each), ``cache`` (Redis,
 also the Celery broker), ``app1`` and ``app2`` (gunicorn; ``app2`` also runs the Celery
 worker and the outbox relay) and ``lb`` (nginx). The test runner is the root namespace
 (the operator's machine, on the bridge too) and talks to the cluster through the load
@@ -31,12 +32,15 @@ from djscale.testing.netns import HostNetwork, unavailable_reason
 from djscale.topology import parse
 
 ROOT = Path(__file__).resolve().parents[2]
-HOSTS = ("db", "db-replica", "cache", "app1", "app2", "lb")
+HOSTS = ("db", "db-replica1", "db-replica2", "cache", "app1", "app2", "lb")
 PLACEMENT = {  # service -> host it must run on
     "pg-default": "db", "pg-shard1": "db", "pg-shard2": "db",
-    "pg-default-replica1": "db-replica", "redis": "cache",
+    "pg-default-replica1": "db-replica1", "pg-default-replica2": "db-replica2",
+    "redis": "cache",
     "app-1": "app1", "app-2": "app2", "celery-1": "app2", "relay": "app2", "lb": "lb",
 }
+
+REPLICAS = ("pg-default-replica1", "pg-default-replica2")
 
 _reason = unavailable_reason()
 pytestmark = [pytest.mark.integration,
@@ -64,8 +68,8 @@ def cluster(net: HostNetwork, djscale_cluster_factory: ClusterFactory,
         "project": {"name": "multihost", "pythonpath": str(ROOT),
                     "settings": "tests.multihost.settings", "wsgi": "tests.wsgi:application"},
         "hosts": net.hosts_table(),
-        "postgres": {"host": "db", "database": "multihost", "replicas": 1,
-                     "replica_hosts": ["db-replica"], "max_lag_seconds": 2},
+        "postgres": {"host": "db", "database": "multihost", "replicas": 2,
+                     "replica_hosts": ["db-replica1", "db-replica2"], "max_lag_seconds": 2},
         "shards": [{"name": "shard1"}, {"name": "shard2"}],
         "redis": {"host": "cache"},
         "app": {"servers": 2, "workers": 2, "hosts": ["app1", "app2"]},
@@ -125,15 +129,18 @@ def test_every_service_runs_in_its_hosts_namespace_on_its_address(
                for p in records.values() if p.alive())
 
 
-def test_a_client_reads_its_own_write_across_hosts_while_the_replica_is_paused(
+def test_a_client_reads_its_own_write_across_hosts_while_the_replicas_are_paused(
         net: HostNetwork, cluster: LocalCluster) -> None:
-    db, replica = f"{net.address('db')}:", f"{net.address('db-replica')}:"
+    db = f"{net.address('db')}:"
+    replicas = {"default_replica1": f"{net.address('db-replica1')}:",
+                "default_replica2": f"{net.address('db-replica2')}:"}
     # Let every app process measure the replica while it is caught up (see
     # test_replicas_http: a replica first seen while behind is rightly skipped).
     for _ in range(16):
         assert request(cluster, "GET", "/mh/notes/0")[0] == 200
     time.sleep(1.5)
-    _sql(cluster, "pg-default-replica1", "SELECT pg_wal_replay_pause()")
+    for replica in REPLICAS:
+        _sql(cluster, replica, "SELECT pg_wal_replay_pause()")
     try:
         status, headers, created = request(cluster, "POST", "/mh/notes", {"text": "mine"})
         assert status == 201, created
@@ -144,11 +151,12 @@ def test_a_client_reads_its_own_write_across_hosts_while_the_replica_is_paused(
         status, _, mine = request(cluster, "GET", path, headers={"Cookie": cookie})
         status2, _, theirs = request(cluster, "GET", path)
     finally:
-        _sql(cluster, "pg-default-replica1", "SELECT pg_wal_replay_resume()")
+        for replica in REPLICAS:
+            _sql(cluster, replica, "SELECT pg_wal_replay_resume()")
     assert status == status2 == 200
     assert mine["found"] and mine["db"] == "default" and mine["db_address"].startswith(db)
-    # Another client reads from the paused replica on its own host: the row is not there.
-    assert theirs["db"] == "default_replica1" and theirs["db_address"].startswith(replica)
+    # Another client reads from a paused replica on its own host: the row is not there.
+    assert theirs["db_address"].startswith(replicas[theirs["db"]])
     assert not theirs["found"]
 
 
