@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--event-consumer", default="",
                        help="consumer (inbox name) that must process each event once")
     chaos.add_argument("--effect-sql", default="",
-                       help="SQL returning (effect rows, distinct events): duplicates check")
+                       help="SQL selecting event_id of each effect row: duplicates check")
     chaos.add_argument("--drain-seconds", type=float, default=30.0,
                        help="how long to wait for every event to be consumed")
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -4,9 +4,9 @@ The chaos scenarios that break the event path (stop the broker, kill a worker mi
 need to see inside it without changing it:
 
 - the outbox rows of a topic written since the run started, how many are still pending;
-- which of them a consumer has processed (its ``djscale_inbox`` rows) and, given an
-  effect query, how many effect rows they produced (a duplicate effect means the inbox
-  failed);
+- which of them a consumer has processed (its ``djscale_inbox`` rows) and, given a
+  query of the effect rows' event ids, how many effect rows they produced (a duplicate
+  effect means the inbox failed);
 - the consumers that are *mid-task*: transactions holding an uncommitted inbox insert
   (``djscale.events`` inserts the inbox row first, then runs the handler, then commits);
 - the messages the Redis broker handed to a worker that has not acknowledged them yet
@@ -23,8 +23,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -33,7 +35,7 @@ from djscale.cluster import postgres as pg
 from djscale.errors import ClusterError
 
 __all__ = ["EventLedger", "EventTally", "broker_backlog", "broker_url", "consumers_mid_task",
-           "db_now", "inbox_rows", "unacked_task_ids"]
+           "db_now", "inbox_rows", "queued_task_ids", "unacked_task_ids"]
 
 DUPLICATE_LOG = b"duplicate skipped"
 """What ``djscale.events.consumers`` logs when the inbox skips a redelivered event."""
@@ -104,6 +106,29 @@ def broker_backlog(cluster: LocalCluster) -> int:
         client.close()
 
 
+def queued_task_ids(cluster: LocalCluster) -> list[str]:
+    """Ids of the task messages waiting in the broker's queues (Redis broker)."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url(cluster), socket_timeout=5)
+    try:
+        items = [m for q in cluster.topology.celery.queues for m in client.lrange(q, 0, -1)]
+    finally:
+        client.close()
+    return [_task_id(item) for item in items]
+
+
+def _task_id(message: bytes | str) -> str:
+    """The task id of a kombu message as stored in Redis (``[message, ...]`` when unacked)."""
+    try:
+        raw: Any = json.loads(message)
+        if isinstance(raw, list):
+            raw = raw[0]
+        return str(raw["headers"]["id"])
+    except (ValueError, LookupError, TypeError):
+        return "?"
+
+
 def unacked_task_ids(cluster: LocalCluster) -> list[str]:
     """Ids of the task messages a worker received and has not acknowledged (Redis broker)."""
     import redis
@@ -113,15 +138,7 @@ def unacked_task_ids(cluster: LocalCluster) -> list[str]:
         values = client.hvals("unacked")
     finally:
         client.close()
-    ids = []
-    for value in values:
-        try:
-            raw = json.loads(value)[0]
-            ids.append(str(raw.get("headers", {}).get("id") or
-                           raw.get("properties", {}).get("correlation_id") or "?"))
-        except (ValueError, LookupError, AttributeError, TypeError):
-            ids.append("?")
-    return ids
+    return [_task_id(value) for value in values]
 
 
 @dataclass(frozen=True)
@@ -139,8 +156,8 @@ class EventTally:
 class EventLedger:
     """Counts the events of ``topic`` published from now on and what ``consumer`` did.
 
-    ``effect_sql`` (optional) returns ``(effect rows, distinct events with an effect)``
-    over the whole effect table; the ledger reports the change since it was created.
+    ``effect_sql`` (optional) selects the event id of every effect row the consumer wrote
+    (e.g. ``SELECT event_id FROM app_effect``); only the events of this run are counted.
     """
 
     def __init__(self, cluster: LocalCluster, *, topic: str, consumer: str,
@@ -149,11 +166,14 @@ class EventLedger:
         self.topic = topic
         self.consumer = consumer
         self.effect_sql = effect_sql
+        broker_url(cluster)  # fail before the fault when the broker cannot be inspected
         try:
             self.since = db_now(cluster)
-            self._effects0 = self._effects()
+            self._effects()
         except psycopg.Error as exc:
-            raise ClusterError(f"cannot read the event tables: {exc}".strip()) from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ClusterError(f"cannot read the event tables or run the effect SQL: "
+                               f"{first}") from None
         self._logs0 = {p: p.stat().st_size for p in self._worker_logs()}
 
     def _worker_logs(self) -> list[Path]:
@@ -163,8 +183,17 @@ class EventLedger:
     def _effects(self) -> tuple[int, int] | None:
         if not self.effect_sql:
             return None
-        row = _query(self.cluster, self.effect_sql)[0]
-        return int(str(row[0])), int(str(row[1]))
+        inner = self.effect_sql.strip().rstrip(";").replace("%", "%%")
+        try:
+            rows = _query(self.cluster, f"""
+                SELECT count(e.event_id), count(DISTINCT e.event_id)
+                FROM ({inner}) AS e JOIN djscale_outbox o ON o.id = e.event_id
+                WHERE o.topic = %s AND o.created_at >= %s""", (self.topic, self.since))
+        except psycopg.errors.UndefinedColumn:
+            raise ClusterError("the effect SQL must select a column named event_id (the "
+                               "event id of each effect row), e.g. SELECT event_id FROM "
+                               "app_effect") from None
+        return int(str(rows[0][0])), int(str(rows[0][1]))
 
     def _duplicates_skipped(self) -> int:
         n = 0
@@ -182,6 +211,15 @@ class EventLedger:
                       (self.topic, self.since))
         return int(str(rows[0][0]))
 
+    def unconsumed(self) -> list[tuple[str, bool]]:
+        """(event id, accepted by the broker) of this run's events without an inbox row."""
+        rows = _query(self.cluster, """
+            SELECT o.id::text, o.published_at IS NOT NULL FROM djscale_outbox o
+            WHERE o.topic = %s AND o.created_at >= %s AND NOT EXISTS (
+                SELECT 1 FROM djscale_inbox i WHERE i.event_id = o.id AND i.consumer = %s)
+            ORDER BY o.created_at""", (self.topic, self.since, self.consumer))
+        return [(str(r[0]), bool(r[1])) for r in rows]
+
     def tally(self) -> EventTally:
         """Published, pending and consumed events of this run, and their effects."""
         row = _query(self.cluster, """
@@ -192,24 +230,24 @@ class EventLedger:
             WHERE o.topic = %s AND o.created_at >= %s""",
                      (self.consumer, self.topic, self.since))[0]
         effects = self._effects()
-        base = self._effects0
         return EventTally(
             published=int(str(row[0])), pending=int(str(row[1])), consumed=int(str(row[2])),
-            effects=None if effects is None or base is None else effects[0] - base[0],
-            distinct_effects=None if effects is None or base is None
-            else effects[1] - base[1],
+            effects=None if effects is None else effects[0],
+            distinct_effects=None if effects is None else effects[1],
             duplicates_skipped=self._duplicates_skipped())
 
-    def drain(self, *, timeout: float) -> tuple[EventTally, float, float]:
+    def drain(self, *, timeout: float, tick: Callable[[], None] = lambda: None,
+              ) -> tuple[EventTally, float, float]:
         """Wait until every event of this run is consumed, then until the broker is idle.
 
         Return the tally, the seconds until every event was consumed, and the seconds
         until the broker had nothing left (late redeliveries, skipped by the inbox, are
-        then counted too).
+        then counted too). ``tick`` runs before each look (e.g. to restart a crashed worker).
         """
         started = time.monotonic()
         consumed_after = -1.0
         while True:
+            tick()
             tally = self.tally()
             elapsed = time.monotonic() - started
             if consumed_after < 0 and tally.pending == 0 and tally.consumed >= tally.published:

@@ -28,7 +28,13 @@ from typing import Any
 
 import psycopg
 
-from djscale.chaos.events import EventLedger, consumers_mid_task, inbox_rows, unacked_task_ids
+from djscale.chaos.events import (
+    EventLedger,
+    consumers_mid_task,
+    inbox_rows,
+    queued_task_ids,
+    unacked_task_ids,
+)
 from djscale.chaos.load import LoadResult, run_load
 from djscale.cluster import LocalCluster
 from djscale.cluster import postgres as pg
@@ -56,7 +62,7 @@ class ChaosOptions:
     event_consumer: str = ""
     """Name of the consumer (its inbox rows) that must process each event once."""
     effect_sql: str = ""
-    """Optional SQL returning (effect rows, distinct events with an effect)."""
+    """Optional SQL selecting ``event_id`` of every effect row (duplicate check)."""
     drain_seconds: float = 30.0
     """How long to wait, after the fault, for every event to be consumed."""
 
@@ -88,6 +94,8 @@ class ChaosReport:
     in_flight_at_fault: int | None = None
     mid_task_at_fault: int | None = None
     in_flight_consumed: int | None = None
+    events_lost_in_broker: int | None = None
+    crashed: list[str] = field(default_factory=list)
     events_recovery_seconds: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
     passed: bool = False
@@ -114,11 +122,13 @@ class ChaosReport:
                          f"lost {self.lost}, duplicated {self.duplicated}, committed but "
                          f"answered with an error {self.ambiguous}")
         if self.events_published is not None:
+            inside = ("" if not self.events_lost_in_broker else
+                      f" ({self.events_lost_in_broker} of them inside the broker)")
             effects = ("" if self.effects_duplicated is None else
                        f", effects applied twice {self.effects_duplicated}")
             lines.append(f"events     {self.writes_ok} acknowledged writes, "
                          f"{self.events_published} events published, {self.events_consumed} "
-                         f"consumed exactly once: lost {self.events_lost}{effects}; "
+                         f"consumed exactly once: lost {self.events_lost}{inside}{effects}; "
                          f"{self.redeliveries_skipped} redeliveries skipped by the inbox")
             if self.held_in_outbox is not None:
                 lines.append(f"outbox     {self.held_in_outbox} events held in the outbox "
@@ -129,6 +139,7 @@ class ChaosReport:
                              "unacknowledged messages when the worker was killed")
             lines.append(f"drained    {self.events_recovery_seconds:.2f} s after the restart "
                          "every event was consumed")
+        lines += [f"crashed    {c}" for c in self.crashed]
         lines += [f"note       {n}" for n in self.notes]
         lines.append(f"result     {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
@@ -142,6 +153,8 @@ class _Fault:
     report: ChaosReport
     ledger: EventLedger | None = None
     in_flight: list[str] = field(default_factory=list)
+    killed: set[str] = field(default_factory=set)
+    """Services the scenario killed itself and restarts in its heal step."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,7 @@ def _start_broker(fault: _Fault) -> None:
         # What the outbox holds at the end of the outage: events written meanwhile.
         fault.report.held_in_outbox = fault.ledger.pending()
     fault.cluster.start_service(_broker(fault.cluster))
+    _revive_workers(fault)
 
 
 def _kill_worker_mid_task(fault: _Fault) -> None:
@@ -229,16 +243,20 @@ def _kill_worker_mid_task(fault: _Fault) -> None:
     while not mid_task and time.monotonic() < deadline:
         time.sleep(0.01)
         mid_task = consumers_mid_task(fault.cluster)
+    fault.killed.add(name)
     fault.cluster.stop_service(name, crash=True)
     fault.report.mid_task_at_fault = mid_task
     # The worker is gone: nothing acknowledges or restores these until it is back.
-    fault.in_flight = unacked_task_ids(fault.cluster)
+    try:
+        fault.in_flight = unacked_task_ids(fault.cluster)
+    except Exception as exc:  # noqa: BLE001 - the report says so; the worker must restart
+        fault.report.notes.append(f"cannot read the broker's unacknowledged messages: {exc}")
     fault.report.in_flight_at_fault = len(fault.in_flight)
 
 
-def _start_worker(fault: _Fault) -> None:
-    """Start the killed worker again and wait until it consumes (its log says "ready.")."""
-    name = _first(fault.cluster, "celery-")
+def _start_worker(fault: _Fault, name: str = "") -> None:
+    """Start a (killed) worker again and wait until it consumes (its log says "ready.")."""
+    name = name or _first(fault.cluster, "celery-")
     log = Path(fault.cluster.process(name).log)
     offset = log.stat().st_size if log.exists() else 0
     fault.cluster.start_service(name)
@@ -250,6 +268,32 @@ def _start_worker(fault: _Fault) -> None:
                 return
         time.sleep(0.05)
     raise ClusterError(f"{name} did not say 'ready.' within 60 s after its restart; see {log}")
+
+
+def _revive_workers(fault: _Fault) -> None:
+    """Restart a worker that died on its own during the fault, as its supervisor would.
+
+    The scenario keeps running (a production worker runs under systemd or Kubernetes,
+    which restart it) but the report names the crash and the worker's last words.
+    """
+    for proc in fault.cluster.processes():
+        if proc.kind != "celery" or proc.alive() or proc.name in fault.killed:
+            continue
+        reason = _last_error(Path(proc.log))
+        fault.report.crashed.append(f"{proc.name} exited on its own during the fault "
+                                    f"({reason}); restarted, as a process supervisor would")
+        _start_worker(fault, proc.name)
+
+
+def _last_error(log: Path) -> str:
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, log.stat().st_size - 200_000))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "no log"
+    found = [ln for ln in lines if "CRITICAL/" in ln or "Unrecoverable error" in ln]
+    return found[-1].split("] ", 1)[-1][:200] if found else "no error in its log"
 
 
 def _events_delivered(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool:
@@ -395,7 +439,9 @@ def _reconcile_events(fault: _Fault, ledger: EventLedger, opts: ChaosOptions, *,
                       since_heal: float) -> None:
     """Wait for the events of the run to be consumed, then count lost and duplicates."""
     report = fault.report
-    tally, consumed_after, _ = ledger.drain(timeout=opts.drain_seconds)
+    fault.killed.clear()  # healed: from now on a dead worker died on its own
+    tally, consumed_after, _ = ledger.drain(timeout=opts.drain_seconds,
+                                            tick=lambda: _revive_workers(fault))
     report.events_published = tally.published
     report.events_consumed = tally.consumed
     # Every acknowledged write committed exactly one event with it: an acknowledged write
@@ -412,6 +458,8 @@ def _reconcile_events(fault: _Fault, ledger: EventLedger, opts: ChaosOptions, *,
     if tally.pending:
         report.notes.append(f"{tally.pending} events still wait in the outbox after "
                             f"{opts.drain_seconds:.0f} s")
+    if report.events_lost:
+        _explain_lost(fault, ledger)
     if fault.in_flight:
         ids = [i for i in fault.in_flight if i != "?"]
         # The inbox allows one row per (consumer, event): one row each = consumed once.
@@ -420,3 +468,25 @@ def _reconcile_events(fault: _Fault, ledger: EventLedger, opts: ChaosOptions, *,
         report.notes.append(f"messages unacknowledged at the kill: {', '.join(ids)}; "
                             f"{report.in_flight_consumed} of them consumed exactly once "
                             "after the restart")
+
+
+def _explain_lost(fault: _Fault, ledger: EventLedger) -> None:
+    """Say where each unconsumed event is: outbox, broker, or gone from the broker."""
+    try:
+        in_broker = set(queued_task_ids(fault.cluster)) | set(unacked_task_ids(fault.cluster))
+    except Exception as exc:  # noqa: BLE001 - the explanation is best effort
+        fault.report.notes.append(f"cannot read the broker to explain lost events: {exc}")
+        return
+    gone = []
+    for event_id, accepted in ledger.unconsumed():
+        if not accepted:
+            continue  # counted as still waiting in the outbox
+        if event_id in in_broker:
+            fault.report.notes.append(f"event {event_id} is still in the broker, unconsumed")
+        else:
+            gone.append(event_id)
+    fault.report.events_lost_in_broker = len(gone)
+    if gone:
+        fault.report.notes.append(
+            f"{len(gone)} event(s) the broker accepted are gone from it and were never "
+            f"consumed: {', '.join(gone)} (the outbox had marked them published)")
