@@ -50,6 +50,7 @@ from django.db import router
 from django.utils import timezone
 from prometheus_client import Counter
 
+from djscale import metrics as _metrics  # noqa: F401 - multiprocess mode before CACHE_WRITES
 from djscale.cache.backend import TieredCache
 from djscale.cache.l2 import UNAVAILABLE, dumps
 from djscale.errors import ConfigurationError
