@@ -15,6 +15,7 @@ W008      edge middleware in an order that defeats it
 W009      a cache key built from ``str(args)``/``repr`` (unhashed, unbounded, ambiguous)
 W010      a counter done with ``cache.get`` then ``cache.set(x + 1)`` (lost updates)
 W011      no readiness endpoint a load balancer could probe
+W012      reused connections (persistent or pooled) without ``CONN_HEALTH_CHECKS``
 E001      ``DJSCALE["TRUSTED_PROXIES"]`` holds something that is not an address
 E002      ``DJSCALE["HEALTH"]`` or ``DJSCALE["PUBLIC_CACHE_PATHS"]`` holds an unusable value
 ========  ==================================================================================
@@ -128,7 +129,7 @@ def check_shared_cache(app_configs: Sequence[AppConfig] | None = None,
 @register(TAG)
 def check_connection_reuse(app_configs: Sequence[AppConfig] | None = None,
                            **kwargs: Any) -> list[CheckMessage]:
-    """W003: databases keep connections (CONN_MAX_AGE) or pool them."""
+    """W003: databases keep connections (CONN_MAX_AGE) or pool them; W012: and check them."""
     found: list[CheckMessage] = []
     for alias, entry in settings.DATABASES.items():
         options: Any = entry.get("OPTIONS") or {}
@@ -145,6 +146,17 @@ def check_connection_reuse(app_configs: Sequence[AppConfig] | None = None,
                      "OPTIONS = {'pool': {...}} (Django 5.1+ with psycopg 3), or PgBouncer.",
                 obj=alias,
                 id="djscale.W003",
+            ))
+        elif (age != 0 or pooled) and not entry.get("CONN_HEALTH_CHECKS", False):
+            found.append(Warning(
+                f"Database {alias!r} reuses connections without CONN_HEALTH_CHECKS: after a "
+                "database restart or failover, every connection kept "
+                f"{'in the pool' if pooled else 'by a worker'} fails the next request that "
+                "uses it.",
+                hint="Set CONN_HEALTH_CHECKS = True (with a pool, Django 5.1+ then checks "
+                     "each connection as it leaves the pool).",
+                obj=alias,
+                id="djscale.W012",
             ))
     return found
 

@@ -89,7 +89,10 @@ def database_settings(group: DatabaseGroup, host: str, port: int, *,
         "HOST": host,
         "PORT": str(port),
         "CONN_MAX_AGE": 0 if group.pool else group.conn_max_age,
-        "CONN_HEALTH_CHECKS": not group.pool,
+        # With a pool, Django (5.1+) turns this into psycopg_pool's check at checkout:
+        # without it every connection idle in the pool across a database restart would
+        # fail the request that takes it next.
+        "CONN_HEALTH_CHECKS": True,
         "OPTIONS": options,
         "TEST": {"NAME": f"test_{group.database}"},
     }
