@@ -175,6 +175,7 @@ def from_topology(topology: Topology | str | Path | None = None, *,
         "CELERY_BROKER_URL": topo.celery.broker or broker_url,
         "DJSCALE": {
             "TOPOLOGY": topo.source,
+            "CELERY_APP": topo.celery.app,
             "REPLICATION_GROUPS": groups,
             "SHARDS": [s.name for s in topo.shards],
             "SHARDING": {

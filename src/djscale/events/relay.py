@@ -18,6 +18,7 @@ Run it with ``django-admin events_relay`` (one loop per primary database), or ca
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+
+from djscale.errors import ConfigurationError
 
 __all__ = ["DELIVER_TASK", "Relay", "envelope"]
 
@@ -47,15 +50,44 @@ def envelope(row: Any, *, source: str) -> dict[str, Any]:
     }
 
 
+def celery_app(spec: str | None = None) -> Any:
+    """The Celery app the relay publishes through.
+
+    ``spec`` (``"module:attribute"``, or ``"module"`` holding ``app`` or ``celery``, as
+    Celery's ``-A``) or else ``settings.DJSCALE["CELERY_APP"]`` (``[celery] app`` of the
+    topology) names the project's app. Without either, an app configured from Django's
+    ``CELERY_*`` settings: never Celery's unconfigured default app, which would publish to
+    ``amqp://localhost`` whatever the project's broker is.
+    """
+    from celery import Celery
+    from django.conf import settings
+
+    spec = spec or getattr(settings, "DJSCALE", {}).get("CELERY_APP") or ""
+    if not spec:
+        app = Celery("djscale-relay", set_as_current=False)
+        app.config_from_object("django.conf:settings", namespace="CELERY")
+        return app
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"Celery app {spec!r}: cannot import {module_name!r} "
+                                 f"({exc})") from None
+    for name in ([attribute] if attribute else ["app", "celery"]):
+        found = getattr(module, name, None)
+        if isinstance(found, Celery):
+            return found
+    raise ConfigurationError(f"Celery app {spec!r}: {module_name!r} has no Celery app "
+                             f"named {attribute or 'app or celery'}")
+
+
 class Relay:
     """Publishes pending outbox rows of database ``using`` through Celery app ``app``."""
 
     def __init__(self, *, app: Any = None, using: str = "default", batch_size: int = 100,
                  queue: str | None = None, connect_retries: int = 1) -> None:
         if app is None:
-            from celery import current_app
-
-            app = current_app
+            app = celery_app()
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.app = app

@@ -12,9 +12,10 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from djscale.events.relay import Relay
+from djscale.errors import ConfigurationError
+from djscale.events.relay import Relay, celery_app
 from djscale.metrics import record_outbox_backlog
 
 
@@ -24,12 +25,15 @@ class Command(BaseCommand):
     help = "Publish pending outbox events to the Celery broker (at-least-once)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """--database (repeatable), --interval, --batch-size, --once."""
+        """--database (repeatable), --interval, --batch-size, --once, --app."""
         parser.add_argument("--database", action="append", default=[])
         parser.add_argument("--interval", type=float, default=0.5)
         parser.add_argument("--batch-size", type=int, default=100)
         parser.add_argument("--once", action="store_true",
                             help="send one batch per database and exit")
+        parser.add_argument("--app", default="",
+                            help="the Celery app, as for celery -A (default: "
+                                 "DJSCALE['CELERY_APP'], the topology's [celery] app)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Relay until SIGTERM/SIGINT (or one pass with --once)."""
@@ -37,7 +41,12 @@ class Command(BaseCommand):
         databases = options["database"] or list(dict.fromkeys([
             *config.get("REPLICATION_GROUPS", {"default": {}}).keys(),
             *config.get("SHARDS", [])]))
-        relays = [Relay(using=db, batch_size=options["batch_size"]) for db in databases]
+        try:
+            app = celery_app(options["app"] or None)
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        relays = [Relay(app=app, using=db, batch_size=options["batch_size"])
+                  for db in databases]
         if options["once"]:
             for relay in relays:
                 self.stdout.write(f"{relay.using}: {relay.relay_once()} event(s) published")
