@@ -125,8 +125,10 @@ def init_primary(name: str, data_dir: Path, superuser: str, log: Path) -> None:
     with open(data_dir / "postgresql.conf", "a", encoding="utf-8") as fh:
         fh.write(SERVER_CONF)
     with open(data_dir / "pg_hba.conf", "a", encoding="utf-8") as fh:
-        # Hosts other than loopback (multi-host topologies on private networks).
-        fh.write("\nhost all all 0.0.0.0/0 trust\nhost replication all 0.0.0.0/0 trust\n")
+        # Hosts other than loopback (multi-host topologies on private networks): trust is
+        # for local clusters only, and only from the subnets this server is directly
+        # connected to (``samenet``), never from anywhere.
+        fh.write("\nhost all all samenet trust\nhost replication all samenet trust\n")
 
 
 def init_replica(name: str, data_dir: Path, primary_host: str, primary_port: int,
