@@ -234,3 +234,22 @@ def test_async_slow_service_raises_service_timeout_at_the_call_budget(
     with pytest.raises(ServiceTimeout, match=r"'echo' did not answer GET /slow within 0\.3s"):
         _run(slow)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_cancelled_trial_call_frees_the_half_open_breaker(upstream: Upstream) -> None:
+    breaker = CircuitBreaker("echo", minimum_calls=1, failure_rate=1.0, reset_timeout=0.01)
+    breaker.on_failure()                        # open; half-open 10 ms later
+    time.sleep(0.02)
+
+    async def cancel_then_call() -> int:
+        client = AsyncServiceClient(name="echo", urls=[upstream.url], breaker=breaker)
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.get("/slow"), 0.2)   # the trial, cancelled
+            assert breaker.state == "half-open"
+            return (await client.get("/x")).status_code            # the slot is free again
+        finally:
+            await client.aclose()
+
+    assert _run(cancel_then_call) == 200
+    assert breaker.state == "closed"

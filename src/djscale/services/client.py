@@ -30,7 +30,7 @@ import http.cookiejar
 import itertools
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -73,6 +73,11 @@ def _split_userinfo(url: str) -> tuple[httpx.URL, str, str | None]:
 
 
 class _Base:
+    """What the sync and async clients share: URLs, headers, building requests."""
+
+    transport: ResilientTransport | AsyncResilientTransport
+    _client: httpx.Client | httpx.AsyncClient
+
     def __init__(self, *, name: str, urls: Sequence[str], headers: Mapping[str, str] | None,
                  forward_auth: bool) -> None:
         if not urls:
@@ -87,10 +92,24 @@ class _Base:
         self.forward_auth = forward_auth
         self._defaults: dict[str, tuple[str, str]] | None = None
 
-    def _build(self, client: httpx.Client | httpx.AsyncClient, method: str, path: str, *,
-               params: _QueryParams, json: Any, content: bytes | str | None,
-               headers: Mapping[str, str] | None, timeout: float | None,
-               retries: int | None, idempotency_key: str | None) -> httpx.Request:
+    @classmethod
+    def from_spec(cls, spec: ServiceSpec, *, registry: BreakerRegistry = breakers,
+                  **kwargs: Any) -> Self:
+        """A client configured by a topology ``[services.<name>]`` table."""
+        return cls(urls=spec.urls, **{**_transport_args(spec, registry), **kwargs,
+                                      "name": spec.name})
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The service's circuit breaker."""
+        return self.transport.breaker
+
+    def build(self, method: str, path: str, *, params: _QueryParams = None,
+              json: Any = None, content: bytes | str | None = None,
+              headers: Mapping[str, str] | None = None, timeout: float | None = None,
+              retries: int | None = None, idempotency_key: str | None = None,
+              ) -> httpx.Request:
+        """Build (not send) a request to ``path``; ``timeout`` is its whole budget."""
         if not path.startswith("/") or path.startswith("//"):
             raise ValueError(f"path {path!r} must start with a single '/': a service client "
                              "only calls its own service")
@@ -102,7 +121,7 @@ class _Base:
         # The request is built here rather than by client.build_request(): one URL parse
         # instead of three, which the gateway pays on every call.
         if self._defaults is None:
-            self._defaults = {k.lower(): (k, v) for k, v in client.headers.items()}
+            self._defaults = {k.lower(): (k, v) for k, v in self._client.headers.items()}
         merged = dict(self._defaults)
         for source in (self.headers, outgoing_headers(forward_auth=self.forward_auth),
                        headers or {}):
@@ -135,6 +154,9 @@ def _transport_args(spec: ServiceSpec, registry: BreakerRegistry) -> dict[str, A
 class ServiceClient(_Base):
     """Sync client of one service; thread-safe, pooled; close it (or use ``with``)."""
 
+    transport: ResilientTransport
+    _client: httpx.Client
+
     def __init__(self, *, name: str, urls: Sequence[str], timeout: float = 5.0,
                  connect_timeout: float = 1.0, retry: RetryPolicy | None = None,
                  breaker: CircuitBreaker | None = None, headers: Mapping[str, str] | None = None,
@@ -147,17 +169,9 @@ class ServiceClient(_Base):
         self._client = httpx.Client(transport=self.transport, cookies=_NoCookies(),
                                     trust_env=False)
 
-    @classmethod
-    def from_spec(cls, spec: ServiceSpec, *, registry: BreakerRegistry = breakers,
-                  **kwargs: Any) -> ServiceClient:
-        """A client configured by a topology ``[services.<name>]`` table."""
-        return cls(urls=spec.urls, **{**_transport_args(spec, registry), **kwargs,
-                                      "name": spec.name})
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The service's circuit breaker."""
-        return self.transport.breaker
+    def send(self, request: httpx.Request) -> httpx.Response:
+        """Send a request built by :meth:`build`."""
+        return self._client.send(request)
 
     def request(self, method: str, path: str, *, params: _QueryParams = None,
                 json: Any = None, content: bytes | str | None = None,
@@ -165,10 +179,9 @@ class ServiceClient(_Base):
                 retries: int | None = None, idempotency_key: str | None = None,
                 ) -> httpx.Response:
         """Call ``method path`` on the service; ``timeout`` is this call's whole budget."""
-        request = self._build(self._client, method, path, params=params, json=json,
-                              content=content, headers=headers, timeout=timeout,
-                              retries=retries, idempotency_key=idempotency_key)
-        return self._client.send(request)
+        return self.send(self.build(method, path, params=params, json=json, content=content,
+                                    headers=headers, timeout=timeout, retries=retries,
+                                    idempotency_key=idempotency_key))
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         """GET ``path`` (retried on failure)."""
@@ -204,6 +217,9 @@ class ServiceClient(_Base):
 class AsyncServiceClient(_Base):
     """Async client of one service; pooled; close it with :meth:`aclose`."""
 
+    transport: AsyncResilientTransport
+    _client: httpx.AsyncClient
+
     def __init__(self, *, name: str, urls: Sequence[str], timeout: float = 5.0,
                  connect_timeout: float = 1.0, retry: RetryPolicy | None = None,
                  breaker: CircuitBreaker | None = None, headers: Mapping[str, str] | None = None,
@@ -216,28 +232,6 @@ class AsyncServiceClient(_Base):
         # Builds requests only (default headers, URL); send() skips its machinery.
         self._client = httpx.AsyncClient(transport=self.transport, cookies=_NoCookies(),
                                          trust_env=False)
-
-    @classmethod
-    def from_spec(cls, spec: ServiceSpec, *, registry: BreakerRegistry = breakers,
-                  **kwargs: Any) -> AsyncServiceClient:
-        """A client configured by a topology ``[services.<name>]`` table."""
-        return cls(urls=spec.urls, **{**_transport_args(spec, registry), **kwargs,
-                                      "name": spec.name})
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The service's circuit breaker."""
-        return self.transport.breaker
-
-    def build(self, method: str, path: str, *, params: _QueryParams = None,
-              json: Any = None, content: bytes | str | None = None,
-              headers: Mapping[str, str] | None = None, timeout: float | None = None,
-              retries: int | None = None, idempotency_key: str | None = None,
-              ) -> httpx.Request:
-        """Build (not send) a request; send it with :meth:`send`."""
-        return self._build(self._client, method, path, params=params, json=json,
-                           content=content, headers=headers, timeout=timeout,
-                           retries=retries, idempotency_key=idempotency_key)
 
     async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
         """Send a request built by :meth:`build` (``stream``: body not read yet)."""

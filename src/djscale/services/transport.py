@@ -28,8 +28,9 @@ A final 5xx answer is returned as a response (the caller decides), not raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -49,7 +50,13 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class _Call:
-    """The bookkeeping of one call: budget, attempts, and whether to try again."""
+    """The bookkeeping of one call: budget, attempts, and whether to try again.
+
+    Every decision of the sync and async transports lives here; their loops only do the
+    I/O. Each turn of a loop runs one :meth:`attempt` around sending, reports an answer
+    with :meth:`answered`, then returns ``result``, or closes ``discard`` and waits
+    ``delay`` seconds before the next turn.
+    """
 
     def __init__(self, owner: _Resilience, request: httpx.Request) -> None:
         self.owner = owner
@@ -59,7 +66,10 @@ class _Call:
         self.deadline = owner.clock() + self.budget
         self.retries = int(request.extensions.get(RETRIES_EXTENSION, owner.retry.retries))
         self.idempotent = is_idempotent(request.method, request.headers)
-        self.attempt = 0
+        self.attempts = 0  # retries made so far
+        self.result: httpx.Response | None = None
+        self.discard: httpx.Response | None = None
+        self.delay = 0.0
 
     def remaining(self) -> float:
         return self.deadline - self.owner.clock()
@@ -76,11 +86,39 @@ class _Call:
                         "read": remaining, "write": remaining, "pool": remaining},
         }
 
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        """One attempt: ask the breaker and set its timeouts, then judge how sending went.
+
+        A transport error is recorded and, when the call may be retried, swallowed (with
+        ``delay`` set); otherwise it is raised as a :class:`ServiceError`. Anything else
+        (a cancellation...) leaves the breaker without a verdict and propagates.
+        """
+        self.start_attempt()
+        self.result = self.discard = None
+        try:
+            yield
+        except httpx.TransportError as exc:
+            self.delay, error = self.on_error(exc)
+            if self.delay < 0:
+                raise error from exc
+        except BaseException:
+            self.owner.breaker.on_abandon()
+            raise
+
+    def answered(self, response: httpx.Response) -> None:
+        """Record an answer: final (``result``) or to discard before a retry."""
+        delay = self.on_response(response.status_code)
+        if delay < 0:
+            self.result = response
+        else:
+            self.discard, self.delay = response, delay
+
     def timeout_error(self) -> ServiceTimeout:
         return ServiceTimeout(
             f"service {self.owner.service!r} did not answer {self.request.method} "
             f"{self.request.url.path} within {self.budget:g}s "
-            f"({self.attempt + 1} attempt(s)); it may be overloaded or down",
+            f"({self.attempts + 1} attempt(s)); it may be overloaded or down",
             service=self.owner.service)
 
     def on_error(self, exc: Exception) -> tuple[float, ServiceError]:
@@ -109,13 +147,13 @@ class _Call:
         return -1.0
 
     def _delay(self) -> float:
-        if self.attempt >= self.retries:
+        if self.attempts >= self.retries:
             return -1.0
-        delay = self.owner.retry.delay(self.attempt + 1)
+        delay = self.owner.retry.delay(self.attempts + 1)
         # A retry that could not finish before the deadline only adds load.
         if self.remaining() - delay <= 0.001:
             return -1.0
-        self.attempt += 1
+        self.attempts += 1
         return delay
 
 
@@ -151,22 +189,13 @@ class ResilientTransport(_Resilience, httpx.BaseTransport):
         """Send ``request`` within the budget, retrying what may be retried."""
         call = _Call(self, request)
         while True:
-            call.start_attempt()
-            try:
-                response = self.inner.handle_request(request)
-            except httpx.TransportError as exc:
-                delay, error = call.on_error(exc)
-                if delay < 0:
-                    raise error from exc
-            except BaseException:
-                self.breaker.on_abandon()
-                raise
-            else:
-                delay = call.on_response(response.status_code)
-                if delay < 0:
-                    return response
-                response.close()
-            self.sleep(delay)
+            with call.attempt():
+                call.answered(self.inner.handle_request(request))
+            if call.result is not None:
+                return call.result
+            if call.discard is not None:
+                call.discard.close()
+            self.sleep(call.delay)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -191,22 +220,13 @@ class AsyncResilientTransport(_Resilience, httpx.AsyncBaseTransport):
         """Send ``request`` within the budget, retrying what may be retried."""
         call = _Call(self, request)
         while True:
-            call.start_attempt()
-            try:
-                response = await self.inner.handle_async_request(request)
-            except httpx.TransportError as exc:
-                delay, error = call.on_error(exc)
-                if delay < 0:
-                    raise error from exc
-            except BaseException:
-                self.breaker.on_abandon()
-                raise
-            else:
-                delay = call.on_response(response.status_code)
-                if delay < 0:
-                    return response
-                await response.aclose()
-            await asyncio.sleep(delay)
+            with call.attempt():
+                call.answered(await self.inner.handle_async_request(request))
+            if call.result is not None:
+                return call.result
+            if call.discard is not None:
+                await call.discard.aclose()
+            await asyncio.sleep(call.delay)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
