@@ -253,3 +253,40 @@ def test_a_cancelled_trial_call_frees_the_half_open_breaker(upstream: Upstream) 
 
     assert _run(cancel_then_call) == 200
     assert breaker.state == "closed"
+
+
+def test_async_post_with_expect_continue_sends_its_body_at_once() -> None:
+    """A server that never sends '100 Continue' still gets the body (no deadlock)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            body = data.partition(b"\r\n\r\n")[2]
+            while len(body) < 5000:
+                body += conn.recv(65536)
+            got.append(body)
+            conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def post() -> int:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        client = AsyncServiceClient(name="plain", urls=[url], timeout=3.0)
+        try:
+            r = await client.post("/upload", content=b"x" * 5000,
+                                  headers={"Expect": "100-continue"})
+            return r.status_code
+        finally:
+            await client.aclose()
+
+    try:
+        assert _run(post) == 201
+        assert got == [b"x" * 5000]
+    finally:
+        server.close()

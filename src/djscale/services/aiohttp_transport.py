@@ -28,7 +28,8 @@ What it must not do: retries (aiohttp's own retry of a dropped idempotent reques
 switched off), time budgets, circuit breaking (that is
 :mod:`djscale.services.transport`), redirects, cookies (an upstream's ``Set-Cookie``
 must never ride along on another user's request), decompression (bodies pass through
-as sent; ``httpx.Response`` decodes them when read).
+as sent; ``httpx.Response`` decodes them when read), waiting for ``100 Continue`` (the
+``Expect`` header is not sent: the body goes at once, as with httpx).
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is None:
             self._session = self._open()
         timeouts = request.extensions.get("timeout") or {}
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        # Without Expect: aiohttp would hold the body back until the server sends
+        # "100 Continue", and wait for ever on one that does not; httpx sent it at once.
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                   if k.lower() != b"expect"]
         data: bytes | AsyncIterator[bytes] | None
         try:
             data = request.content or None
