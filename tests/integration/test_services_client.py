@@ -290,3 +290,20 @@ def test_async_post_with_expect_continue_sends_its_body_at_once() -> None:
         assert got == [b"x" * 5000]
     finally:
         server.close()
+
+
+def test_async_client_accepts_an_answer_with_a_large_header() -> None:
+    big = "a=" + "x" * 12000                    # over aiohttp's default 8 KiB per line
+    upstream = Upstream(lambda hit: (200, {"Content-Security-Policy": big}, {}))
+
+    async def get() -> str:
+        client = AsyncServiceClient(name="big", urls=[upstream.url])
+        try:
+            return (await client.get("/x")).headers["content-security-policy"]
+        finally:
+            await client.aclose()
+
+    try:
+        assert _run(get) == big
+    finally:
+        upstream.close()

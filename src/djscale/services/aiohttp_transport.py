@@ -45,6 +45,8 @@ from yarl import URL
 
 __all__ = ["AiohttpTransport"]
 
+_MAX_HEADER_BYTES = 64 * 1024
+
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 """The limits of a transport built without any: what the service transports always used."""
 
@@ -110,6 +112,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False, trust_env=False,
+            # aiohttp refuses answer header lines over 8 KiB; h11 (httpx) took a 16 KiB
+            # head: a large Set-Cookie or CSP header from a trusted service must pass.
+            max_line_size=_MAX_HEADER_BYTES, max_field_size=_MAX_HEADER_BYTES,
             # Send exactly the headers httpx built: none of aiohttp's defaults.
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
         # aiohttp silently sends an idempotent request a second time when the connection
