@@ -23,12 +23,13 @@ session write before the crash was acknowledged by a replica.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,13 @@ import httpx
 import pytest
 import redis
 from django.db import connections
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster, key_slot
 
 from djscale.cache import TieredCache
 from djscale.cluster import LocalCluster
 from djscale.cluster.redis import cluster_ok
+from djscale.services.ratelimit import RateLimiter
 from djscale.testing import ClusterFactory
 from tests.integration.cache_support import failover_views as views
 from tests.integration.cache_support.procs import Worker as CacheWorker
@@ -343,13 +346,43 @@ def test_master_failover_under_http_load_on_gunicorn_loses_no_session_and_fails_
 
 # ---------------------------------------------------------------------- L1 invalidation
 
+@pytest.fixture(scope="module")
+def redis_cluster(djscale_cluster_factory: ClusterFactory) -> Iterator[
+        tuple[LocalCluster, list[str]]]:
+    """3 masters + 3 replicas, stopped when the module ends (even after a failure)."""
+    cluster, urls = boot_redis_cluster(djscale_cluster_factory, "failover-rc", replicas=1)
+    try:
+        _wait_replicas_in_sync(urls)
+        yield cluster, urls
+    finally:
+        cluster.down()
+
+
+def test_a_limiter_given_one_node_of_a_cluster_switches_to_a_cluster_client(
+        redis_cluster: tuple[LocalCluster, list[str]]) -> None:
+    # The gateway's create_app() passes only the first node URL of a cluster topology.
+    _, urls = redis_cluster
+
+    async def main() -> tuple[list[tuple[bool, int]], type]:
+        limiter = RateLimiter.from_url(urls[2], limit=2, window=60, prefix="one-node:")
+        try:
+            return [((d := await limiter.hit(f"c{i % 12}")).allowed, d.remaining)
+                    for i in range(36)], type(limiter.redis)
+        finally:
+            await limiter.aclose()
+
+    decisions, client = asyncio.run(main())
+    assert client is AsyncRedisCluster
+    # Clients on every master got a real window (fail-open would say remaining 0).
+    assert decisions == [(True, 1)] * 12 + [(True, 0)] * 12 + [(False, 0)] * 12
+
+
 def test_l1_invalidations_reach_other_processes_after_their_subscribed_node_dies(
-        djscale_cluster_factory: ClusterFactory) -> None:
-    cluster, urls = boot_redis_cluster(djscale_cluster_factory, "failover-bus", replicas=1)
+        redis_cluster: tuple[LocalCluster, list[str]]) -> None:
+    cluster, urls = redis_cluster
     other: CacheWorker | None = None
     cache: TieredCache | None = None
     try:
-        _wait_replicas_in_sync(urls)
         # Another process with a long-lived L1: its listener subscribes on the first
         # reachable node, redis-1, which is the node this test kills.
         other = CacheWorker(",".join(urls), l1_timeout=60)
@@ -400,4 +433,3 @@ def test_l1_invalidations_reach_other_processes_after_their_subscribed_node_dies
             assert cache.bus is not None
             cache.bus.stop()
             cache.l2.close()
-        cluster.down()
