@@ -40,9 +40,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # The broker is Redis: a message a worker took but never acknowledged (acks_late; the
 # worker was killed) goes back to the queue once it has been invisible this long. Short,
 # so that the demo's chaos scenarios see it come back within seconds; a redelivery of a
-# message that was in fact processed is skipped by the consumers' inbox.
+# message that was in fact processed is skipped by the consumers' inbox. A worker holds
+# the restore sweep's lock only for the sweep: a worker killed during one must not block
+# every other sweep for kombu's default 300 s.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 8, "unacked_restore_interval": 1,
-                                   "unacked_restore_throttle": 1}
+                                   "unacked_restore_throttle": 1, "unacked_mutex_expire": 5}
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 

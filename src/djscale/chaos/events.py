@@ -35,7 +35,7 @@ from djscale.cluster import postgres as pg
 from djscale.errors import ClusterError
 
 __all__ = ["EventLedger", "EventTally", "broker_backlog", "broker_url", "consumers_mid_task",
-           "db_now", "inbox_rows", "queued_task_ids", "unacked_task_ids"]
+           "db_now", "inbox_rows", "queued_task_ids", "restore_lock_ttl", "unacked_task_ids"]
 
 DUPLICATE_LOG = b"duplicate skipped"
 """What ``djscale.events.consumers`` logs when the inbox skips a redelivered event."""
@@ -102,6 +102,21 @@ def broker_backlog(cluster: LocalCluster) -> int:
     try:
         queued = sum(int(client.llen(q)) for q in cluster.topology.celery.queues)
         return queued + int(client.hlen("unacked"))
+    finally:
+        client.close()
+
+
+def restore_lock_ttl(cluster: LocalCluster) -> int:
+    """Seconds left on kombu's restore lock (``unacked_mutex``); -2 when nobody holds it.
+
+    A worker killed while it held the lock blocks every restore of unacknowledged messages
+    until the lock expires (kombu's ``unacked_mutex_expire``, 300 s by default).
+    """
+    import redis
+
+    client = redis.Redis.from_url(broker_url(cluster), socket_timeout=5)
+    try:
+        return int(client.ttl("unacked_mutex"))
     finally:
         client.close()
 

@@ -33,6 +33,7 @@ from djscale.chaos.events import (
     consumers_mid_task,
     inbox_rows,
     queued_task_ids,
+    restore_lock_ttl,
     unacked_task_ids,
 )
 from djscale.chaos.load import LoadResult, run_load
@@ -249,8 +250,14 @@ def _kill_worker_mid_task(fault: _Fault) -> None:
     # The worker is gone: nothing acknowledges or restores these until it is back.
     try:
         fault.in_flight = unacked_task_ids(fault.cluster)
+        lock = restore_lock_ttl(fault.cluster)
     except Exception as exc:  # noqa: BLE001 - the report says so; the worker must restart
         fault.report.notes.append(f"cannot read the broker's unacknowledged messages: {exc}")
+    else:
+        if lock >= 0:
+            fault.report.notes.append(
+                f"the killed worker held the broker's restore lock (unacked_mutex, {lock} s "
+                "left): unacknowledged messages come back only after it expires")
     fault.report.in_flight_at_fault = len(fault.in_flight)
 
 
