@@ -1,7 +1,12 @@
 """``make bench``: run every ``benchmarks/bench_*.py`` in one run and write the results.
 
 Writes ``docs/benchmarks.md`` (a table of ratios, the command, machine facts) and
-``benchmarks/results.json``. ``python -m benchmarks [--quick] [topic ...]``.
+``benchmarks/results.json``. ``python -m benchmarks [--quick] [--write] [topic ...]``:
+
+- ``make bench`` (no topic) replaces everything;
+- named topics replace only their own rows, keep the others, the plots and the command
+  of the full run, and add a line saying which rows a later partial run updated;
+- ``--quick`` (a smoke test) prints its results and records nothing unless ``--write``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import platform
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import ROOT, Context, Result
 from djscale.testing import ClusterFactory, stop_all
@@ -45,7 +51,7 @@ def _fmt(x: float) -> str:
 
 
 def write_report(results: list[Result], failures: list[str], command: str,
-                 plots: list[Path]) -> None:
+                 plots: list[str], updates: list[str], run_at: str) -> None:
     lines = [
         "# Benchmarks",
         "",
@@ -54,7 +60,8 @@ def write_report(results: list[Result], failures: list[str], command: str,
         "",
         f"    {command}",
         "",
-        f"Run: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} on {_machine()}.",
+        f"Run: {run_at} on {_machine()}.",
+        *[f"Updated later: {u}." for u in updates],
         "",
         "| topic | measurement | value | baseline | ratio | target | met |",
         "|---|---|---|---|---|---|---|",
@@ -70,31 +77,39 @@ def write_report(results: list[Result], failures: list[str], command: str,
         lines += ["", "## Notes", "", *notes]
     if plots:
         lines += ["", "## Plots", ""]
-        lines += [f"![{p.stem}]({p.relative_to(ROOT / 'docs').as_posix()})" for p in plots]
+        lines += [f"![{Path(p).stem}]({p})" for p in plots]
     if failures:
         lines += ["", "## Benchmarks that failed in this run", "", *[f"- {f}" for f in failures]]
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs/benchmarks.md").write_text("\n".join(lines) + "\n")
     (ROOT / "benchmarks/results.json").write_text(json.dumps(
-        {"command": command, "machine": _machine(),
-         "results": [r.as_dict() for r in results], "failures": failures}, indent=2))
+        {"command": command, "run": run_at, "updates": updates, "plots": plots,
+         "machine": _machine(), "results": [r.as_dict() for r in results],
+         "failures": failures}, indent=2))
 
 
-def _kept(modules: set[str]) -> list[Result]:
-    """Results of earlier runs for modules not in ``modules`` (from results.json)."""
+def _previous() -> dict[str, Any]:
     try:
         data = json.loads((ROOT / "benchmarks/results.json").read_text())
     except (OSError, ValueError):
-        return []
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _kept(previous: dict[str, Any], modules: set[str]) -> list[Result]:
+    """Results of earlier runs for modules not in ``modules``."""
     fields = set(Result.__dataclass_fields__)
     return [Result(**{k: v for k, v in row.items() if k in fields})
-            for row in data.get("results", []) if row.get("module") not in modules]
+            for row in previous.get("results", []) if row.get("module") not in modules]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("topics", nargs="*", help="only these bench_<topic> modules")
-    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter runs (smoke test); records nothing without --write")
+    parser.add_argument("--write", action="store_true",
+                        help="record a --quick run in docs/benchmarks.md and results.json")
     args = parser.parse_args(argv)
     modules = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
     if args.topics:
@@ -120,12 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.factory.close()
         stop_all()
-    command = "make bench" if not args.topics and not args.quick else \
-        "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.quick and not args.write:
+        print("quick run: nothing recorded (add --write to record it)")
+        return 1 if failures else 0
+    now = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}"
+    this = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    plots = [p.relative_to(ROOT / "docs").as_posix() for p in ctx.plots]
     if args.topics:
-        # A partial run replaces only its own topics' rows; the others are kept.
-        results = _kept(set(modules)) + results
-    write_report(results, failures, command, ctx.plots)
+        # A partial run replaces only its own topics' rows; the others, the full run's
+        # command and its plots are kept, and the update is said.
+        previous = _previous()
+        results = _kept(previous, set(modules)) + results
+        kept_plots = [p for p in previous.get("plots", []) if p not in plots]
+        write_report(results, failures, previous.get("command", "make bench"),
+                     kept_plots + plots,
+                     [*previous.get("updates", []), f"{', '.join(modules)} rows by `{this}` "
+                                                    f"at {now}"],
+                     previous.get("run", now))
+    else:
+        write_report(results, failures, "make bench" if not args.quick else this, plots, [],
+                     now)
     print("wrote docs/benchmarks.md and benchmarks/results.json")
     return 1 if failures else 0
 
