@@ -143,6 +143,15 @@ class SessionStore(CachedDBStore):
             self._session_key = None
             return None
 
+    async def aload(self) -> dict[str, Any]:
+        """Async :meth:`load`."""
+        if self._session_key and _suspect and self.cache_key in _suspect:
+            return await sync_to_async(DBStore.load)(self)
+        return await super().aload()
+
+    async def _aget_session_from_db(self) -> Any:
+        return await sync_to_async(self._get_session_from_db)()
+
     async def asave(self, must_create: bool = False) -> None:
         """Async :meth:`save`."""
         await sync_to_async(self.save)(must_create)

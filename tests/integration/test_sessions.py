@@ -1,0 +1,118 @@
+"""djscale.sessions on the shared test cluster (one Redis, a primary + 2 replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.sessions.models import Session
+from django.core.cache import caches
+from django.db import connections
+from django.test import override_settings
+
+from djscale.cluster import LocalCluster
+from djscale.cluster.supervisor import wait_until
+from djscale.db import consistency
+from djscale.db.pool import get_pool
+from djscale.sessions import SessionStore
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.django_db(transaction=True, databases="__all__"),
+              pytest.mark.usefixtures("sessions_engine")]
+
+REPLICAS = ("pg-default-replica1", "pg-default-replica2")
+T = TypeVar("T")
+
+
+@pytest.fixture
+def sessions_engine() -> Iterator[None]:
+    with override_settings(SESSION_ENGINE="djscale.sessions"):
+        yield
+
+
+@contextlib.contextmanager
+def replay_paused(cluster: LocalCluster) -> Iterator[None]:
+    """The replicas stop replaying WAL: they lag behind the primary until the block ends."""
+    conns = []
+    for service in REPLICAS:
+        host, port = cluster.address(service)
+        group = cluster.topology.database_groups[0]
+        conns.append(psycopg.connect(host=host, port=port, user=group.user,
+                                     dbname=group.database, autocommit=True))
+    try:
+        for conn in conns:
+            conn.execute("SELECT pg_wal_replay_pause()")
+        yield
+    finally:
+        for conn in conns:
+            conn.execute("SELECT pg_wal_replay_resume()")
+            conn.close()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` that closes the DB connections sync_to_async's thread opened."""
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            await sync_to_async(connections.close_all)()
+    return asyncio.run(main())
+
+
+def _usable() -> bool:
+    pool = get_pool("default")
+    return pool is not None and len(pool.usable()) == 2
+
+
+def test_a_cache_miss_reads_the_session_from_the_primary_while_replicas_lag(
+        djscale_cluster: LocalCluster) -> None:
+    assert wait_until(_usable, timeout=15), "replicas not usable"
+    with replay_paused(djscale_cluster):
+        with consistency.scope():  # the request that logs in
+            store = SessionStore()
+            store["cart"] = ["sku-1"]
+            store.save(must_create=True)
+        key = store.session_key
+        assert key is not None
+        caches["sessions"].delete(f"{store.cache_key_prefix}{key}")  # e.g. lost with Redis
+        with consistency.scope():  # the next request, on another app server
+            # What a routed read sees: the replica has not replayed the login yet.
+            assert not Session.objects.filter(session_key=key).exists()
+            assert SessionStore(key).load() == {"cart": ["sku-1"]}
+            assert run(SessionStore(key).aload()) == {"cart": ["sku-1"]}
+
+
+def test_a_session_round_trips_and_a_logout_removes_it_everywhere() -> None:
+    store = SessionStore()
+    store["user"] = "ada"
+    store.save(must_create=True)
+    key = store.session_key
+    assert key is not None
+    cache_key = f"{store.cache_key_prefix}{key}"
+    assert caches["sessions"].get(cache_key) == {"user": "ada"}
+    assert SessionStore(key)["user"] == "ada"
+
+    SessionStore(key).delete()
+    assert caches["sessions"].get(cache_key) is None
+    assert not Session.objects.using("default").filter(session_key=key).exists()
+    assert SessionStore(key).load() == {}
+
+
+def test_async_save_and_delete() -> None:
+    async def main() -> dict[str, Any]:
+        store = SessionStore()
+        await store.aset("n", 3)
+        await store.asave()
+        key = store.session_key
+        assert key is not None
+        loaded = await SessionStore(key).aload()
+        await SessionStore(key).adelete()
+        assert await SessionStore(key).aload() == {}
+        return loaded
+
+    assert run(main()) == {"n": 3}
