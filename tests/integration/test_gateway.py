@@ -451,7 +451,8 @@ def _session(hit: Hit) -> Reply:
 
         return 200, {"Content-Encoding": "gzip"}, gzip.compress(b'{"packed": true}')
     headers = {k.lower(): v for k, v in hit.headers.items()}
-    return 200, {}, {"cookie": headers.get("cookie"), "path": hit.path}
+    return 200, {}, {"cookie": headers.get("cookie"), "path": hit.path,
+                     "accept_encoding": headers.get("accept-encoding")}
 
 
 @pytest.fixture(scope="module")
@@ -491,6 +492,16 @@ def test_a_compressed_answer_passes_through_as_sent(
     r = httpx.get(f"{gateway.url}/api/gzip", headers={"Accept-Encoding": "gzip"})
     assert r.headers["content-encoding"] == "gzip"
     assert r.json() == {"packed": True}           # decoded by this client, not the gateway
+
+
+def test_the_upstream_sees_the_clients_accept_encoding_and_no_other(
+        wire_gateway: tuple[GatewayServer, Upstream]) -> None:
+    gateway, _ = wire_gateway
+    with httpx.Client() as client:
+        del client.headers["accept-encoding"]  # a client that accepts no coding at all
+        assert client.get(f"{gateway.url}/api/ae").json()["accept_encoding"] == "identity"
+        asked = client.get(f"{gateway.url}/api/ae", headers={"Accept-Encoding": "br"})
+        assert asked.json()["accept_encoding"] == "br"
 
 
 def test_concurrent_requests_share_a_bounded_pool_of_upstream_connections(

@@ -289,6 +289,11 @@ class Gateway:
         ]
         if fhost or host:
             out.append(("X-Forwarded-Host", fhost or host))
+        if _header_value(headers, b"accept-encoding") is None:
+            # Otherwise the HTTP client's default (gzip, deflate) would ask the service
+            # for a coding this client never accepted, and the gateway passes bodies on
+            # untouched.
+            out.append(("Accept-Encoding", "identity"))
         return out
 
     async def _read_body(self, receive: Receive) -> bytes:
