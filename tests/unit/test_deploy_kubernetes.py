@@ -140,6 +140,20 @@ def test_app_has_probes_autoscaler_budget_and_resources() -> None:
     assert worker["spec"]["replicas"] == topo.celery.workers
 
 
+def test_the_outbox_relay_runs_as_its_own_deployment_when_the_topology_asks() -> None:
+    topo, objects = _objects(ROOT / "examples/demo/djscale.toml")
+    assert topo.celery.relay
+    relay = {o["metadata"]["name"]: o for _, o in objects
+             if o["kind"] == "Deployment"}["demo-relay"]
+    container = relay["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "django", "events_relay",
+                                    "--app", topo.celery.app]
+    assert relay["spec"]["replicas"] == 1
+    _, without = _objects(ROOT / "deploy/scaled.toml")
+    assert "demo-relay" not in {o["metadata"]["name"] for _, o in without
+                                if o["kind"] == "Deployment"}
+
+
 def test_one_postgres_cluster_and_one_transaction_pooler_per_replication_group() -> None:
     topo, objects = _objects(ROOT / "deploy/scaled.toml")
     clusters = {o["metadata"]["name"]: o["spec"] for _, o in objects if o["kind"] == "Cluster"}

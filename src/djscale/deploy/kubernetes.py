@@ -9,7 +9,8 @@ topology                    Kubernetes
 ``[app]``                   Deployment (probes on ``/health/ready`` and
                             ``/health/live``), Service, Ingress, HorizontalPodAutoscaler,
                             PodDisruptionBudget, Prometheus ServiceMonitor (``/metrics``)
-``[celery]``                worker Deployment + PodDisruptionBudget
+``[celery]``                worker Deployment + PodDisruptionBudget (+ the outbox relay
+                            Deployment with ``relay = true``)
 ``[gateway]``               uvicorn Deployment + Service + PDB; the Ingress points at it
 ``[postgres]``, ``[[shards]]``  one CloudNativePG ``Cluster`` per replication group
                             (primary + ``replicas`` standbys; the operator makes its PDB)
@@ -611,7 +612,40 @@ class _Builder:
                 },
             },
         }
-        return Manifest("60-celery.yaml", (deployment, self.pdb(name, "worker")))
+        objects: tuple[Obj, ...] = (deployment, self.pdb(name, "worker"))
+        if spec.relay:
+            objects += (self.relay(),)
+        return Manifest("60-celery.yaml", objects)
+
+    def relay(self) -> Obj:
+        """The outbox relay: one pod (relays share rows with SKIP LOCKED, so a rolling
+        update's brief overlap is safe); Kubernetes restarts it when it dies."""
+        spec = self.t.celery
+        return {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": self.meta(self.name("relay"), "relay"),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": self.selector("relay")},
+                "template": {
+                    "metadata": {"labels": self.labels("relay")},
+                    "spec": {
+                        # SIGTERM stops it between passes; a batch in flight is rolled back.
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [{
+                            "name": "relay", "image": self.k.image,
+                            "command": ["python", "-m", "django", "events_relay",
+                                        "--app", spec.app],
+                            "envFrom": self.env_from(), "env": self.env(),
+                            "resources": self.resources(),
+                            "securityContext": self.security(),
+                            "volumeMounts": self.mounts(),
+                        }],
+                        "volumes": self.volumes(),
+                    },
+                },
+            },
+        }
 
     def build(self) -> list[Manifest]:
         manifests = [self.namespace(), self.config(), self.postgres(), self.redis(),
