@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+import redis
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.core.cache import caches
 from django.db import connections
@@ -19,7 +21,8 @@ from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 from djscale.db import consistency
 from djscale.db.pool import get_pool
-from djscale.sessions import SessionStore
+from djscale.sessions import CACHE_WRITES, SessionStore
+from djscale.testing import ClusterFactory
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(transaction=True, databases="__all__"),
@@ -116,3 +119,42 @@ def test_async_save_and_delete() -> None:
         return loaded
 
     assert run(main()) == {"n": 3}
+
+
+def test_a_write_redis_does_not_take_is_kept_in_the_database_and_read_from_there(
+        djscale_cluster_factory: ClusterFactory) -> None:
+    cluster = djscale_cluster_factory({"project": {"name": "sesspause"}, "redis": {}},
+                                      parts=("redis",), name="sessions-paused-redis")
+    try:
+        host, port = cluster.address("redis")
+        alias = {"BACKEND": "djscale.cache.TieredCache", "LOCATION": f"redis://{host}:{port}/0",
+                 "OPTIONS": {"L1_MAX_ENTRIES": 0}}
+        with override_settings(CACHES={**settings.CACHES, "paused": alias},
+                               SESSION_CACHE_ALIAS="paused",
+                               DJSCALE_SESSIONS={"RETRY_FOR": 0.3}):
+            store = SessionStore()
+            store["v"] = 1
+            store.save(must_create=True)
+            key = store.session_key
+            assert key is not None
+            cache_key = f"{store.cache_key_prefix}{key}"
+            failed = CACHE_WRITES.labels("failed")._value.get()
+            with redis.Redis(host=host, port=port) as raw:
+                raw.execute_command("CLIENT", "PAUSE", 3000, "WRITE")  # reads still work
+                try:
+                    changed = SessionStore(key)
+                    changed["v"] = 2
+                    changed.save()  # the cache write times out: no error for the user
+                    assert CACHE_WRITES.labels("failed")._value.get() == failed + 1
+                    assert caches["paused"].get(cache_key) == {"v": 1}  # the older copy
+                    assert SessionStore(key).load() == {"v": 2}  # read from the database
+                finally:
+                    raw.execute_command("CLIENT", "UNPAUSE")
+            again = SessionStore(key)
+            again["v"] = 3
+            again.save()  # a write that succeeds: the cache copy is trusted again
+            assert caches["paused"].get(cache_key) == {"v": 3}
+            assert SessionStore(key).load() == {"v": 3}
+            caches["paused"].l2.close()  # type: ignore[attr-defined]
+    finally:
+        cluster.down()
