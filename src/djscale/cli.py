@@ -9,7 +9,7 @@
     djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
                   [--event-topic T --event-consumer C [--effect-sql SQL]]
     djscale doctor [--settings MODULE] [--no-deploy]
-    djscale topology check [FILE]
+    djscale topology check [FILE | --topology FILE]
     djscale deploy kubernetes [--topology FILE] [--out DIR]
 
 Errors djscale knows about (a bad topology file, a service that failed to start) are
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from djscale.errors import DjscaleError
+from djscale.errors import ConfigurationError, DjscaleError
 
 __all__ = ["main"]
 
@@ -94,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     topo = sub.add_parser("topology", help="work with topology files")
     tsub = topo.add_subparsers(dest="action", required=True)
     check = tsub.add_parser("check", help="validate a topology file")
-    check.add_argument("file", nargs="?", default="djscale.toml")
+    check.add_argument("file", nargs="?", default=None,
+                       help="topology file (default: ./djscale.toml)")
+    check.add_argument("--topology", "-t", dest="topology", default=None,
+                       help="the same, spelled as for the other commands")
     return parser
 
 
@@ -119,6 +122,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _doctor(args)
 
     if args.command == "topology":
+        if args.file and args.topology and args.file != args.topology:
+            raise ConfigurationError(f"two topology files given ({args.file}, "
+                                     f"{args.topology}); name one")
+        args.file = args.file or args.topology or "djscale.toml"
         topology = load(args.file)
         groups = ", ".join(f"{g.name} (+{g.replicas} replicas)" for g in topology.database_groups)
         print(f"{args.file}: ok: databases {groups}; redis {topology.redis.mode}; "

@@ -100,7 +100,8 @@ def test_cli_reports_a_bad_file_on_one_line_with_exit_status_2(tmp_path: Path,
                                                                 text: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    for argv in (["cluster", "up", "--topology", str(path)], ["topology", "check", str(path)]):
+    for argv in (["cluster", "up", "--topology", str(path)], ["topology", "check", str(path)],
+                 ["topology", "check", "-t", str(path)]):
         proc = subprocess.run([sys.executable, "-m", "djscale.cli", *argv],
                               capture_output=True, text=True, check=False,
                               env={"PATH": "/usr/bin:/bin", "DJSCALE_STATE_DIR": str(tmp_path)})
