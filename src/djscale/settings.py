@@ -173,6 +173,13 @@ def from_topology(topology: Topology | str | Path | None = None, *,
         "SESSION_ENGINE": "django.contrib.sessions.backends.cached_db",
         "SESSION_CACHE_ALIAS": "sessions",
         "CELERY_BROKER_URL": topo.celery.broker or broker_url,
+        # djscale.events confirms each delivery by its task result, stored in the broker's
+        # Redis (so every service on one event broker sees the same results); other tasks
+        # keep ignoring their results, as they did without a backend. Override after this.
+        "CELERY_RESULT_BACKEND": ((topo.celery.broker or broker_url)
+                                  if (topo.celery.broker or broker_url).startswith(
+                                      ("redis://", "rediss://")) else None),
+        "CELERY_TASK_IGNORE_RESULT": True,
         "DJSCALE": {
             "TOPOLOGY": topo.source,
             "CELERY_APP": topo.celery.app,

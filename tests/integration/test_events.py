@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from djscale.errors import EventError
 from djscale.events.consumers import deliver
 from djscale.events.models import DeadLetter, InboxEvent, OutboxEvent
 from djscale.events.outbox import publish
-from djscale.events.relay import Relay, envelope
+from djscale.events.relay import Redelivery, Relay, envelope
 from djscale.testing import ClusterFactory
 from tests.eventsapp.models import Account
 
@@ -338,3 +339,133 @@ def test_a_dead_letter_can_be_replayed_through_the_outbox() -> None:
     assert deliver(body, attempt=1) == {"eventsapp.poison": "ValueError: this event cannot "
                                                             "be processed"}
     assert _closed_count(account.pk) == 0
+
+
+# ------------------------------------------------------------------ confirmation, redelivery
+
+
+def _row(event_id: uuid.UUID, using: str = "default") -> OutboxEvent:
+    return OutboxEvent.objects.using(using).get(id=event_id)
+
+
+def _drop_queue(broker_url: str, queue: str) -> int:
+    """Delete a queue's messages from the Redis broker by hand: the broker 'lost' them."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        return int(client.delete(queue))
+    finally:
+        client.close()
+
+
+def test_the_delivery_task_stores_its_result_in_the_brokers_redis(celery_app: Any) -> None:
+    from django.conf import settings
+
+    # from_topology: the broker's Redis of the topology (the worker of these tests sees
+    # the same backend; only the broker is a Redis of its own).
+    assert settings.CELERY_RESULT_BACKEND.startswith("redis://")
+    assert settings.CELERY_TASK_IGNORE_RESULT is True
+    assert celery_app.tasks["djscale.events.deliver"].ignore_result is False
+
+
+def test_a_confirmed_delivery_gets_confirmed_at_and_is_never_sent_again(
+        celery_app: Any, worker: ManagedProcess) -> None:
+    account, event_id = _close_account("pia")
+    relay = Relay(app=celery_app, redeliver_after=0.2)
+    assert relay.relay_once() == 1
+    assert wait_until(lambda: _closed_count(account.pk) == 1, 30), _log(worker)[-3000:]
+    assert wait_until(lambda: relay.redeliver_once().confirmed == 1, 20, interval=0.3)
+    row = _row(event_id)
+    assert row.confirmed_at is not None and row.redeliveries == 0
+    time.sleep(0.5)
+    assert relay.redeliver_once() == Redelivery()      # a confirmed row is never read again
+    assert _row(event_id).redeliveries == 0
+    assert _log(worker).count(f"event {event_id} (account_closed) processed") == 1
+
+
+def test_an_event_the_broker_lost_is_redelivered_and_consumed_once(
+        celery_app: Any, broker_url: str, worker: ManagedProcess) -> None:
+    account, event_id = _close_account("quin")
+    # The broker accepts the message, then loses it (deleted from its queue by hand).
+    assert Relay(app=celery_app, queue="djscale-lost").relay_once() == 1
+    assert _drop_queue(broker_url, "djscale-lost") == 1
+    assert _row(event_id).published_at is not None
+    relay = Relay(app=celery_app, redeliver_after=0.2)
+    assert wait_until(lambda: relay.redeliver_once().redelivered == 1, 10, interval=0.1)
+    assert wait_until(lambda: _closed_count(account.pk) == 1, 30), _log(worker)[-3000:]
+    assert wait_until(lambda: relay.redeliver_once().confirmed == 1, 20, interval=0.3)
+    row = _row(event_id)
+    assert (row.redeliveries, row.confirmed_at is not None) == (1, True)
+    assert _closed_count(account.pk) == 1
+    assert InboxEvent.objects.using("default").filter(event_id=event_id).count() == 1
+
+
+def test_a_slow_consumer_is_redelivered_to_but_not_applied_twice(
+        celery_app: Any, worker: ManagedProcess, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    account, event_id = _close_account("rae", topic="account_slow", hold_file=str(hold))
+    relay = Relay(app=celery_app, redeliver_after=0.2)
+    assert relay.relay_once() == 1
+    assert wait_until(lambda: f"slow consumer holding event {event_id}" in _log(worker), 30)
+    # Still busy after REDELIVER_AFTER: no result yet, so the relay sends it again; the
+    # second delivery waits on the first one's uncommitted inbox row.
+    assert wait_until(lambda: relay.redeliver_once().redelivered == 1, 10, interval=0.1)
+    time.sleep(1.0)
+    hold.unlink()
+    needle = f"event {event_id} (account_slow) already processed by eventsapp.slow"
+    assert wait_until(lambda: needle in _log(worker), 30), _log(worker)[-3000:]
+    assert wait_until(lambda: relay.redeliver_once().confirmed == 1, 20, interval=0.3)
+    assert _closed_count(account.pk) == 1
+    assert InboxEvent.objects.using("default").filter(event_id=event_id).count() == 1
+
+
+def test_an_event_never_confirmed_is_given_up_after_its_redeliveries_and_reported(
+        celery_app: Any, broker_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    _, event_id = _close_account("sid")
+    # Published to a queue that no worker reads: never confirmed.
+    relay = Relay(app=celery_app, queue="djscale-unread", redeliver_after=0.1,
+                  redeliver_attempts=2)
+    try:
+        assert relay.relay_once() == 1
+        passes = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(p.given_up for p in passes):
+            passes.append(relay.redeliver_once())
+            time.sleep(0.05)
+        assert sum(p.redelivered for p in passes) == 2
+        assert sum(p.given_up for p in passes) == 1
+        row = _row(event_id)
+        assert row.confirmed_at is None and row.redeliveries == 3
+        assert "delivery unconfirmed after 2 redeliveries" in row.last_error
+        assert relay.unconfirmed() == 1
+        assert f"event {event_id} (account_closed) still unconfirmed" in caplog.text
+        time.sleep(1.0)
+        assert relay.redeliver_once() == Redelivery()   # reported, not retried for ever
+    finally:
+        _drop_queue(broker_url, "djscale-unread")
+
+
+def test_without_a_result_backend_the_relay_says_deliveries_cannot_be_confirmed(
+        broker_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from celery import Celery
+
+    app = Celery("no-results", broker=broker_url, set_as_current=False)
+    app.conf.result_backend = None
+    relay = Relay(app=app, queue="djscale-unread", redeliver_after=0.1)
+    try:
+        _close_account("tom")
+        assert relay.relay_once() == 1
+        time.sleep(0.3)
+        assert relay.redeliver_once() == Redelivery()
+        assert "has no result backend" in caplog.text
+    finally:
+        _drop_queue(broker_url, "djscale-unread")
+
+
+def test_a_bad_redelivery_setting_is_a_clear_error(celery_app: Any) -> None:
+    from djscale.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="REDELIVER_AFTER must be > 0"):
+        Relay(app=celery_app, redeliver_after=0)

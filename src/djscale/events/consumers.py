@@ -230,7 +230,7 @@ def replay_dead_letter(letter_id: int, *, using: str = "default") -> uuid.UUID:
                                                event_id=letter.event_id).delete()
         env = letter.envelope
         if not OutboxEvent.objects.using(using).filter(id=letter.event_id).update(
-                published_at=None):
+                published_at=None, confirmed_at=None, redeliveries=0):
             OutboxEvent.objects.using(using).create(
                 id=letter.event_id, topic=letter.topic, key=env.get("key", ""),
                 payload=env.get("payload") or {}, headers=env.get("headers") or {})

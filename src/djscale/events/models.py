@@ -30,16 +30,28 @@ class OutboxEvent(models.Model):
     headers = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
+    """When the broker last accepted the row's message (set again at each redelivery)."""
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    """When the relay saw the delivery task's result: every consumer handled the event."""
+    redeliveries = models.PositiveIntegerField(default=0)
+    """How often the relay sent the row again for lack of a confirmation (more than the
+    relay's ``REDELIVER_ATTEMPTS``: given up, reported as unconfirmed)."""
 
     class Meta:
         db_table = "djscale_outbox"
-        indexes = [models.Index(fields=["created_at"], name="djscale_outbox_pending",
-                                condition=Q(published_at__isnull=True))]
+        indexes = [
+            models.Index(fields=["created_at"], name="djscale_outbox_pending",
+                         condition=Q(published_at__isnull=True)),
+            # The relay's redelivery pass reads only published, unconfirmed rows.
+            models.Index(fields=["published_at"], name="djscale_outbox_unconfirmed",
+                         condition=Q(published_at__isnull=False, confirmed_at__isnull=True)),
+        ]
 
     def __str__(self) -> str:
-        state = "published" if self.published_at else "pending"
+        state = ("pending" if not self.published_at
+                 else "confirmed" if self.confirmed_at else "published")
         return f"{self.topic} {self.id} ({state})"
 
 

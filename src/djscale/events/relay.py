@@ -9,6 +9,17 @@ that holds the lock. If the broker is down, the row stays pending (its ``attempt
 and the commit, the row is sent again later: delivery is at-least-once, and consumers
 de-duplicate by event id.
 
+The broker itself may lose a message it accepted (kombu's Redis transport pops a message
+before recording it as unacknowledged: a broker stop or a worker kill in between loses
+it). So delivery is confirmed end to end: the delivery task stores its result (Celery's
+result backend; ``from_topology`` points it at the broker's Redis), and
+:meth:`Relay.redeliver_once` looks up the results of rows published more than
+``REDELIVER_AFTER`` seconds ago (10 s, doubled at each redelivery of a row): a row whose
+task succeeded gets ``confirmed_at`` and is never looked at again; any other is sent again
+with the same task id (the consumers' inbox skips what was already processed), at most
+``REDELIVER_ATTEMPTS`` (5) times, then reported (error log, ``djscale_outbox_unconfirmed``)
+instead of being sent for ever. Settings: ``settings.DJSCALE["EVENTS"]``.
+
 Rows are sent in ``created_at`` order within a batch; with several relays, order across
 batches is not guaranteed (consumers must not rely on it).
 
@@ -18,20 +29,38 @@ Run it with ``django-admin events_relay`` (one loop per primary database), or ca
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
+from prometheus_client import Counter, Gauge
 
+from djscale import metrics  # noqa: F401 - configures multiprocess mode before the metrics below
 from djscale.errors import ConfigurationError
 
-__all__ = ["DELIVER_TASK", "Relay", "envelope"]
+__all__ = ["DELIVER_TASK", "OUTBOX_REDELIVERED", "OUTBOX_UNCONFIRMED", "Redelivery", "Relay",
+           "delivery_states", "envelope"]
 
 log = logging.getLogger(__name__)
+
+# Defined here, not in djscale.metrics, because only the relay records them.
+OUTBOX_UNCONFIRMED = Gauge(
+    "djscale_outbox_unconfirmed",
+    "Outbox events sent REDELIVER_ATTEMPTS times again without a confirmed delivery: given up.",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_REDELIVERED = Counter(
+    "djscale_outbox_redelivered",
+    "Outbox events sent again because their delivery was not confirmed in time.",
+)
 
 DELIVER_TASK = "djscale.events.deliver"
 """Name of the Celery task that delivers an event to its consumers."""
@@ -81,20 +110,79 @@ def celery_app(spec: str | None = None) -> Any:
                              f"named {attribute or 'app or celery'}")
 
 
+def delivery_states(app: Any, task_ids: Sequence[str]) -> dict[str, str] | None:
+    """The result state (``SUCCESS``, ``RETRY``, ...) of each task that has one.
+
+    One ``MGET`` on a key-value result backend (Redis); ``None`` when the app has no
+    result backend (deliveries cannot be confirmed).
+    """
+    from celery.backends.base import DisabledBackend, KeyValueStoreBackend
+
+    backend = app.backend
+    if isinstance(backend, DisabledBackend):
+        return None
+    if not task_ids:
+        return {}
+    states: dict[str, str] = {}
+    if isinstance(backend, KeyValueStoreBackend):
+        values = backend.mget([backend.get_key_for_task(i) for i in task_ids])
+        for task_id, value in zip(task_ids, values or [], strict=False):
+            if value:
+                states[task_id] = str(backend.decode_result(value)["status"])
+        return states
+    for task_id in task_ids:
+        state = str(backend.get_task_meta(task_id)["status"])
+        if state != "PENDING":  # Celery's word for "no result known"
+            states[task_id] = state
+    return states
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """What one redelivery pass did with the published, unconfirmed rows that were due."""
+
+    confirmed: int = 0
+    redelivered: int = 0
+    given_up: int = 0
+
+
+def _setting(name: str, default: Any) -> Any:
+    from djscale.events.consumers import setting
+
+    return setting(name, default)
+
+
 class Relay:
-    """Publishes pending outbox rows of database ``using`` through Celery app ``app``."""
+    """Publishes pending outbox rows of database ``using`` through Celery app ``app``.
+
+    ``redeliver_after`` (seconds) and ``redeliver_attempts`` default to
+    ``DJSCALE["EVENTS"]["REDELIVER_AFTER"]`` (10) and ``["REDELIVER_ATTEMPTS"]`` (5).
+    """
 
     def __init__(self, *, app: Any = None, using: str = "default", batch_size: int = 100,
-                 queue: str | None = None, connect_retries: int = 1) -> None:
+                 queue: str | None = None, connect_retries: int = 1,
+                 redeliver_after: float | None = None,
+                 redeliver_attempts: int | None = None) -> None:
         if app is None:
             app = celery_app()
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        after = float(_setting("REDELIVER_AFTER", 10.0) if redeliver_after is None
+                      else redeliver_after)
+        attempts = int(_setting("REDELIVER_ATTEMPTS", 5) if redeliver_attempts is None
+                       else redeliver_attempts)
+        if after <= 0 or attempts < 0:
+            raise ConfigurationError(
+                f"event redelivery: REDELIVER_AFTER must be > 0 s (got {after}) and "
+                f"REDELIVER_ATTEMPTS >= 0 (got {attempts})")
         self.app = app
         self.using = using
         self.batch_size = batch_size
         self.queue = queue
         self.connect_retries = connect_retries
+        self.redeliver_after = after
+        self.redeliver_attempts = attempts
+        self._no_backend_logged = False
 
     def relay_once(self) -> int:
         """Send one batch; return how many rows the broker accepted."""
@@ -123,6 +211,73 @@ class Relay:
         from djscale.events.models import OutboxEvent
 
         return OutboxEvent.objects.using(self.using).filter(published_at__isnull=True).count()
+
+    def unconfirmed(self) -> int:
+        """How many rows of this database the relay gave up redelivering, unconfirmed."""
+        from djscale.events.models import OutboxEvent
+
+        return OutboxEvent.objects.using(self.using).filter(
+            published_at__isnull=False, confirmed_at__isnull=True,
+            redeliveries__gt=self.redeliver_attempts).count()
+
+    def redeliver_once(self) -> Redelivery:
+        """Confirm or send again one batch of published rows whose confirmation is due.
+
+        A row is due ``REDELIVER_AFTER * 2**redeliveries`` seconds after it was last
+        published. Rows whose delivery task succeeded get ``confirmed_at``; the others are
+        sent again (same task id) while they have redeliveries left, else given up:
+        logged, counted in ``djscale_outbox_unconfirmed``, never looked at again.
+        """
+        from djscale.events.models import OutboxEvent
+
+        now = timezone.now()
+        due = Q()
+        for k in range(self.redeliver_attempts + 1):
+            due |= Q(redeliveries=k,
+                     published_at__lt=now - dt.timedelta(seconds=self.redeliver_after * 2 ** k))
+        objects = OutboxEvent.objects.using(self.using)
+        with transaction.atomic(using=self.using):
+            rows = list(objects.select_for_update(skip_locked=True)
+                        .filter(due, published_at__isnull=False, confirmed_at__isnull=True)
+                        .order_by("published_at")[: self.batch_size])
+            if not rows:
+                return Redelivery()
+            states = delivery_states(self.app, [str(r.id) for r in rows])
+            if states is None:
+                if not self._no_backend_logged:
+                    self._no_backend_logged = True
+                    log.warning("event relay (%s): the Celery app has no result backend, so "
+                                "deliveries cannot be confirmed and an event the broker "
+                                "loses is not sent again (set CELERY_RESULT_BACKEND)",
+                                self.using)
+                return Redelivery()
+            done = [r for r in rows if states.get(str(r.id)) == "SUCCESS"]
+            if done:
+                objects.filter(id__in=[r.id for r in done]).update(confirmed_at=now)
+            late = [r for r in rows if states.get(str(r.id)) != "SUCCESS"]
+            give_up = [r for r in late if r.redeliveries >= self.redeliver_attempts]
+            again = [r for r in late if r.redeliveries < self.redeliver_attempts]
+            sent = self._send(again) if again else 0
+            if sent:
+                objects.filter(id__in=[r.id for r in again[:sent]]).update(
+                    published_at=timezone.now(), redeliveries=F("redeliveries") + 1)
+                OUTBOX_REDELIVERED.inc(sent)
+                log.warning("event relay (%s): %d event(s) without a confirmed delivery "
+                            "sent again: %s", self.using, sent,
+                            ", ".join(f"{r.id} ({r.topic}, state "
+                                      f"{states.get(str(r.id), 'none')})"
+                                      for r in again[:sent]))
+            for row in give_up:
+                state = states.get(str(row.id), "no result")
+                objects.filter(id=row.id).update(
+                    redeliveries=F("redeliveries") + 1,
+                    last_error=f"delivery unconfirmed after {row.redeliveries} redeliveries "
+                               f"(task state: {state})")
+                log.error("event relay (%s): event %s (%s) still unconfirmed after %d "
+                          "redeliveries (task state: %s); given up: check its consumers "
+                          "and dead letters, then set its redeliveries to 0 to retry",
+                          self.using, row.id, row.topic, row.redeliveries, state)
+        return Redelivery(confirmed=len(done), redelivered=sent, given_up=len(give_up))
 
     def _send(self, rows: Sequence[Any]) -> int:
         """Send rows in order until the first failure; return how many were accepted."""
@@ -155,13 +310,25 @@ class Relay:
                            **options)
 
     def run(self, *, interval: float = 0.5, stop: threading.Event | None = None) -> None:
-        """Relay until ``stop`` is set: batches back to back while there is work."""
+        """Relay until ``stop`` is set: batches back to back while there is work, and a
+        redelivery pass (:meth:`redeliver_once`) every few seconds."""
         stop = stop or threading.Event()
+        # Redelivery passes: a few per REDELIVER_AFTER, never more than one per second.
+        every = min(max(1.0, interval), self.redeliver_after / 4)
+        next_check = time.monotonic() + every
         while not stop.is_set():
             try:
                 sent = self.relay_once()
             except Exception:  # a database outage must not end the relay
                 log.exception("event relay (%s): pass failed; retrying", self.using)
                 sent = 0
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + every
+                try:
+                    while self.redeliver_once() != Redelivery() and not stop.is_set():
+                        pass
+                except Exception as exc:  # noqa: BLE001 - broker or database away: next time
+                    log.warning("event relay (%s): redelivery pass failed (%s: %s); "
+                                "retrying", self.using, type(exc).__name__, exc)
             if sent < self.batch_size:
                 stop.wait(interval)

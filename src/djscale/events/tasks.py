@@ -5,6 +5,11 @@ killed mid-way leaves the message to be delivered again; the consumers' inbox ma
 second delivery harmless. Failing consumers are retried with backoff (a new message with
 a countdown) until their last attempt, then dead-lettered (see
 :mod:`djscale.events.consumers`).
+
+The task's result is stored (``ignore_result=False``, whatever ``task_ignore_result``
+says): ``SUCCESS`` means every consumer handled or dead-lettered the event. The relay
+reads it to confirm the delivery, and sends the event again when no such result appears
+(a message the broker lost); see :mod:`djscale.events.relay`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ __all__ = ["deliver_event"]
 
 
 @shared_task(name=DELIVER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-             max_retries=None, ignore_result=True)  # type: ignore[untyped-decorator]
+             max_retries=None, ignore_result=False)  # type: ignore[untyped-decorator]
 def deliver_event(self: Any, envelope: dict[str, Any]) -> None:
     """Deliver ``envelope`` to its consumers; retry the ones that failed."""
     attempt = int(self.request.retries) + 1
