@@ -150,7 +150,8 @@ class RedisL2:
         self._incr = self.client.register_script(_INCR)
         self._unlock = self.client.register_script(_UNLOCK)
         self._warned = threading.Event()
-        self._acked_down_since: float | None = None
+        # node -> (when its current outage began, its latest failure), for write_acked
+        self._outages: dict[str, tuple[float, float]] = {}
         self._no_ack_until: dict[str, float] = {}
 
     # ------------------------------------------------------------------ failure policy
@@ -343,9 +344,10 @@ class RedisL2:
         promoted after the master dies has it. Connection errors, ``CLUSTERDOWN``,
         ``TRYAGAIN`` and ``MOVED``/``ASK`` (a failover or slot move in progress) are
         retried with back-off (50 ms doubling to 0.5 s), refreshing the slot map between
-        tries, for at most ``retry_for`` seconds *per outage*: once writes have failed for
-        longer than that, each call tries once and gives up, so a long outage does not
-        make every caller wait. The circuit breaker is not consulted (this path exists
+        tries, for at most ``retry_for`` seconds *per outage of the key's master*: once
+        writes to that node have failed for longer than that, each call tries once and
+        gives up, so a long outage does not make every caller wait (writes to other
+        masters are unaffected). The circuit breaker is not consulted (this path exists
         to outlast a failover). WAIT blocks at most ``ack_timeout`` (capped below the
         socket timeout); a master whose replicas did not ack in time (none is attached,
         e.g. right after a promotion) is written without WAIT for ``NO_ACK_BACKOFF``
@@ -357,12 +359,13 @@ class RedisL2:
         # WAIT must answer before the socket times out, or a slow ack looks like a dead node.
         ack_ms = max(1, int(min(ack_timeout, 0.8 * float(self._kwargs["socket_timeout"]))
                             * 1000))
-        now = time.monotonic()
-        deadline = (self._acked_down_since or now) + retry_for
+        deadline: float | None = None
         pause = 0.05
         ask: tuple[str, int] | None = None
+        node = "?"  # the key's master, once known
         while True:
             try:
+                node = "?"
                 conn = self._node_client(key, ask)
                 node = self._node_name(conn)
                 wait = replicas > 0 and self._no_ack_until.get(node, 0.0) <= time.monotonic()
@@ -378,10 +381,13 @@ class RedisL2:
                 results = pipe.execute()
             except TRANSIENT as exc:  # first: MovedError is a subclass of AskError
                 ask = None
-                if self._acked_down_since is None:
-                    self._acked_down_since = time.monotonic()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = self._outage_began(node, now, retry_for) + retry_for
+                else:
+                    self._outage_began(node, now, retry_for)
                 metrics.L2_ERRORS.labels(self.location).inc()
-                if time.monotonic() + pause > deadline:
+                if now + pause > deadline:
                     metrics.WRITES_DROPPED.labels(self.location).inc()
                     log.warning("Redis %s: acknowledged write of %r failed for %.1f s "
                                 "(%s: %s); giving up", self.location, key, retry_for,
@@ -395,6 +401,8 @@ class RedisL2:
                         self.client.nodes_manager.initialize()
                 continue
             except AskError as exc:  # the slot is migrating: this key is on the target
+                if deadline is None:
+                    deadline = time.monotonic() + retry_for
                 if time.monotonic() > deadline:
                     metrics.WRITES_DROPPED.labels(self.location).inc()
                     return UNAVAILABLE
@@ -404,7 +412,7 @@ class RedisL2:
                 else:
                     ask = (exc.host, exc.port)
                 continue
-            self._acked_down_since = None
+            self._outages.pop(node, None)
             acks = int(results[-1]) if wait else 0
             if replicas > 0 and acks < replicas:
                 # A master without (enough) live replicas, e.g. just promoted: do not make
@@ -413,6 +421,17 @@ class RedisL2:
             elif wait:
                 self._no_ack_until.pop(node, None)
             return acks
+
+    def _outage_began(self, node: str, now: float, retry_for: float) -> float:
+        """Record a failure of ``node``; when did its current outage begin?
+
+        Failures less than ``retry_for`` apart belong to one outage; a success ends it.
+        """
+        began, last = self._outages.get(node, (now, now))
+        if now - last > retry_for:
+            began = now  # the node's earlier outage ended without a write to tell
+        self._outages[node] = (began, now)
+        return began
 
     @staticmethod
     def _node_name(conn: Any) -> str:
