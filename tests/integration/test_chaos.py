@@ -44,7 +44,10 @@ EVENTS = ChaosOptions(read_path="/whoami", write_path="/notes?work_ms=50",
                       event_topic="note_created", event_consumer="demo.index_note",
                       effect_sql="SELECT event_id FROM demo_noteindexed",
                       requests=6000, max_seconds=30, concurrency=6, fault_after=1.0,
-                      fault_seconds=2.0, tail_seconds=1.0, drain_seconds=30)
+                      fault_seconds=2.0, tail_seconds=1.0,
+                      # A lost message is sent again REDELIVER_AFTER (10 s) after it was
+                      # published, once the relay finds no result: room for two rounds.
+                      drain_seconds=45)
 
 
 @pytest.mark.parametrize("scenario", [
@@ -84,19 +87,16 @@ def test_ready_stays_200_degraded_while_redis_is_down(demo: LocalCluster) -> Non
 
 
 def check_events(report: ChaosReport) -> None:
-    """Nothing lost before the broker, nothing applied twice; broker-side loss is known."""
+    """Zero lost events, none applied twice, whatever the broker did with its messages."""
     text = report.text()
     # The outbox's guarantee: every acknowledged write committed its event, and every
     # event left the outbox once the broker was back.
     assert report.events_published == report.writes_ok == report.rows_added, text
     assert "still wait in the outbox" not in text, text
     assert report.effects_duplicated == 0, text
-    if report.events_lost and report.events_lost == report.events_lost_in_broker:
-        # Known gap, not hidden: the Redis transport pops a message (BRPOP) before it
-        # records it as unacknowledged; a broker stop or a worker kill in between loses
-        # a message the broker had accepted (docs/reliability.md, "Known gaps").
-        pytest.xfail(f"the Redis broker lost {report.events_lost} accepted message(s): "
-                     f"{report.notes}")
+    # A message the broker accepted and then lost (the Redis transport pops it before it
+    # records it as unacknowledged) is sent again by the relay: its delivery was never
+    # confirmed (docs/events.md, "Delivery confirmation").
     assert report.events_lost == 0, text
     assert report.events_consumed == report.events_published, text
     assert report.passed, text

@@ -12,7 +12,9 @@ need to see inside it without changing it:
 - the messages the Redis broker handed to a worker that has not acknowledged them yet
   (kombu's ``unacked`` hash): with ``acks_late`` these come back to the queue after the
   broker's visibility timeout when their worker dies;
-- how many redeliveries the workers skipped as duplicates (``djscale.events`` logs each).
+- how many redeliveries the workers skipped as duplicates (``djscale.events`` logs each);
+- how often the relay sent an event again because its delivery was not confirmed (the
+  outbox rows' ``redeliveries``), and how many deliveries are confirmed.
 
 Read-only: SQL ``SELECT``s on the primary, Redis ``HVALS``, log files. Nothing here starts
 or stops a process.
@@ -166,6 +168,10 @@ class EventTally:
     effects: int | None
     distinct_effects: int | None
     duplicates_skipped: int
+    redelivered: int = 0
+    """Messages the relay sent again for lack of a confirmed delivery."""
+    confirmed: int = 0
+    """Events whose delivery the relay has confirmed (the task's result)."""
 
 
 class EventLedger:
@@ -239,7 +245,8 @@ class EventLedger:
         """Published, pending and consumed events of this run, and their effects."""
         row = _query(self.cluster, """
             SELECT count(*), count(*) FILTER (WHERE o.published_at IS NULL),
-                   count(i.id)
+                   count(i.id), coalesce(sum(o.redeliveries), 0),
+                   count(*) FILTER (WHERE o.confirmed_at IS NOT NULL)
             FROM djscale_outbox o
             LEFT JOIN djscale_inbox i ON i.event_id = o.id AND i.consumer = %s
             WHERE o.topic = %s AND o.created_at >= %s""",
@@ -249,7 +256,8 @@ class EventLedger:
             published=int(str(row[0])), pending=int(str(row[1])), consumed=int(str(row[2])),
             effects=None if effects is None else effects[0],
             distinct_effects=None if effects is None else effects[1],
-            duplicates_skipped=self._duplicates_skipped())
+            duplicates_skipped=self._duplicates_skipped(),
+            redelivered=int(str(row[3])), confirmed=int(str(row[4])))
 
     def drain(self, *, timeout: float, tick: Callable[[], None] = lambda: None,
               ) -> tuple[EventTally, float, float]:

@@ -8,9 +8,10 @@ when writes are part of the load, a reconciliation of the writes acknowledged to
 client against the rows in the database (nothing lost, nothing duplicated). The event
 scenarios also reconcile the events those writes published (transactional outbox) with
 what the consumer processed (its inbox and, optionally, its effect rows): none lost, none
-applied twice, and how many redeliveries the inbox skipped. The expectation of each
-scenario is part of its definition, so the CLI and the integration tests judge a run the
-same way.
+applied twice, how many redeliveries the inbox skipped and how many events the relay
+sent again because their delivery was not confirmed (a message the broker lost). The
+expectation of each scenario is part of its definition, so the CLI and the integration
+tests judge a run the same way.
 
 This module must not change the cluster's configuration: it only stops and starts the
 processes the cluster recorded, and runs read-only SQL (plus replay pause/resume) and
@@ -96,6 +97,8 @@ class ChaosReport:
     mid_task_at_fault: int | None = None
     in_flight_consumed: int | None = None
     events_lost_in_broker: int | None = None
+    events_redelivered: int | None = None
+    """Events the relay sent again because their delivery was not confirmed in time."""
     crashed: list[str] = field(default_factory=list)
     events_recovery_seconds: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
@@ -130,7 +133,9 @@ class ChaosReport:
             lines.append(f"events     {self.writes_ok} acknowledged writes, "
                          f"{self.events_published} events published, {self.events_consumed} "
                          f"consumed exactly once: lost {self.events_lost}{inside}{effects}; "
-                         f"{self.redeliveries_skipped} redeliveries skipped by the inbox")
+                         f"{self.redeliveries_skipped} redeliveries skipped by the inbox; "
+                         f"{self.events_redelivered} sent again by the relay (delivery "
+                         "unconfirmed)")
             if self.held_in_outbox is not None:
                 lines.append(f"outbox     {self.held_in_outbox} events held in the outbox "
                              "while the broker was down")
@@ -456,6 +461,7 @@ def _reconcile_events(fault: _Fault, ledger: EventLedger, opts: ChaosOptions, *,
     report.events_lost = (tally.published - tally.consumed
                           + max(0, report.writes_ok - tally.published))
     report.redeliveries_skipped = tally.duplicates_skipped
+    report.events_redelivered = tally.redelivered
     report.events_recovery_seconds = since_heal + consumed_after
     if tally.effects is not None and tally.distinct_effects is not None:
         report.effects_duplicated = tally.effects - tally.distinct_effects
