@@ -91,7 +91,7 @@ def check_sessions(app_configs: Sequence[AppConfig] | None = None,
     where = ""
     if engine.endswith(".file"):
         where = "files on each server's disk"
-    elif engine.endswith((".cache", ".cached_db")):
+    elif engine.endswith((".cache", ".cached_db")) or engine == "djscale.sessions":
         alias = getattr(settings, "SESSION_CACHE_ALIAS", "default")
         backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
         if backend in _LOCAL_CACHES:

@@ -155,8 +155,9 @@ def from_topology(topology: Topology | str | Path | None = None, *,
             "OPTIONS": {"CLUSTER": cluster},
         },
         # Sessions: Redis only (no L1, every app server sees the same session at once),
-        # backed by the database through the cached_db engine so a Redis restart or
-        # outage logs nobody out.
+        # backed by the database (djscale.sessions, Django's cached_db plus failover-safe
+        # cache writes and primary reads on a miss) so a Redis restart, outage or
+        # failover logs nobody out and a lagging replica never serves an old session.
         "sessions": {
             "BACKEND": "djscale.cache.TieredCache",
             "LOCATION": cache_location,
@@ -170,7 +171,7 @@ def from_topology(topology: Topology | str | Path | None = None, *,
         "DATABASE_ROUTERS": (["djscale.sharding.router.ShardRouter"] if topo.shards else [])
         + ["djscale.db.routers.PrimaryReplicaRouter"],
         "CACHES": caches,
-        "SESSION_ENGINE": "django.contrib.sessions.backends.cached_db",
+        "SESSION_ENGINE": "djscale.sessions",
         "SESSION_CACHE_ALIAS": "sessions",
         "CELERY_BROKER_URL": topo.celery.broker or broker_url,
         # djscale.events confirms each delivery by its task result, stored in the broker's

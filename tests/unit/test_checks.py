@@ -35,6 +35,8 @@ BREAKING: list[tuple[str, Callable[..., list[Any]], dict[str, Any]]] = [
      {"SESSION_ENGINE": "django.contrib.sessions.backends.file"}),
     ("djscale.W001", checks.check_sessions,
      {"CACHES": {**settings.CACHES, "sessions": LOCMEM}}),
+    ("djscale.W001", checks.check_sessions,
+     {"SESSION_ENGINE": "djscale.sessions", "CACHES": {**settings.CACHES, "sessions": LOCMEM}}),
     ("djscale.W002", checks.check_shared_cache,
      {"CACHES": {**settings.CACHES, "default": LOCMEM}}),
     ("djscale.W003", checks.check_connection_reuse,

@@ -10,7 +10,7 @@ sending traffic here:
 - ``cache``: the default cache's backend answers (``ping()`` for djscale's TieredCache,
   which reaches Redis itself, since its in-process L1 could hide an outage; a write and
   read otherwise). Critical only for caches that fail requests when their server is
-  down; TieredCache degrades to compute-through and sessions are ``cached_db``, so a
+  down; TieredCache degrades to compute-through and sessions are database-backed, so a
   Redis outage makes the answer ``degraded``, not 503: taking every app server out of
   the load balancer because Redis is away would turn a degradation into an outage.
 - ``broker``: a ``PING`` of ``CELERY_BROKER_URL`` when it is set; not critical (events
