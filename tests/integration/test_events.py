@@ -469,3 +469,15 @@ def test_a_bad_redelivery_setting_is_a_clear_error(celery_app: Any) -> None:
 
     with pytest.raises(ConfigurationError, match="REDELIVER_AFTER must be > 0"):
         Relay(app=celery_app, redeliver_after=0)
+
+
+def test_a_replayed_dead_letter_is_confirmed_by_its_own_delivery_not_the_first_one(
+        celery_app: Any) -> None:
+    from djscale.events.consumers import replay_dead_letter
+
+    _, event_id = _close_account("uma", topic="account_poison")
+    body = envelope(_row(event_id), source="default")
+    assert deliver(body, attempt=3) == {}          # dead-lettered ...
+    celery_app.backend.store_result(str(event_id), None, "SUCCESS")   # ... and confirmed
+    replay_dead_letter(DeadLetter.objects.using("default").get(event_id=event_id).pk)
+    assert celery_app.backend.get_task_meta(str(event_id), cache=False)["status"] == "PENDING"

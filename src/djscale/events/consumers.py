@@ -220,7 +220,8 @@ def replay_dead_letter(letter_id: int, *, using: str = "default") -> uuid.UUID:
     In one transaction on ``using`` (the consumer's database): forget the consumer's inbox
     row and the dead letter, and put the event back in that database's outbox (pending),
     so the relay sends it again. Other consumers of the event skip it (their inbox).
-    Return the event id.
+    After the commit, the earlier delivery's task result is forgotten, so that the relay
+    confirms the replay by its own result. Return the event id.
     """
     from djscale.events.models import DeadLetter, InboxEvent, OutboxEvent
 
@@ -235,5 +236,23 @@ def replay_dead_letter(letter_id: int, *, using: str = "default") -> uuid.UUID:
                 id=letter.event_id, topic=letter.topic, key=env.get("key", ""),
                 payload=env.get("payload") or {}, headers=env.get("headers") or {})
         letter.delete()
+        transaction.on_commit(lambda: _forget_result(str(letter.event_id)), using=using)
     event_id: uuid.UUID = letter.event_id
     return event_id
+
+
+def _forget_result(task_id: str) -> None:
+    """Drop the stored result of the event's earlier delivery (same task id), so that the
+    relay confirms the replay only when the replay itself has been delivered."""
+    try:
+        from celery.backends.base import DisabledBackend
+
+        from djscale.events.relay import celery_app
+
+        backend = celery_app().backend
+        if not isinstance(backend, DisabledBackend):
+            backend.forget(task_id)
+    except Exception as exc:  # noqa: BLE001 - the replay stands; only its confirmation is early
+        log.warning("event %s: cannot forget the earlier delivery's result (%s: %s); the "
+                    "replay may be confirmed before it is delivered", task_id,
+                    type(exc).__name__, exc)
