@@ -448,12 +448,14 @@ def create_app() -> Gateway:
     """ASGI factory: the gateway of ``$DJSCALE_TOPOLOGY`` (``uvicorn --factory``).
 
     The rate limiter's Redis is ``$DJSCALE_GATEWAY_REDIS_URL``, else the topology's Redis
-    as resolved by :func:`djscale.settings.from_topology` (state of the local cluster).
+    (every node of a Redis Cluster, comma-separated) as resolved by
+    :func:`djscale.settings.from_topology` (state of the local cluster).
     """
     from djscale.settings import redis_urls, resolve_topology
 
     topology = resolve_topology(None)
     redis_url = os.environ.get("DJSCALE_GATEWAY_REDIS_URL")
     if topology.gateway.rate_limit and not redis_url:
-        redis_url = redis_urls(topology)[0]
+        # Every node of a Redis Cluster, so the limiter starts as a cluster client.
+        redis_url = ",".join(redis_urls(topology))
     return Gateway.from_topology(topology, redis_url=redis_url)
