@@ -29,6 +29,7 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,9 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def stop_all() -> None:
     """Stop and delete every cluster this process booted (idempotent)."""
+    if _owned and "djscale.db.pool" in sys.modules:
+        # The replica probe thread would report the stopped servers as failures.
+        sys.modules["djscale.db.pool"].reset_pools()
     while _owned:
         cluster = _owned.pop()
         with contextlib.suppress(Exception):
