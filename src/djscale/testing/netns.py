@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from djscale.cluster.supervisor import pid_alive
 from djscale.errors import ClusterError
 
 __all__ = ["HostNetwork", "namespace_pids", "unavailable_reason"]
@@ -57,16 +58,6 @@ def _ip(*args: str, check: bool = True) -> str:
     if check and proc.returncode != 0:
         raise ClusterError(f"`ip {' '.join(args)}` failed: {proc.stderr.strip()}")
     return proc.stdout
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def namespace_pids(netns: str) -> list[int]:
@@ -102,7 +93,7 @@ def _remove_stale() -> None:
             owner = int(pidfile.read_text().strip() or 0)
         except (OSError, ValueError):
             owner = 0
-        if owner <= 0 or not _pid_alive(owner):
+        if owner <= 0 or not pid_alive(owner):
             _remove(int(pidfile.stem))
 
 
