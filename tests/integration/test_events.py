@@ -465,10 +465,14 @@ def test_without_a_result_backend_the_relay_says_deliveries_cannot_be_confirmed(
 
 
 def test_a_bad_redelivery_setting_is_a_clear_error(celery_app: Any) -> None:
+    from django.core.management import CommandError, call_command
+
     from djscale.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="REDELIVER_AFTER must be > 0"):
         Relay(app=celery_app, redeliver_after=0)
+    with pytest.raises(CommandError, match="REDELIVER_AFTER must be > 0"):
+        call_command("events_relay", "--once", "--redeliver-after", "-1")
 
 
 def test_a_replayed_dead_letter_is_confirmed_by_its_own_delivery_not_the_first_one(
