@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from djscale.cluster import LocalCluster
-from djscale.cluster.supervisor import ManagedProcess, wait_until
+from djscale.cluster.supervisor import ManagedProcess, in_netns, wait_until
 from djscale.errors import ClusterError
 from djscale.testing import ClusterFactory
 from djscale.testing.netns import HostNetwork, unavailable_reason
@@ -232,7 +232,7 @@ def test_app_hosts_talk_only_to_hosts_of_the_private_network(
         net: HostNetwork, cluster: LocalCluster) -> None:
     subnet = net.gateway.rsplit(".", 1)[0] + "."
     for host in ("app1", "app2", "lb"):
-        out = subprocess.run(["ip", "netns", "exec", net.netns(host), "ss", "-Htn"],
+        out = subprocess.run([*in_netns(net.netns(host)), "ss", "-Htn"],
                              capture_output=True, text=True, check=True).stdout
         peers = {line.split()[4].rsplit(":", 1)[0] for line in out.splitlines()}
         assert peers or host == "lb", f"no TCP connections on {host}"  # DB, Redis at least
@@ -258,7 +258,7 @@ def test_a_process_enters_its_namespace_then_drops_to_its_user() -> None:
     proc = ManagedProcess(name="pg", kind="postgres", cmd=["postgres", "-D", "x"], log="l",
                           user="postgres", netns="djs1-db")
     cmd, user_kwargs = proc.command()
-    assert cmd == ["ip", "netns", "exec", "djs1-db", "setpriv", "--reuid=postgres",
+    assert cmd == ["nsenter", "--net=/run/netns/djs1-db", "setpriv", "--reuid=postgres",
                    "--regid=postgres", "--init-groups", "postgres", "-D", "x"]
     assert user_kwargs == {}
     plain = ManagedProcess(name="pg", kind="postgres", cmd=["postgres"], log="l")

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from djscale.cluster.supervisor import ManagedProcess
+from djscale.cluster.supervisor import ManagedProcess, in_netns
 from djscale.errors import ServiceStartError
 from djscale.topology import LoadBalancerSpec
 
@@ -199,7 +199,7 @@ def validate(kind: str, config: Path, run_dir: Path, *, netns: str = "") -> None
     else:
         cmd = ["haproxy", "-c", "-q", "-f", str(config)]
     if netns:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
+        cmd = [*in_netns(netns), *cmd]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:

@@ -28,7 +28,7 @@ from djscale.cluster import postgres as pg
 from djscale.cluster import redis as rd
 from djscale.cluster.lb import Upstream, lb_process
 from djscale.cluster.state import ClusterState
-from djscale.cluster.supervisor import ManagedProcess, free_port, run
+from djscale.cluster.supervisor import NETNS_DIR, ManagedProcess, free_port, run
 from djscale.errors import ClusterError
 from djscale.topology import AUTO, DatabaseGroup, Port, Topology
 
@@ -118,7 +118,7 @@ class LocalCluster:
     def _ensure(self, proc: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
         """Start ``proc`` unless its recorded twin is already running, then wait for it."""
         proc.netns = self.topology.netns_of(proc.host)
-        if proc.netns and not Path("/run/netns", proc.netns).exists():
+        if proc.netns and not Path(NETNS_DIR, proc.netns).exists():
             host = self.topology.host_at(proc.host)
             raise ClusterError(
                 f"{proc.name} runs on host {host.name if host else proc.host!r} whose network "

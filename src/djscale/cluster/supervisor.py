@@ -7,9 +7,11 @@ stdout and stderr appended to a log file, and described by a JSON-serialisable r
 another ``djscale`` invocation can find, probe and stop it.
 
 A process may run inside a Linux network namespace (``netns``: a "host" of a multi-host
-topology on one machine): it is started as ``ip netns exec NS [setpriv ...] CMD``. Both
-``ip netns exec`` and ``setpriv`` exec in place, so the recorded pid is the service's own
-pid and process-group stop/kill work exactly as without a namespace.
+topology on one machine): it is started as ``nsenter --net=/run/netns/NS [setpriv ...]
+CMD`` (:func:`in_netns`). Both exec in place, so the recorded pid is the service's own pid
+and process-group stop/kill work exactly as without a namespace. ``nsenter --net`` only
+switches the network namespace; ``ip netns exec`` would also remount ``/sys`` in a new
+mount namespace, which fails where ``/`` is not a mount point (a chroot).
 
 This module knows nothing about what the processes are; readiness probes are passed in.
 """
@@ -63,6 +65,15 @@ def tcp_ready(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+NETNS_DIR = "/run/netns"
+"""Where ``ip netns add`` pins named network namespaces."""
+
+
+def in_netns(netns: str) -> list[str]:
+    """The command prefix that runs a command in network namespace ``netns`` (same pid)."""
+    return ["nsenter", f"--net={NETNS_DIR}/{netns}"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -174,7 +185,7 @@ class ManagedProcess:
             return list(self.cmd), _user_kwargs(self.user)
         # Entering a namespace needs root, so the switch to ``user`` happens after it
         # (setpriv), not in Popen.
-        prefix = ["ip", "netns", "exec", self.netns]
+        prefix = in_netns(self.netns)
         if self.user is not None:
             prefix += ["setpriv", f"--reuid={self.user}", f"--regid={self.user}",
                        "--init-groups"]

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from djscale.cluster.supervisor import pid_alive
+from djscale.cluster.supervisor import in_netns, pid_alive
 from djscale.errors import ClusterError
 
 __all__ = ["HostNetwork", "namespace_pids", "unavailable_reason"]
@@ -46,15 +46,17 @@ def unavailable_reason() -> str | None:
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "network namespaces need root (run the tests as root)"
-    for tool in ("ip", "setpriv"):
+    for tool in ("ip", "nsenter", "setpriv"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (iproute2 / util-linux)"
     return None
 
 
-def _ip(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30,
-                          check=False)
+def _ip(*args: str, check: bool = True, netns: str = "") -> str:
+    # ``ip -n NS`` would remount /sys in a new mount namespace (fails in a chroot);
+    # nsenter only switches the network namespace.
+    cmd = [*(in_netns(netns) if netns else []), "ip", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     if check and proc.returncode != 0:
         raise ClusterError(f"`ip {' '.join(args)}` failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -193,9 +195,9 @@ class HostNetwork:
             _ip("netns", "add", ns)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             _ip("link", "set", veth, "master", self.bridge, "up")
-            _ip("-n", ns, "addr", "add", f"{self.address(host)}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("addr", "add", f"{self.address(host)}/24", "dev", "eth0", netns=ns)
+            _ip("link", "set", "eth0", "up", netns=ns)
+            _ip("link", "set", "lo", "up", netns=ns)
 
     def close(self) -> None:
         """Kill what still runs in the namespaces and remove namespaces, veths and bridge."""
