@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from djscale.cluster.supervisor import in_netns, pid_alive
+from djscale.cluster.supervisor import NETNS_DIR, in_netns, pid_alive
 from djscale.errors import ClusterError
 
 __all__ = ["HostNetwork", "namespace_pids", "unavailable_reason"]
@@ -84,6 +84,26 @@ def _remove(index: int) -> None:
             _ip("link", "del", found.group(1), check=False)
     with contextlib.suppress(FileNotFoundError):
         (RUN_DIR / f"{index}.pid").unlink()
+    _release_netns_dir()
+
+
+def _release_netns_dir() -> None:
+    """Unmount /run/netns once no namespace is left in it.
+
+    ``ip netns add`` makes it a (shared) bind mount; left behind, it keeps the folder's
+    file system busy (a chroot that runs the tests cannot be removed). ``ip`` mounts it
+    again when the next namespace is added.
+    """
+    with contextlib.suppress(OSError):
+        for _ in range(8):  # bind mounts may be stacked by earlier runs
+            # os.path.ismount() misses a bind mount of a folder onto itself.
+            mounts = Path("/proc/self/mounts").read_text().splitlines()
+            if os.listdir(NETNS_DIR) or not any(line.split()[1:2] == [NETNS_DIR]
+                                                 for line in mounts):
+                return
+            if subprocess.run(["umount", NETNS_DIR], capture_output=True, timeout=30,
+                              check=False).returncode != 0:
+                return
 
 
 def _remove_stale() -> None:
