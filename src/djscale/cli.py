@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="consumer (inbox name) that must process each event once")
     chaos.add_argument("--effect-sql", default="",
                        help="SQL selecting event_id of each effect row: duplicates check")
-    chaos.add_argument("--drain-seconds", type=float, default=30.0,
-                       help="how long to wait for every event to be consumed")
+    chaos.add_argument("--drain-seconds", type=float, default=45.0,
+                       help="how long to wait for every event to be consumed (the relay "
+                            "sends again what the broker lost after 10 s)")
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
 
     deploy = sub.add_parser("deploy", help="render the topology for a deployment target")

@@ -65,7 +65,7 @@ class ChaosOptions:
     """Name of the consumer (its inbox rows) that must process each event once."""
     effect_sql: str = ""
     """Optional SQL selecting ``event_id`` of every effect row (duplicate check)."""
-    drain_seconds: float = 30.0
+    drain_seconds: float = 45.0
     """How long to wait, after the fault, for every event to be consumed."""
 
 
