@@ -19,6 +19,9 @@ Metrics (all prefixed ``djscale_``; counters get ``_total`` from prometheus_clie
 ``cache_stampede_waits_total``         requests that waited for another computation
 ``circuit_breaker_state``              0 closed, 1 half-open, 2 open, per upstream service
 ``outbox_backlog``                     outbox rows not yet published
+``outbox_unconfirmed``                 outbox rows given up: sent again and again, never
+                                       confirmed delivered
+``outbox_redelivered_total``           outbox rows sent again for want of a confirmation
 ``health_check_up``                    1 when a readiness check passed, else 0
 =====================================  ===================================================
 
@@ -52,6 +55,8 @@ __all__ = [
     "HTTP_REQUESTS",
     "HTTP_REQUEST_DURATION",
     "OUTBOX_BACKLOG",
+    "OUTBOX_REDELIVERED",
+    "OUTBOX_UNCONFIRMED",
     "REPLICA_LAG_BYTES",
     "REPLICA_LAG_SECONDS",
     "ROUTER_DECISIONS",
@@ -184,6 +189,16 @@ OUTBOX_BACKLOG = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+OUTBOX_UNCONFIRMED = Gauge(
+    "djscale_outbox_unconfirmed",
+    "Outbox events sent REDELIVER_ATTEMPTS times again without a confirmed delivery: given up.",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_REDELIVERED = Counter(
+    "djscale_outbox_redelivered",
+    "Outbox events sent again because their delivery was not confirmed in time.",
+)
+
 _BREAKER = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
 
 
@@ -234,6 +249,16 @@ def record_circuit_state(*, service: str, state: str) -> None:
 def record_outbox_backlog(*, rows: int) -> None:
     """Record how many outbox events wait to be published."""
     OUTBOX_BACKLOG.set(rows)
+
+
+def record_outbox_unconfirmed(*, rows: int) -> None:
+    """Record how many outbox events were given up without a confirmed delivery."""
+    OUTBOX_UNCONFIRMED.set(rows)
+
+
+def record_outbox_redelivered(*, rows: int) -> None:
+    """Count outbox events sent again because their delivery was not confirmed."""
+    OUTBOX_REDELIVERED.inc(rows)
 
 
 # ------------------------------------------------------------------ query counting

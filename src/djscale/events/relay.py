@@ -41,26 +41,14 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from prometheus_client import Counter, Gauge
 
-from djscale import metrics  # noqa: F401 - configures multiprocess mode before the metrics below
 from djscale.errors import ConfigurationError
+from djscale.metrics import record_outbox_redelivered
 
-__all__ = ["DELIVER_TASK", "OUTBOX_REDELIVERED", "OUTBOX_UNCONFIRMED", "Redelivery", "Relay",
+__all__ = ["DELIVER_TASK", "Redelivery", "Relay",
            "delivery_states", "envelope"]
 
 log = logging.getLogger(__name__)
-
-# Defined here, not in djscale.metrics, because only the relay records them.
-OUTBOX_UNCONFIRMED = Gauge(
-    "djscale_outbox_unconfirmed",
-    "Outbox events sent REDELIVER_ATTEMPTS times again without a confirmed delivery: given up.",
-    multiprocess_mode="mostrecent",
-)
-OUTBOX_REDELIVERED = Counter(
-    "djscale_outbox_redelivered",
-    "Outbox events sent again because their delivery was not confirmed in time.",
-)
 
 DELIVER_TASK = "djscale.events.deliver"
 """Name of the Celery task that delivers an event to its consumers."""
@@ -261,7 +249,7 @@ class Relay:
             if sent:
                 objects.filter(id__in=[r.id for r in again[:sent]]).update(
                     published_at=timezone.now(), redeliveries=F("redeliveries") + 1)
-                OUTBOX_REDELIVERED.inc(sent)
+                record_outbox_redelivered(rows=sent)
                 log.warning("event relay (%s): %d event(s) without a confirmed delivery "
                             "sent again: %s", self.using, sent,
                             ", ".join(f"{r.id} ({r.topic}, state "

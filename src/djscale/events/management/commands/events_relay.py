@@ -17,8 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from djscale.errors import ConfigurationError
-from djscale.events.relay import OUTBOX_UNCONFIRMED, Relay, celery_app
-from djscale.metrics import record_outbox_backlog
+from djscale.events.relay import Relay, celery_app
+from djscale.metrics import record_outbox_backlog, record_outbox_unconfirmed
 
 
 class Command(BaseCommand):
@@ -71,7 +71,7 @@ class Command(BaseCommand):
         while not stop.wait(5.0):
             try:
                 record_outbox_backlog(rows=sum(r.backlog() for r in relays))
-                OUTBOX_UNCONFIRMED.set(sum(r.unconfirmed() for r in relays))
+                record_outbox_unconfirmed(rows=sum(r.unconfirmed() for r in relays))
             except Exception as exc:  # noqa: BLE001 - a metric must not stop the relay
                 self.stderr.write(f"cannot measure the outbox backlog: {exc}")
         for thread in threads:
