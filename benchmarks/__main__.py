@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.factory.close()
         stop_all()
+        if failures:
+            print(f"logs of this run are kept in {ctx.scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
     if args.quick and not args.write:
         print("quick run: nothing recorded (add --write to record it)")
         return 1 if failures else 0

@@ -43,3 +43,15 @@ def test_a_terminated_process_stops_the_clusters_it_booted(tmp_path: Path, sig: 
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_a_factory_removes_the_folder_it_made() -> None:
+    from djscale.testing import ClusterFactory
+
+    factory = ClusterFactory()
+    cluster = factory({"project": {"name": "tidy"}, "redis": {}}, parts=("redis",))
+    pid = cluster.process("redis").pid
+    assert factory.base_dir.is_dir()
+    factory.close()
+    assert not factory.base_dir.exists()
+    assert wait_until(lambda: not pid_alive(pid), timeout=10)

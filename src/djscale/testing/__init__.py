@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -136,6 +137,7 @@ class ClusterFactory:
     """Boot independent clusters from topology mappings; stop them all on :meth:`close`."""
 
     def __init__(self, base_dir: Path | None = None) -> None:
+        self._own_base = base_dir is None  # a folder made here is removed by close()
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="djscale-clusters-"))
         self.clusters: list[LocalCluster] = []
 
@@ -160,10 +162,12 @@ class ClusterFactory:
         return cluster
 
     def close(self) -> None:
-        """Stop and delete every cluster booted by this factory."""
+        """Stop and delete every cluster booted by this factory (and its own folder)."""
         for cluster in reversed(self.clusters):
             with contextlib.suppress(Exception):
                 cluster.down(purge=True)
             if cluster in _owned:
                 _owned.remove(cluster)
         self.clusters.clear()
+        if self._own_base:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
