@@ -83,7 +83,7 @@ import datetime as dt
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -568,15 +568,23 @@ def _host(value: object, key: str, hosts: Mapping[str, HostSpec]) -> str:
     return value
 
 
-def _hosts(data: Mapping[str, Any]) -> dict[str, HostSpec]:
-    hosts: dict[str, HostSpec] = {}
+def _named_tables(data: Mapping[str, Any], section: str, name_re: re.Pattern[str],
+                  rule: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """``(name, path, table)`` of each ``[section.<name>]``, names and tables checked."""
     for name, raw in data.items():
-        path = f"hosts.{name}"
-        if not _HOST_NAME_RE.match(name):
-            raise TopologyError(f"[{path}] is invalid: a host name is lowercase letters, "
-                                "digits, _ and -, starting with a letter")
+        path = f"{section}.{name}"
+        if not name_re.match(name):
+            raise TopologyError(f"[{path}] is invalid: {rule}")
         if not isinstance(raw, dict):
             raise TopologyError(f"{path} = {raw!r} is invalid: expected a table [{path}]")
+        yield name, path, raw
+
+
+def _hosts(data: Mapping[str, Any]) -> dict[str, HostSpec]:
+    hosts: dict[str, HostSpec] = {}
+    for name, path, raw in _named_tables(
+            data, "hosts", _HOST_NAME_RE,
+            "a host name is lowercase letters, digits, _ and -, starting with a letter"):
         s = _Section(raw, path, ("address", "netns"))
         if "address" not in raw:
             raise TopologyError(f"{path}.address is missing: give the host's IP address "
@@ -774,13 +782,9 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
 
 def _services(data: Mapping[str, Any]) -> tuple[ServiceSpec, ...]:
     specs = []
-    for name, raw in data.items():
-        path = f"services.{name}"
-        if not _NAME_RE.match(name):
-            raise TopologyError(f"[{path}] is invalid: a service name is lowercase letters, "
-                                "digits and _, starting with a letter")
-        if not isinstance(raw, dict):
-            raise TopologyError(f"{path} = {raw!r} is invalid: expected a table [{path}]")
+    for name, path, raw in _named_tables(
+            data, "services", _NAME_RE,
+            "a service name is lowercase letters, digits and _, starting with a letter"):
         s = _Section(raw, path, (
             "urls", "timeout", "connect_timeout", "retries", "breaker_failure_rate",
             "breaker_minimum_calls", "breaker_window", "breaker_reset",
