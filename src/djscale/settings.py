@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from djscale.cluster.state import ClusterState, default_state_dir
 from djscale.errors import ConfigurationError
+from djscale.localstate import LocalState, default_state_dir
 from djscale.topology import AUTO, DatabaseGroup, PgBouncerSpec, Port, Topology, load
 
 __all__ = ["address_variable", "database_settings", "from_topology", "redis_urls",
@@ -35,7 +35,7 @@ def resolve_topology(topology: Topology | str | Path | None) -> Topology:
 
 
 class _Addresses:
-    def __init__(self, state: ClusterState | None) -> None:
+    def __init__(self, state: LocalState | None) -> None:
         self.state = state
 
     def get(self, service: str, host: str, port: Port) -> tuple[str, int]:
@@ -116,7 +116,7 @@ def from_topology(topology: Topology | str | Path | None = None, *,
     """
     topo = resolve_topology(topology)
     sdir = Path(state_dir) if state_dir is not None else default_state_dir()
-    state = ClusterState.read(sdir) if (sdir / "cluster.json").exists() else None
+    state = LocalState.read(sdir) if (sdir / "cluster.json").exists() else None
     addr = _Addresses(state)
 
     databases: dict[str, dict[str, Any]] = {}
@@ -226,7 +226,7 @@ def redis_urls(topology: Topology | str | Path | None = None, *,
     """
     topo = resolve_topology(topology)
     sdir = Path(state_dir) if state_dir is not None else default_state_dir()
-    state = ClusterState.read(sdir) if (sdir / "cluster.json").exists() else None
+    state = LocalState.read(sdir) if (sdir / "cluster.json").exists() else None
     return _redis_urls(topo, _Addresses(state))[0]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.files.storage import FileSystemStorage
 
-from djscale.cluster.state import default_state_dir
+from djscale.localstate import default_state_dir
 
 __all__ = ["LocalClusterStorage", "local_media_root"]
 

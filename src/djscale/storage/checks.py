@@ -16,7 +16,7 @@ from django.core.checks import CheckMessage, Tags, Warning, register
 from django.core.files.storage import FileSystemStorage
 from django.utils.module_loading import import_string
 
-from djscale.cluster.state import STATE_FILE, default_state_dir
+from djscale.localstate import STATE_FILE, default_state_dir
 
 __all__ = ["check_shared_media"]
 
