@@ -2,6 +2,7 @@
 
 ::
 
+    djscale --version
     djscale cluster up     [--topology FILE] [--state-dir DIR] [--only PART,...]
     djscale cluster status [--topology FILE] [--state-dir DIR]
     djscale cluster logs   [--topology FILE] [--state-dir DIR] [SERVICE] [-n LINES]
@@ -28,8 +29,21 @@ from djscale.errors import ConfigurationError, DjscaleError
 __all__ = ["main"]
 
 
+def _version() -> str:
+    """The installed distribution's version, or the source tree's when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("djscale")
+    except PackageNotFoundError:
+        from djscale import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="djscale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"djscale {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     cluster = sub.add_parser("cluster", help="run the topology as a local cluster")

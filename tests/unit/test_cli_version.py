@@ -1,0 +1,17 @@
+"""``djscale --version`` names the installed version."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+
+from djscale.cli import main
+
+
+def test_version_prints_the_installed_distribution_version(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"djscale {version('djscale')}"
