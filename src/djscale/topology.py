@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -109,7 +110,9 @@ __all__ = [
     "ShardingSpec",
     "Topology",
     "load",
+    "merge_layers",
     "parse",
+    "profile_path",
 ]
 
 AUTO: Literal["auto"] = "auto"
@@ -183,6 +186,19 @@ class DatabaseGroup:
     replica_policy: str = "random"
     conn_max_age: int = 60
     pool: bool = False
+    password_env: str = ""
+    """Environment variable holding the password (never the password itself)."""
+    password_file: str = ""
+    """File holding the password (e.g. a mounted secret); trailing newline ignored."""
+    sslmode: str = ""
+    """libpq ``sslmode`` (empty: libpq's default, ``prefer``)."""
+    sslrootcert: str = ""
+    sslcert: str = ""
+    sslkey: str = ""
+    options: tuple[tuple[str, str | int | float | bool], ...] = ()
+    """Other libpq connection parameters (``application_name``, ``keepalives``, ...)."""
+    enabled: bool = True
+    """False (main group only): djscale leaves the project's own DATABASES alone."""
 
     @property
     def replica_aliases(self) -> tuple[str, ...]:
@@ -208,6 +224,20 @@ class RedisSpec:
     port: Port = AUTO
     masters: int = 3
     replicas_per_master: int = 1
+    addresses: tuple[tuple[str, int], ...] = ()
+    """An existing Redis Cluster's nodes (``host:port`` each); empty: the local nodes."""
+    tls: bool = False
+    """Connect with TLS (``rediss://``)."""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    """Redis ACL user (empty: the default user)."""
+    password_env: str = ""
+    password_file: str = ""
+    broker_host: str = ""
+    """Address of the Celery broker's Redis in cluster mode (empty: ``host``)."""
+    broker_port: Port = AUTO
 
     @property
     def nodes(self) -> int:
@@ -273,6 +303,9 @@ class CelerySpec:
     """Where the workers and the relay run (they listen on no port)."""
     hosts: tuple[str, ...] = ()
     """One address per worker; the relay runs on the first. Empty: ``host`` for all."""
+    broker_password_env: str = ""
+    """Environment variable with the password of ``broker`` (never in the URL)."""
+    broker_password_file: str = ""
 
     def host_of(self, index: int) -> str:
         """Address of worker ``index`` (0-based): its ``hosts`` entry or ``host``."""
@@ -618,14 +651,78 @@ def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 _HOST = "a host name or IP address"
 
 
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_ENV_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)?$")
+_OPTION_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_ENV_WHAT = "an environment variable name such as 'PGPASSWORD_PROD'"
+# libpq parameters that have their own key in the topology (or must never be written).
+_DEDICATED = {"host": "host", "hostaddr": "host", "port": "port", "dbname": "database",
+              "user": "user", "sslmode": "sslmode", "sslrootcert": "sslrootcert",
+              "sslcert": "sslcert", "sslkey": "sslkey", "passfile": "password_file"}
+
+
+def _no_password(data: Mapping[str, Any], path: str, key: str = "password",
+                 example: str = "PGPASSWORD_PROD") -> None:
+    """A literal password in the file is refused with a message saying what to write."""
+    if key in data:
+        prefix = key.removesuffix("password")
+        raise TopologyError(
+            f"{path}.{key} is not allowed: a password never goes in the topology file; "
+            f"say where it is kept instead: {prefix}password_env = \"{example}\" "
+            f"(an environment variable) or {prefix}password_file = \"/run/secrets/...\"")
+
+
+def _credentials(s: _Section, prefix: str = "", inherited: tuple[str, str] = ("", "")
+                 ) -> tuple[str, str]:
+    """``(password_env, password_file)``: at most one of them, inherited when neither."""
+    env_key, file_key = f"{prefix}password_env", f"{prefix}password_file"
+    if env_key not in s.data and file_key not in s.data:
+        return inherited
+    if env_key in s.data and file_key in s.data:
+        raise TopologyError(f"{s._key(env_key)} and {s._key(file_key)} are both set: "
+                            "give one of them")
+    env = s.get_str(env_key, "", pattern=_ENV_RE, what=_ENV_WHAT)
+    file = s.get_str(file_key, "", what="a file path")
+    return env, file
+
+
+def _libpq_options(s: _Section, inherited: tuple[tuple[str, Any], ...]
+                   ) -> tuple[tuple[str, str | int | float | bool], ...]:
+    raw = s.data.get("options")
+    if raw is None:
+        return inherited
+    if not isinstance(raw, dict):
+        raise s._bad("options", raw, "a table of libpq parameters such as "
+                     "{ application_name = \"shop\", keepalives_idle = 30 }")
+    found: list[tuple[str, str | int | float | bool]] = []
+    for key, value in sorted(raw.items()):
+        full = s._key(f"options.{key}")
+        if key == "password":
+            _no_password(raw, s._key("options"))
+        if key in _DEDICATED:
+            raise TopologyError(f"{full} is not allowed here: use {s._key(_DEDICATED[key])}")
+        if not _OPTION_RE.match(key):
+            raise TopologyError(f"{full} is invalid: expected a libpq parameter name "
+                                "(lowercase letters, digits, _)")
+        if not isinstance(value, str | int | float | bool):
+            raise TopologyError(f"{full} = {value!r} is invalid: expected a string, "
+                                "number or boolean")
+        found.append((key, value))
+    return tuple(found)
+
+
 def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGroup | None,
            hosts: Mapping[str, HostSpec]) -> DatabaseGroup:
     base = defaults or DatabaseGroup(name=name)
+    _no_password(data, path)
     s = _Section(data, path, (
         "name", "database", "user", "host", "port", "replicas", "replica_ports",
         "replica_hosts", "max_lag_seconds", "max_lag_bytes", "replica_policy", "conn_max_age",
-        "pool",
+        "pool", "password_env", "password_file", "sslmode", "sslrootcert", "sslcert",
+        "sslkey", "options", *(("enabled",) if defaults is None else ()),
     ))
+    password_env, password_file = _credentials(
+        s, inherited=(base.password_env, base.password_file))
     group = DatabaseGroup(
         name=name,
         database=s.get_str("database", base.database, pattern=_DB_NAME_RE,
@@ -643,6 +740,14 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         replica_policy=s.get_str("replica_policy", base.replica_policy, choices=REPLICA_POLICIES),
         conn_max_age=s.get_int("conn_max_age", base.conn_max_age),
         pool=s.get_bool("pool", base.pool),
+        password_env=password_env,
+        password_file=password_file,
+        sslmode=s.get_str("sslmode", base.sslmode, choices=("", *SSL_MODES)),
+        sslrootcert=s.get_str("sslrootcert", base.sslrootcert, what="a file path"),
+        sslcert=s.get_str("sslcert", base.sslcert, what="a file path"),
+        sslkey=s.get_str("sslkey", base.sslkey, what="a file path"),
+        options=_libpq_options(s, base.options),
+        enabled=s.get_bool("enabled", True) if defaults is None else True,
     )
     if len(group.replica_ports) > group.replicas:
         raise TopologyError(
@@ -702,15 +807,13 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
             raise TopologyError(f"{path}.name = {name!r} is invalid: shard names must be unique")
         shards.append(_group(raw, path, name, postgres, hosts))
 
-    r = _Section(_table(data, "redis"), "redis",
-                 ("mode", "host", "port", "masters", "replicas_per_master"))
-    redis = RedisSpec(
-        mode=r.get_str("mode", "single", choices=REDIS_MODES),
-        host=r.host("host", "127.0.0.1", hosts),
-        port=r.port("port"),
-        masters=r.get_int("masters", 3, minimum=3, maximum=16),
-        replicas_per_master=r.get_int("replicas_per_master", 1, maximum=4),
-    )
+    if not postgres.enabled and (postgres.replicas or shards):
+        what = "postgres.replicas" if postgres.replicas else "[[shards]]"
+        raise TopologyError(
+            f"{what} needs PostgreSQL but postgres.enabled = false: replicas and shards are "
+            "PostgreSQL databases (set postgres.enabled = true, or remove them)")
+
+    redis = _redis(_table(data, "redis"), hosts)
 
     a = _Section(_table(data, "app"), "app",
                  ("servers", "workers", "threads", "host", "hosts", "ports", "weights",
@@ -748,8 +851,11 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
         slowstart_seconds=lbs.get_int("slowstart_seconds", 5),
     )
 
+    _no_password(_table(data, "celery"), "celery", "broker_password", "BROKER_PASSWORD")
     c = _Section(_table(data, "celery"), "celery",
-                 ("workers", "concurrency", "app", "queues", "relay", "broker", "host", "hosts"))
+                 ("workers", "concurrency", "app", "queues", "relay", "broker", "host", "hosts",
+                  "broker_password_env", "broker_password_file"))
+    broker_env, broker_file = _credentials(c, "broker_")
     workers = c.get_int("workers", 0, maximum=32)
     celery = CelerySpec(
         workers=workers,
@@ -762,7 +868,14 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
                          what="a broker URL (redis://host:port/db or amqp://...)"),
         host=c.host("host", "127.0.0.1", hosts),
         hosts=c.hosts("hosts", hosts, count=workers, what="worker"),
+        broker_password_env=broker_env,
+        broker_password_file=broker_file,
     )
+    if re.match(r"^\w+://[^/@]*:[^/@]*@", celery.broker):
+        raise TopologyError(
+            "celery.broker must not contain a password: write the URL without it and say "
+            "where the password is kept: broker_password_env = \"BROKER_PASSWORD\" or "
+            "broker_password_file = \"/run/secrets/...\"")
     if celery.workers and not celery.app:
         raise TopologyError(
             f"celery.workers = {celery.workers} needs celery.app "
@@ -778,6 +891,55 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
                     kubernetes=_kubernetes(_table(data, "kubernetes"), project, app),
                     sharding=_sharding(_table(data, "sharding")),
                     hosts=tuple(hosts.values()), source=source)
+
+
+def _redis(data: Mapping[str, Any], hosts: Mapping[str, HostSpec]) -> RedisSpec:
+    _no_password(data, "redis", example="REDIS_PASSWORD")
+    r = _Section(data, "redis", (
+        "mode", "host", "port", "masters", "replicas_per_master", "addresses", "tls",
+        "ca_file", "cert_file", "key_file", "username", "password_env", "password_file",
+        "broker_host", "broker_port"))
+    password_env, password_file = _credentials(r)
+    mode = r.get_str("mode", "single", choices=REDIS_MODES)
+    host = r.host("host", "127.0.0.1", hosts)
+    addresses: list[tuple[str, int]] = []
+    for i, value in enumerate(r.strs("addresses", ())):
+        key = f"redis.addresses[{i}]"
+        node_host, _, node_port = value.rpartition(":")
+        if not node_host or not node_port.isdigit():
+            raise TopologyError(f"{key} = {value!r} is invalid: expected \"host:port\"")
+        port = _port(int(node_port), key)
+        assert port != AUTO
+        addresses.append((_host(node_host, key, hosts), port))
+    if addresses and mode != "cluster":
+        raise TopologyError("redis.addresses lists the nodes of an existing Redis Cluster: "
+                            "it needs redis.mode = \"cluster\" (one node: redis.host/port)")
+    spec = RedisSpec(
+        mode=mode,
+        host=host,
+        port=r.port("port"),
+        masters=r.get_int("masters", 3, minimum=3, maximum=16),
+        replicas_per_master=r.get_int("replicas_per_master", 1, maximum=4),
+        addresses=tuple(addresses),
+        tls=r.get_bool("tls", False),
+        ca_file=r.get_str("ca_file", "", what="a file path"),
+        cert_file=r.get_str("cert_file", "", what="a file path"),
+        key_file=r.get_str("key_file", "", what="a file path"),
+        username=r.get_str("username", "", pattern=re.compile(r"^[^\s:@/]*$"),
+                           what="a Redis ACL user name (no spaces, ':', '@' or '/')"),
+        password_env=password_env,
+        password_file=password_file,
+        broker_host=r.host("broker_host", host, hosts),
+        broker_port=r.port("broker_port"),
+    )
+    for key in ("ca_file", "cert_file", "key_file"):
+        if getattr(spec, key) and not spec.tls:
+            raise TopologyError(f"redis.{key} is set but redis.tls = false: set "
+                                "redis.tls = true to connect with TLS")
+    if bool(spec.cert_file) != bool(spec.key_file):
+        raise TopologyError("redis.cert_file and redis.key_file go together (a client "
+                            "certificate and its key): give both or neither")
+    return spec
 
 
 def _services(data: Mapping[str, Any]) -> tuple[ServiceSpec, ...]:
@@ -1017,13 +1179,55 @@ def _epoch_ms(s: _Section) -> int:
     return ms
 
 
-def load(path: str | Path) -> Topology:
-    """Read and validate a topology file.
+PROFILE_VARIABLE = "DJSCALE_PROFILE"
+"""Environment variable naming the profile layered over the topology file."""
+_PROFILE_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,30}$")
 
-    Raise :class:`~djscale.errors.TopologyError` with a one-line message when the file is
-    missing, is not valid TOML, or holds an invalid value.
+
+def profile_path(path: str | Path, profile: str) -> Path:
+    """The override file of ``profile``: ``djscale.prod.toml`` next to ``djscale.toml``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{profile}{path.suffix or '.toml'}")
+
+
+def load(path: str | Path, *, profile: str | None = None) -> Topology:
+    """Read and validate a topology file, with its base and its profile layered.
+
+    A file whose top level says ``extends = "djscale.toml"`` is read over that file (its
+    tables merged into the base's, key by key). ``profile`` (default
+    ``$DJSCALE_PROFILE``; empty: none) layers :func:`profile_path` over ``path`` the same
+    way, so ``DJSCALE_PROFILE=prod`` turns ``djscale.toml`` into ``djscale.toml`` +
+    ``djscale.prod.toml``. Raise :class:`~djscale.errors.TopologyError` with a one-line
+    message when a file is missing, is not valid TOML, or holds an invalid value.
     """
     path = Path(path)
+    if profile is None:
+        profile = os.environ.get(PROFILE_VARIABLE, "")
+    data, layers = _read_layers(path, ())
+    if profile:
+        if not _PROFILE_RE.match(profile):
+            raise TopologyError(f"{PROFILE_VARIABLE} = {profile!r} is invalid: expected a "
+                                "profile name such as 'prod' (lowercase letters, digits, _-)")
+        override = profile_path(path, profile)
+        if not override.exists():
+            raise TopologyError(f"{override}: topology file of profile {profile!r} not found "
+                                f"({PROFILE_VARIABLE}={profile} layers it over {path})")
+        top = _read(override)
+        base = top.pop("extends", None)
+        if base is not None and (override.parent / str(base)).resolve() != path.resolve():
+            raise TopologyError(f"{override}: extends = {base!r} but profile {profile!r} "
+                                f"layers this file over {path}: remove extends or make "
+                                "them agree")
+        data = merge_layers(data, top)
+        layers = (*layers, override)
+    label = " + ".join(str(p) for p in layers)
+    try:
+        return _parse(data, str(path))
+    except TopologyError as exc:
+        raise TopologyError(f"{label}: {exc}") from None
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -1033,7 +1237,56 @@ def load(path: str | Path) -> Topology:
     except UnicodeDecodeError:
         raise TopologyError(f"{path}: topology file is not UTF-8 text") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TopologyError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, source=str(path))
+
+
+def _read_layers(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """The data of ``path`` over its ``extends`` chain, and the files read (base first)."""
+    if path.resolve() in (p.resolve() for p in seen):
+        raise TopologyError(f"{path}: extends loops back to itself "
+                            f"({' -> '.join(str(p) for p in (*seen, path))})")
+    data = _read(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data, (*seen, path)
+    if not isinstance(base, str) or not base:
+        raise TopologyError(f"{path}: extends = {base!r} is invalid: expected the path of "
+                            "the base topology file, relative to this one")
+    below, layers = _read_layers(path.parent / base, seen)
+    return merge_layers(below, data), (*layers, path)
+
+
+def merge_layers(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: tables merged key by key, ``[[shards]]`` by name, rest replaced.
+
+    A shard of ``top`` whose ``name`` matches one of ``base`` (default names
+    ``shard1``, ``shard2``... by position) is merged into it; other shards are appended.
+    """
+    merged: dict[str, Any] = dict(base)
+    for key, value in top.items():
+        old = merged.get(key)
+        if key == "shards" and isinstance(old, list) and isinstance(value, list):
+            merged[key] = _merge_shards(old, value)
+        elif isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = merge_layers(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_shards(base: list[Any], top: list[Any]) -> list[Any]:
+    def name(shard: Any, index: int) -> Any:
+        return shard.get("name", f"shard{index + 1}") if isinstance(shard, dict) else None
+
+    result = [dict(s) if isinstance(s, dict) else s for s in base]
+    names = [name(s, i) for i, s in enumerate(base)]
+    for i, shard in enumerate(top):
+        shard_name = name(shard, i)
+        if shard_name is not None and shard_name in names:
+            at = names.index(shard_name)
+            result[at] = merge_layers(result[at], shard)
+        else:
+            result.append(shard)
+    return result
