@@ -10,6 +10,7 @@
     djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
                   [--event-topic T --event-consumer C [--effect-sql SQL]]
     djscale doctor [--settings MODULE] [--no-deploy]
+    djscale init [--settings MODULE] [--output FILE] [--force]
     djscale topology check [FILE | --topology FILE]
     djscale deploy kubernetes [--topology FILE] [--out DIR]
 
@@ -99,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     kube.add_argument("--out", "-o", default="deploy/kubernetes",
                       help="folder to write the manifests to (default: deploy/kubernetes)")
 
+    init = sub.add_parser("init", help="write a starting djscale.toml for the Django project "
+                                       "in this folder and print the settings lines to add")
+    init.add_argument("--settings", default="",
+                      help="settings module (default: $DJANGO_SETTINGS_MODULE or manage.py's)")
+    init.add_argument("--output", "-o", default="",
+                      help="file to write (default: djscale.toml next to manage.py)")
+    init.add_argument("--force", action="store_true", help="overwrite a different djscale.toml")
+
     doctor = sub.add_parser("doctor", help="run the scalability checklist (djscale's Django "
                                            "system checks) against a settings module")
     doctor.add_argument("--settings", default="",
@@ -135,6 +144,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "doctor":
         return _doctor(args)
+
+    if args.command == "init":
+        from djscale.adopt import init
+
+        return init(".", settings=args.settings, output=args.output, force=args.force)
 
     if args.command == "topology":
         if args.file and args.topology and args.file != args.topology:

@@ -1,0 +1,611 @@
+"""``djscale init``: a starting ``djscale.toml`` for an existing Django project.
+
+Run in the folder of ``manage.py`` (or give ``--settings``); it imports the project's
+settings module, reads what the project has today (``DATABASES``, ``CACHES``,
+``CELERY_*``, ``SESSION_ENGINE``, ``MIDDLEWARE``, ``INSTALLED_APPS``) and writes a
+commented ``djscale.toml`` that describes it: the PostgreSQL server at its fixed address
+(the password stays in the environment, never in the file), the Redis server of a
+django-redis or Django ``RedisCache``, the Celery application and broker, plus
+commented-out examples for replicas, shards, Redis and app servers. It then prints the
+lines to add to ``settings.py`` (middleware in the order djscale needs) and ``urls.py``.
+
+It is idempotent: a second run that would write the same file says so and changes
+nothing; a file that differs is never overwritten without ``--force``.
+
+An SQLite (or other non-PostgreSQL) project gets a file that says what works on any
+database (cache, health, edge, metrics, checks) and what needs PostgreSQL (replicas,
+sharding), and settings lines that leave its ``DATABASES`` alone.
+
+This module is tooling: it is imported by the command line only, never by the runtime.
+It must not start services or open connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from djscale.errors import ConfigurationError, DjscaleError
+
+__all__ = ["NEEDS_POSTGRES", "Project", "init", "middleware_order", "read_project",
+           "render_settings_lines", "render_toml"]
+
+NEEDS_POSTGRES = ("replicas and sharding need PostgreSQL; cache, health, edge, metrics "
+                  "and checks work on any database")
+"""What an SQLite (or MySQL, Oracle) project is told, by ``init`` and in its toml."""
+
+POSTGRES_ENGINES = ("django.db.backends.postgresql", "django.db.backends.postgresql_psycopg2",
+                    "django.contrib.gis.db.backends.postgis")
+PASSWORD_VARIABLE = "DJSCALE_DB_PASSWORD"
+
+# The edge middleware in its order (djscale.http.MIDDLEWARE), then what comes last.
+EDGE_MIDDLEWARE = (
+    "djscale.http.proxies.TrustedProxyMiddleware",
+    "djscale.http.request_id.RequestIdMiddleware",
+    "djscale.http.metrics.MetricsMiddleware",
+    "djscale.http.health.HealthCheckMiddleware",
+)
+CACHE_CONTROL = "djscale.http.cache_control.CacheControlMiddleware"
+UNAVAILABLE = "djscale.http.unavailable.DatabaseUnavailableMiddleware"
+REPLICA = "djscale.db.middleware.ReplicaMiddleware"
+STATIC = ("djscale.http.static.StaticFilesMiddleware", "whitenoise.middleware.WhiteNoiseMiddleware")
+SESSION = "django.contrib.sessions.middleware.SessionMiddleware"
+BEGIN = "# --- djscale (lines printed by `djscale init`) ---"
+END = "# --- end of djscale ---"
+
+_NAME_RE = re.compile(r"[^a-z0-9_]+")
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:\-]+$")
+_CELERY_RE = re.compile(r"^(\w+)\s*=\s*Celery\(", re.M)
+
+
+@dataclass
+class Postgres:
+    """The project's PostgreSQL ``default`` database, as its settings give it."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    conn_max_age: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Redis:
+    """The Redis server of the project's cache (``CACHES``), when it has one."""
+
+    host: str
+    port: int
+    alias: str
+    backend: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Project:
+    """What ``init`` learned about a project: where it is and what its settings hold."""
+
+    root: Path
+    settings_module: str
+    settings_file: Path | None
+    name: str
+    wsgi: str
+    engine: str
+    postgres: Postgres | None
+    redis: Redis | None
+    broker: str
+    broker_note: str
+    celery_app: str
+    session_engine: str
+    middleware: list[str]
+    installed_apps: list[str]
+    has_base_dir: bool
+    uses_topology: bool
+    other_databases: list[str]
+
+    @property
+    def sqlite(self) -> bool:
+        """True when the default database is not PostgreSQL (SQLite, MySQL, ...)."""
+        return self.postgres is None and bool(self.engine)
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def _settings_from_manage(manage: Path) -> str:
+    text = manage.read_text(encoding="utf-8", errors="replace")
+    found = re.search(r"DJANGO_SETTINGS_MODULE['\"]\s*,\s*['\"]([\w.]+)['\"]", text)
+    return found.group(1) if found else ""
+
+
+def _find_root(start: Path, settings: str) -> tuple[Path, str]:
+    """The project folder (the one with manage.py) and its settings module."""
+    for folder in (start, *start.parents):
+        manage = folder / "manage.py"
+        if manage.is_file():
+            module = settings or os.environ.get("DJANGO_SETTINGS_MODULE", "") \
+                or _settings_from_manage(manage)
+            if not module:
+                raise ConfigurationError(
+                    f"{manage} does not name a settings module: pass --settings "
+                    "(e.g. --settings mysite.settings)")
+            return folder, module
+    module = settings or os.environ.get("DJANGO_SETTINGS_MODULE", "")
+    if not module:
+        raise ConfigurationError(
+            f"no manage.py in {start} or above, and no settings module: run djscale init "
+            "in your Django project's folder, or pass --settings (or set "
+            "DJANGO_SETTINGS_MODULE)")
+    return start, module
+
+
+@contextlib.contextmanager
+def _topology_disabled() -> Iterator[list[int]]:
+    """Make ``from_topology()`` return nothing while the settings module is imported.
+
+    A project that already derives its settings from a topology would otherwise need
+    that file (and a running cluster for ``auto`` ports) just to be read; what ``init``
+    wants is the project's own settings. The list holds one item per call.
+    """
+    import djscale.settings as derived
+
+    calls: list[int] = []
+    original = derived.from_topology
+
+    def quiet(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        return {}
+
+    derived.from_topology = quiet
+    try:
+        yield calls
+    finally:
+        derived.from_topology = original
+
+
+def _import_settings(root: Path, module_name: str) -> tuple[Any, bool]:
+    sys.path.insert(0, str(root))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", module_name)
+    try:
+        with _topology_disabled() as calls:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name and module_name.startswith(exc.name):
+                    raise ConfigurationError(
+                        f"settings module {module_name!r} not found under {root}: run "
+                        "djscale init in the folder of manage.py, or pass --settings"
+                    ) from None
+                raise ConfigurationError(
+                    f"importing {module_name} failed: no module named {exc.name!r} (install "
+                    "the project's requirements in this environment)") from None
+            except DjscaleError as exc:
+                raise ConfigurationError(f"importing {module_name} failed: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - the user's code: one line, no traceback
+                raise ConfigurationError(
+                    f"importing {module_name} failed: {type(exc).__name__}: {exc} (set the "
+                    "environment variables your settings need, then run djscale init "
+                    "again)") from None
+        return module, bool(calls)
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(root))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _project_name(module_name: str) -> str:
+    base = module_name.split(".")[0].lower()
+    name = _NAME_RE.sub("_", base).strip("_") or "project"
+    if not name[0].isalpha():
+        name = f"p{name}"
+    return name[:31]
+
+
+def _postgres(entry: Mapping[str, Any]) -> Postgres:
+    notes: list[str] = []
+    host = str(entry.get("HOST") or "")
+    if not host or host.startswith("/"):
+        notes.append(f"the project connects through a local socket ({host or 'default'}); "
+                     "djscale connects over TCP to 127.0.0.1")
+        host = "127.0.0.1"
+    elif not _HOST_RE.match(host):
+        notes.append(f"HOST {host!r} is not a host name or address djscale accepts")
+        host = "127.0.0.1"
+    port_text = str(entry.get("PORT") or "5432")
+    port = int(port_text) if port_text.isdigit() and 0 < int(port_text) < 65536 else 5432
+    database = str(entry.get("NAME") or "")
+    if not _IDENT_RE.match(database):
+        notes.append(f"database NAME {database!r} is not a plain PostgreSQL identifier; "
+                     "rename it here if it differs")
+        database = _NAME_RE.sub("_", database.lower()).strip("_") or "app"
+        if not database[0].isalpha():
+            database = f"db_{database}"
+    user = str(entry.get("USER") or "")
+    if not user:
+        notes.append("USER is empty (libpq uses the operating system user); set user here")
+        user = "postgres"
+    elif not _IDENT_RE.match(user):
+        notes.append(f"USER {user!r} is not a plain PostgreSQL role name")
+        user = "postgres"
+    options = entry.get("OPTIONS") or {}
+    if isinstance(options, Mapping):
+        libpq = sorted(k for k in options if k not in ("pool", "connect_timeout"))
+        if libpq:
+            notes.append("not carried over from OPTIONS: " + ", ".join(libpq)
+                         + " (TLS and libpq options: docs/topology.md)")
+    age = entry.get("CONN_MAX_AGE", 0)
+    conn_max_age = age if isinstance(age, int) and age >= 0 else 60
+    return Postgres(host=host, port=port, database=database, user=user,
+                    conn_max_age=conn_max_age, notes=notes)
+
+
+def _redis(caches: Mapping[str, Any]) -> Redis | None:
+    for alias in sorted(caches, key=lambda a: a != "default"):
+        entry = caches[alias]
+        if not isinstance(entry, Mapping):
+            continue
+        backend = str(entry.get("BACKEND", ""))
+        if "redis" not in backend.lower():
+            continue
+        location = entry.get("LOCATION", "")
+        locations = [str(x) for x in location] if isinstance(location, list | tuple) \
+            else [str(x) for x in str(location).split(",") if x]
+        if not locations:
+            continue
+        notes: list[str] = []
+        if len(locations) > 1:
+            notes.append(f"{len(locations)} locations ({', '.join(locations)}); only the "
+                         "first is described here")
+        url = urlsplit(locations[0] if "://" in locations[0] else f"redis://{locations[0]}")
+        if url.scheme == "unix":
+            notes.append(f"{alias!r} uses a Unix socket; djscale connects over TCP")
+        if url.scheme == "rediss":
+            notes.append("the cache uses TLS (rediss://): see docs/topology.md for Redis TLS")
+        if url.password or url.username:
+            notes.append("the Redis credentials are not written here")
+        host = url.hostname or "127.0.0.1"
+        try:
+            port = url.port or 6379
+        except ValueError:
+            port = 6379
+        if not _HOST_RE.match(host):
+            host = "127.0.0.1"
+        return Redis(host=host, port=port, alias=alias, backend=backend, notes=notes)
+    return None
+
+
+def _broker(module: Any) -> tuple[str, str]:
+    url = str(getattr(module, "CELERY_BROKER_URL", "") or getattr(module, "BROKER_URL", "")
+              or "")
+    if not url:
+        return "", ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "amqp"):
+        return "", f"CELERY_BROKER_URL uses {parts.scheme or 'an unknown'}:// (djscale " \
+                   "describes redis://, rediss:// and amqp:// brokers)"
+    note = ""
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        url = parts._replace(netloc=netloc).geturl()
+        note = "the broker's credentials are not written here"
+    return unquote(url), note
+
+
+def _celery_app(root: Path, module_name: str) -> str:
+    package = module_name.rsplit(".", 1)[0] if "." in module_name else ""
+    if not package:
+        return ""
+    path = root.joinpath(*package.split("."), "celery.py")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    found = _CELERY_RE.search(text)
+    return f"{package}.celery:{found.group(1)}" if found else ""
+
+
+def read_project(start: Path, settings: str = "") -> Project:
+    """Find the project at or above ``start`` and read what its settings hold today.
+
+    Raise :class:`~djscale.errors.ConfigurationError` with one line when there is no
+    project or its settings cannot be imported.
+    """
+    root, module_name = _find_root(start.resolve(), settings)
+    module, uses_topology = _import_settings(root, module_name)
+    databases = getattr(module, "DATABASES", {}) or {}
+    default = databases.get("default") or {}
+    engine = str(default.get("ENGINE", "")) if isinstance(default, Mapping) else ""
+    postgres = _postgres(default) if engine in POSTGRES_ENGINES else None
+    caches = getattr(module, "CACHES", {}) or {}
+    broker, broker_note = _broker(module)
+    wsgi = str(getattr(module, "WSGI_APPLICATION", "") or "")
+    wsgi = (wsgi.rsplit(".", 1)[0] + ":" + wsgi.rsplit(".", 1)[1]) if "." in wsgi \
+        else f"{module_name.rsplit('.', 1)[0]}.wsgi:application"
+    source = getattr(module, "__file__", None)
+    return Project(
+        root=root,
+        settings_module=module_name,
+        settings_file=Path(source) if source else None,
+        name=_project_name(module_name),
+        wsgi=wsgi,
+        engine=engine,
+        postgres=postgres,
+        redis=_redis(caches) if isinstance(caches, Mapping) else None,
+        broker=broker,
+        broker_note=broker_note,
+        celery_app=_celery_app(root, module_name),
+        session_engine=str(getattr(module, "SESSION_ENGINE",
+                                   "django.contrib.sessions.backends.db")),
+        middleware=[str(m) for m in getattr(module, "MIDDLEWARE", []) or []],
+        installed_apps=[str(a) for a in getattr(module, "INSTALLED_APPS", []) or []],
+        has_base_dir=hasattr(module, "BASE_DIR"),
+        uses_topology=uses_topology,
+        other_databases=sorted(a for a in databases if a != "default"),
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def middleware_order(existing: Sequence[str], *, postgres: bool) -> list[str]:
+    """``existing`` with djscale's middleware placed where each one works.
+
+    The edge middleware comes first (the trusted-proxy one before anything that reads the
+    client's address, scheme or host), static files before ``CacheControlMiddleware``,
+    which comes right before ``SessionMiddleware``; with PostgreSQL,
+    ``DatabaseUnavailableMiddleware`` then ``ReplicaMiddleware`` come last (djscale.W402).
+    """
+    ours = {*EDGE_MIDDLEWARE, CACHE_CONTROL, UNAVAILABLE, REPLICA}
+    rest = [m for m in existing if m not in ours and m not in STATIC]
+    statics = [m for m in existing if m in STATIC]
+    cut = rest.index(SESSION) if SESSION in rest else next(
+        (i + 1 for i, m in reversed(list(enumerate(rest)))
+         if m == "django.middleware.security.SecurityMiddleware"), 0)
+    ordered = [*EDGE_MIDDLEWARE, *rest[:cut], *statics, CACHE_CONTROL, *rest[cut:]]
+    if postgres:
+        ordered += [UNAVAILABLE, REPLICA]
+    return ordered
+
+
+def _comment(lines: Sequence[str], indent: str = "") -> list[str]:
+    return [f"{indent}# {line}" if line else f"{indent}#" for line in lines]
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)
+
+
+def render_toml(project: Project) -> str:
+    """The text of ``djscale.toml`` describing ``project`` (no timestamps: re-runs match)."""
+    out: list[str] = [
+        f"# djscale topology of {project.name}, written by `djscale init` from "
+        f"{project.settings_module}.",
+        "# It describes what the project has today; uncomment the examples to grow it.",
+        "# Check it with `djscale topology check`; reference: docs/topology.md.",
+    ]
+    if project.sqlite:
+        engine = project.engine.rsplit(".", 1)[-1]
+        out += _comment([
+            "",
+            f"This project's database is {engine}: {NEEDS_POSTGRES}.",
+            "Its DATABASES stay as they are (the settings lines of `djscale init` do not",
+            "call from_topology()). To move to PostgreSQL, set [postgres] below and add",
+            '`globals().update(from_topology(BASE_DIR / "djscale.toml"))` to settings.py.',
+        ])
+    out += [
+        "",
+        "[project]",
+        f"name = {_toml_str(project.name)}",
+        'pythonpath = "."',
+        f"settings = {_toml_str(project.settings_module)}",
+        f"wsgi = {_toml_str(project.wsgi)}",
+        "",
+    ]
+    pg = project.postgres
+    if pg is not None:
+        out += [
+            "# The PostgreSQL server the project uses today (DATABASES['default']), at a fixed",
+            f"# address. The password is read from ${PASSWORD_VARIABLE} at run time, never",
+            "# from this file.",
+            *_comment(pg.notes),
+            "[postgres]",
+            f"host = {_toml_str(pg.host)}",
+            f"port = {pg.port}",
+            f"database = {_toml_str(pg.database)}",
+            f"user = {_toml_str(pg.user)}",
+            f"conn_max_age = {pg.conn_max_age}",
+            "# replicas = 2             # streaming replicas: reads there, writes to the primary",
+            "# replica_ports = [5433, 5434]",
+            '# replica_hosts = ["10.0.0.12", "10.0.0.13"]',
+            "# max_lag_seconds = 5.0    # a replica further behind is skipped",
+        ]
+    elif project.sqlite:
+        out += _comment([
+            "[postgres]                # when the project moves to PostgreSQL",
+            'database = "' + project.name + '"',
+            "replicas = 2",
+        ])
+    else:
+        out += [
+            "# The project sets no database of its own: `djscale cluster up` starts a local",
+            "# PostgreSQL on a free port (\"auto\"); give host and port for a real server.",
+            "[postgres]",
+            f"database = {_toml_str(project.name)}",
+            "# replicas = 2",
+        ]
+    if project.other_databases:
+        out += _comment([f"Also in DATABASES: {', '.join(project.other_databases)} "
+                         "(not described here)."])
+    out += ["", *_comment([
+        "Shards: rows spread over several databases by a key (docs/sharding.md).",
+        "[[shards]]",
+        'name = "shard1"',
+        'host = "10.0.0.21"',
+        "port = 5432",
+        "replicas = 1",
+    ])]
+    out.append("")
+    rd = project.redis
+    if rd is not None:
+        out += [
+            f"# The Redis server of CACHES[{rd.alias!r}] ({rd.backend}).",
+            *_comment(rd.notes),
+            "[redis]",
+            'mode = "single"',
+            f"host = {_toml_str(rd.host)}",
+            f"port = {rd.port}",
+            *_comment(['mode = "cluster"         # a Redis Cluster: masters >= 3',
+                       "masters = 3", "replicas_per_master = 1"]),
+        ]
+    elif project.sqlite:
+        out += _comment([
+            "The project has no Redis cache today; describe it here when it has one.",
+            "[redis]",
+            'host = "10.0.0.7"',
+            "port = 6379",
+        ])
+    else:
+        out += [
+            "# The project has no Redis cache today: `djscale cluster up` starts one on a",
+            '# free port ("auto"); give host and port for a real server.',
+            "[redis]",
+            'mode = "single"',
+            '# mode = "cluster"        # a Redis Cluster: masters >= 3',
+        ]
+    out += ["", *_comment([
+        "App servers and load balancer of the local cluster (`djscale cluster up`).",
+    ]), "[app]", "servers = 2", "workers = 2", *_comment([
+        "weights = [2, 1]", 'hosts = ["10.0.0.31", "10.0.0.32"]'
+    ]), "", "[lb]", 'kind = "nginx"            # or "haproxy"',
+        'method = "round_robin"    # least_conn, ip_hash', ""]
+    celery: list[str] = []
+    if project.celery_app:
+        celery += [f"# The project's Celery application ({project.celery_app}).", "[celery]",
+                   "workers = 1", f"app = {_toml_str(project.celery_app)}"]
+    if project.broker and not project.sqlite:
+        if not celery:
+            celery += ["[celery]"]
+        if project.broker_note:
+            celery += _comment([project.broker_note])
+        celery += [f"broker = {_toml_str(project.broker)}"]
+    elif project.broker_note:
+        celery += _comment([project.broker_note])
+    if not celery:
+        celery = _comment(["[celery]", "workers = 1", 'app = "' + project.name +
+                           '.celery:app"'])
+    out += celery
+    if project.sqlite and (project.celery_app or project.broker):
+        out += _comment([f"Celery broker today: {project.broker or 'not set'} "
+                         "(kept as it is in settings.py)."])
+    return "\n".join(out) + "\n"
+
+
+def render_settings_lines(project: Project, topology: str = "djscale.toml") -> str:
+    """The block to paste at the end of the settings module, between marker comments."""
+    lines = [BEGIN]
+    if "djscale" not in project.installed_apps:
+        lines.append('INSTALLED_APPS += ["djscale"]')
+    lines.append("MIDDLEWARE = [")
+    lines += [f"    {m!r}," for m in middleware_order(project.middleware,
+                                                       postgres=not project.sqlite)]
+    lines.append("]")
+    if project.sqlite:
+        lines += [f"# {NEEDS_POSTGRES}:",
+                  "# DATABASES and CACHES stay yours; from_topology() is for PostgreSQL."]
+    elif not project.uses_topology:
+        where = (f'BASE_DIR / "{topology}"' if project.has_base_dir
+                 else f'__import__("pathlib").Path(__file__).resolve().parent.parent / '
+                      f'"{topology}"')
+        lines += ["from djscale.settings import from_topology",
+                  "",
+                  f"globals().update(from_topology({where}))"]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def _report(project: Project, toml_path: Path, action: str) -> str:
+    settings = project.settings_file or Path(project.settings_module.replace(".", "/") + ".py")
+    with contextlib.suppress(ValueError):
+        settings = settings.relative_to(project.root)
+    urls = settings.parent / "urls.py"
+    out = [f"djscale: {action} {toml_path}"]
+    if project.sqlite:
+        out.append(f"djscale: {project.engine.rsplit('.', 1)[-1]} database: {NEEDS_POSTGRES}")
+    else:
+        pg = project.postgres
+        out.append("   postgres  " + (f"{pg.user}@{pg.host}:{pg.port}/{pg.database} "
+                                      f"(password from ${PASSWORD_VARIABLE})" if pg else
+                                      "none set: a local one from `djscale cluster up`"))
+        rd = project.redis
+        out.append("   redis     " + (f"{rd.host}:{rd.port} (CACHES[{rd.alias!r}])" if rd else
+                                      "none set: a local one from `djscale cluster up`"))
+        if project.broker or project.celery_app:
+            out.append(f"   celery    {project.celery_app or '(no app found)'} "
+                       f"broker {project.broker or 'the Redis above'}")
+        if project.session_engine != "djscale.sessions":
+            out.append(f"   sessions  {project.session_engine} becomes djscale.sessions "
+                       "(cached_db in Redis, failover-safe)")
+    if project.uses_topology:
+        out.append(f"\n{settings} already calls from_topology(); check its MIDDLEWARE "
+                   "against this order:")
+    else:
+        out.append(f"\nAdd these lines at the end of {settings}:")
+    out += ["", render_settings_lines(project, toml_path.name)]
+    out += [f"and to {urls}:", "",
+            "    from django.urls import include, path",
+            '    urlpatterns += [path("", include("djscale.urls"))]   '
+            "# /health/live, /health/ready, /metrics", ""]
+    out.append("Then: `djscale topology check` and `python manage.py check --deploy`"
+               + ("." if project.sqlite else
+                  "; `djscale cluster up` runs it locally (docs/adoption.md)."))
+    return "\n".join(out)
+
+
+def init(directory: str | Path = ".", *, settings: str = "", output: str | Path = "",
+         force: bool = False) -> int:
+    """Write ``djscale.toml`` for the project at ``directory``; print the settings lines.
+
+    Return 0 when the file was written or already matched. Raise
+    :class:`~djscale.errors.ConfigurationError` when the file exists with other content
+    and ``force`` is false, or when the project cannot be read.
+    """
+    project = read_project(Path(directory), settings)
+    path = Path(output) if output else project.root / "djscale.toml"
+    text = render_toml(project)
+    from djscale.topology import parse
+
+    parse(tomllib.loads(text), source=str(path))  # never write a file check would refuse
+    action = "wrote"
+    if path.exists():
+        old = path.read_text(encoding="utf-8", errors="replace")
+        if old == text:
+            action = "unchanged (already up to date):"
+        elif not force:
+            changed = sum(1 for line in difflib.unified_diff(
+                old.splitlines(), text.splitlines(), lineterm="", n=0)
+                if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+            raise ConfigurationError(
+                f"{path} exists and differs from what init would write ({changed} changed "
+                f"line{'s' if changed != 1 else ''}); "
+                "keep it, or run djscale init --force to overwrite it")
+        else:
+            action = "overwrote"
+    if action != "unchanged (already up to date):":
+        path.write_text(text, encoding="utf-8")
+    print(_report(project, path, action))
+    return 0
