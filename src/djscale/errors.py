@@ -12,6 +12,7 @@
     │   └── ShardMoved         a write reached a logical shard's old database (retry it)
     ├── ShardMoveError         an online shard move could not be done (nothing was lost)
     ├── ConfigurationError     settings that djscale cannot work with
+    │   └── MissingDependency  a feature needs a package of an extra (also an ImportError)
     ├── ServiceError           a call to another service failed (djscale.services)
     │   ├── ServiceUnavailable the service could not be reached, or kept answering 5xx
     │   │   └── CircuitOpen    its circuit breaker is open: the call was not even tried
@@ -78,6 +79,22 @@ class ShardMoveError(DjscaleError):
 
 class ConfigurationError(DjscaleError):
     """Django settings that djscale cannot work with."""
+
+
+class MissingDependency(ConfigurationError, ImportError):
+    """A feature needs a package of one of djscale's extras, and it is not installed.
+
+    Also an :class:`ImportError`, so code that treats a missing module as "feature off"
+    still does. The message names the package and the ``pip install 'djscale[extra]'``
+    that brings it.
+    """
+
+    def __init__(self, package: str, *, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        self.feature = feature
+        super().__init__(f"{feature} needs {package}, which is not installed: "
+                         f"pip install 'djscale[{extra}]'")
 
 
 class ServiceError(DjscaleError):

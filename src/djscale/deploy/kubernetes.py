@@ -39,12 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from djscale.deploy.connections import connection_budget
-from djscale.errors import DjscaleError, TopologyError
+from djscale.errors import DjscaleError, MissingDependency, TopologyError
 from djscale.settings import address_variable
 from djscale.topology import DatabaseGroup, Topology
+
+try:
+    import yaml
+except ImportError as exc:  # PyYAML comes with the kubernetes extra
+    raise MissingDependency("PyYAML", extra="kubernetes",
+                            feature="djscale deploy kubernetes") from exc
 
 __all__ = ["Manifest", "kubernetes_manifests", "load_manifests", "write_kubernetes"]
 

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
-
+from djscale.errors import MissingDependency
 from djscale.events.consumers import backoff, deliver
 from djscale.events.relay import DELIVER_TASK
+
+try:
+    from celery import shared_task
+except ImportError as exc:  # Celery comes with the events extra
+    raise MissingDependency("celery", extra="events",
+                            feature="djscale.events (the outbox relay and consumers)") from exc
 
 __all__ = ["deliver_event"]
 

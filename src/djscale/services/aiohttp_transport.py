@@ -39,16 +39,22 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import httpx
-from yarl import URL
+
+from djscale.errors import MissingDependency
+from djscale.services.transport import DEFAULT_LIMITS
+
+try:
+    import aiohttp
+    from yarl import URL
+except ImportError as exc:  # aiohttp (and its yarl) come with the gateway extra
+    raise MissingDependency("aiohttp", extra="gateway",
+                            feature="the async service transport (AsyncServiceClient, "
+                                    "the API gateway)") from exc
 
 __all__ = ["AiohttpTransport"]
 
 _MAX_HEADER_BYTES = 64 * 1024
-
-DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-"""The limits of a transport built without any: what the service transports always used."""
 
 # Most specific first: the first match wins. Anything else that aiohttp raises after
 # the connection was made may have reached the server: never a Connect* error.

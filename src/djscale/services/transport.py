@@ -36,11 +36,13 @@ from typing import Any
 import httpx
 
 from djscale.errors import ServiceError, ServiceTimeout, ServiceUnavailable
-from djscale.services.aiohttp_transport import DEFAULT_LIMITS, AiohttpTransport
 from djscale.services.breaker import CircuitBreaker
 from djscale.services.policy import RetryPolicy, is_idempotent
 
 __all__ = ["AsyncResilientTransport", "ResilientTransport"]
+
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+"""The limits of a transport built without any: what the service transports always used."""
 
 TIMEOUT_EXTENSION = "djscale.timeout"
 RETRIES_EXTENSION = "djscale.retries"
@@ -212,9 +214,14 @@ class AsyncResilientTransport(_Resilience, httpx.AsyncBaseTransport):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(service=service, timeout=timeout, connect_timeout=connect_timeout,
                          retry=retry, breaker=breaker, clock=clock)
-        # Not httpx.AsyncHTTPTransport: its pool costs CPU per open connection on every
-        # request (see djscale.services.aiohttp_transport).
-        self.inner = transport or AiohttpTransport(limits=limits or DEFAULT_LIMITS)
+        if transport is None:
+            # Not httpx.AsyncHTTPTransport: its pool costs CPU per open connection on every
+            # request (see djscale.services.aiohttp_transport). Imported here: aiohttp is
+            # an extra (djscale[gateway]); a sync-only core install never needs it.
+            from djscale.services.aiohttp_transport import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits or DEFAULT_LIMITS)
+        self.inner = transport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` within the budget, retrying what may be retried."""

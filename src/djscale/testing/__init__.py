@@ -38,10 +38,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import tomli_w
-
 from djscale.cluster import PARTS, LocalCluster
 from djscale.cluster.state import ClusterState
+from djscale.errors import MissingDependency
 from djscale.topology import Topology, load, parse
 
 __all__ = ["ClusterFactory", "shared_cluster", "stop_all", "write_topology"]
@@ -129,6 +128,11 @@ def write_topology(data: Mapping[str, Any], path: Path, *, base: Path) -> Topolo
     project = dict(data.get("project", {}))
     project["pythonpath"] = str((base / project.get("pythonpath", ".")).resolve())
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import tomli_w
+    except ImportError as exc:  # imported here: the pytest plugin loads this module
+        raise MissingDependency("tomli-w", extra="cluster",
+                                feature="djscale.testing clusters") from exc
     path.write_text(tomli_w.dumps({**data, "project": project}), encoding="utf-8")
     return load(path)
 
