@@ -49,9 +49,15 @@ def main() -> int:
 
     topology = load(HERE / "djscale.toml")
     cluster = LocalCluster(topology, ROOT / ".djscale" / "demo")
+    if cluster.state.services:
+        # An earlier run's cluster (kept with --keep, or stopped by hand): start clean.
+        print(f"== removing the cluster an earlier run left in {cluster.state_dir}")
+        cluster.down(purge=True)
+        cluster = LocalCluster(topology, ROOT / ".djscale" / "demo")
     print("== booting the demo cluster (PostgreSQL primary + 2 replicas, Redis, "
           "2 app servers, nginx, Celery, outbox relay)")
     started = time.monotonic()
+    finished = False
     try:
         cluster.up()
         print(f"   ready in {time.monotonic() - started:.1f}s\n")
@@ -101,12 +107,17 @@ def main() -> int:
             rps = [ln for ln in out.splitlines() if "Requests/sec" in ln]
             if rps:
                 print(f"   wrk, 3 s, 16 connections through nginx: {rps[0].split()[-1]} req/s")
-    except DjscaleError as exc:
+        finished = True
+    except (DjscaleError, OSError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
-        cluster.down()
         return 2
     finally:
-        if not args.keep:
+        if not finished:
+            # Nothing the demo started keeps running; data and logs stay for a look.
+            print("\n== shutting the cluster down after an error")
+            cluster.down()
+            print(f"   done: no process of the cluster is left; logs in {cluster.log_dir}")
+        elif not args.keep:
             print("\n== shutting the cluster down")
             cluster.down(purge=True)
             print("   done: no process of the cluster is left")

@@ -52,15 +52,23 @@ def main() -> int:
     parser.add_argument("--api-users", type=int, default=12,
                         help="users created one by one through the gateway")
     parser.add_argument("--seconds", type=int, default=60, help="length of the wrk load")
-    parser.add_argument("--keep", action="store_true", help="leave the shop running")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the shop running (the next run stops and removes it)")
     args = parser.parse_args()
 
+    state = ROOT / ".djscale" / "shop"
+    earlier = shopctl.previous(state)
+    if earlier.clusters:
+        # Seeded rows of an earlier run (kept with --keep, or stopped by hand) would clash
+        # with this run's (same e-mails): every run starts from empty databases.
+        heading(f"removing the shop an earlier run left in {state} (running or stopped)")
+        earlier.down(purge=True)
     heading("booting the shop: products, orders, users services and the API gateway")
     started = time.monotonic()
-    state = ROOT / ".djscale" / "shop"
     shop = shopctl.Shop(state)
+    finished = False
     try:
-        shop = shopctl.boot(state)
+        shopctl.boot(state, shop=shop)
         print(f"   ready in {time.monotonic() - started:.0f}s")
         for name, cluster in shop.clusters.items():
             rows = cluster.status()
@@ -179,11 +187,21 @@ def main() -> int:
         print(f"   errors    {errors} ({CALLS['requests']} API calls + the wrk load; "
               "deliberate 400/401/404 answers excluded)")
         CALLS["errors"] = errors
+        finished = True
     except (DjscaleError, AssertionError, OSError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if not args.keep:
+        if not finished:
+            # Whatever went wrong, nothing the demo started keeps running; the data and
+            # logs stay for a look (the next run removes them).
+            heading("stopping the shop after an error")
+            try:
+                shop.down()
+                print(f"   done: no process of the shop is left; logs in {state}/*/logs")
+            except DjscaleError as exc:
+                print(f"demo: error: {exc}", file=sys.stderr)
+        elif not args.keep:
             heading("stopping the shop")
             shop.down(purge=True)
             print("   done: no process of the shop is left")

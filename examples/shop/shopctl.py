@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tomllib
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from typing import Any
 import psycopg
 
 from djscale.cluster import PARTS, LocalCluster
+from djscale.errors import ClusterError, DjscaleError
 from djscale.testing import write_topology
 
 SHOP_DIR = Path(__file__).resolve().parent
@@ -42,10 +44,18 @@ class Shop:
         return f"http://{host}:{port}"
 
     def down(self, *, purge: bool = False) -> None:
-        """Stop every cluster of the shop (gateway first)."""
+        """Stop every cluster of the shop (gateway first), even when one fails to stop."""
+        errors = []
         for name in ("gateway", *reversed(SERVICES)):
             if name in self.clusters:
-                self.clusters[name].down(purge=purge)
+                try:
+                    self.clusters[name].down(purge=purge)
+                except DjscaleError as exc:
+                    errors.append(f"{name}: {exc}")
+        if purge:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        if errors:
+            raise ClusterError("; ".join(errors))
 
 
 def _topology(name: str, state_dir: Path, urls: dict[str, str],
@@ -59,12 +69,26 @@ def _topology(name: str, state_dir: Path, urls: dict[str, str],
     return LocalCluster(topo, state_dir / name)
 
 
-def boot(state_dir: Path, *, parts: tuple[str, ...] = PARTS) -> Shop:
+def previous(state_dir: Path) -> Shop:
+    """The shop an earlier run left under ``state_dir`` (running or stopped), if any."""
+    from djscale.topology import load
+
+    shop = Shop(state_dir)
+    for name in (*SERVICES, "gateway"):
+        folder = state_dir / name
+        if (folder / "cluster.json").exists() and (folder / "djscale.toml").exists():
+            shop.clusters[name] = LocalCluster(load(folder / "djscale.toml"), folder)
+    return shop
+
+
+def boot(state_dir: Path, *, parts: tuple[str, ...] = PARTS, shop: Shop | None = None) -> Shop:
     """Boot products, orders, users and the gateway (in that order) under ``state_dir``.
 
-    ``parts`` limits what each service cluster starts (e.g. no dashboard in tests).
+    ``parts`` limits what each service cluster starts (e.g. no dashboard in tests). Each
+    cluster is added to ``shop`` (a new one by default) before it starts, so a caller
+    holding ``shop`` can stop what did start when a later cluster fails.
     """
-    shop = Shop(state_dir)
+    shop = shop if shop is not None else Shop(state_dir)
     urls: dict[str, str] = {}
     broker = ""
     for name in SERVICES:
