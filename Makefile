@@ -16,12 +16,14 @@ demo-basic: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup
 	$(VENV)/bin/mypy src
 
 test: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/pytest -q
 
@@ -35,4 +37,4 @@ bench: setup
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf .djscale .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .djscale .pytest_cache .mypy_cache .ruff_cache .import_linter_cache build dist
