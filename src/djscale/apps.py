@@ -16,5 +16,6 @@ class DjscaleConfig(AppConfig):
         """Import the modules that register system checks and signal handlers."""
         # Each component adds its own import here (one line each).
         import djscale.checks  # noqa: F401  (edge: the scalability checklist)
+        import djscale.settings_checks  # noqa: F401  (W200: settings from_topology replaced)
         from djscale import queries, storage  # noqa: F401  (query hooks; media checks)
         from djscale.db import checks, signals  # noqa: F401  (replicas: checks, write detection, Celery)

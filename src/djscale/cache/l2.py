@@ -142,8 +142,11 @@ class RedisL2:
             for url in servers:
                 parts = urlsplit(url if "//" in url else f"redis://{url}")
                 nodes.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
+            # A cluster client takes nodes, not URLs: rediss:// URLs ask for TLS here.
+            tls: dict[str, Any] = ({"ssl": True} if any(u.startswith("rediss://") for u in servers)
+                                   else {})
             self.client = RedisCluster(startup_nodes=nodes, max_connections=max_connections,
-                                       **kwargs)
+                                       **tls, **kwargs)
         else:
             self.client = redis.Redis.from_url(servers[0], max_connections=max_connections,
                                                **kwargs)
