@@ -54,7 +54,7 @@ def check_database_connections(app_configs: Any = None, databases: Any = None,
         entry = settings.DATABASES[alias]
         try:
             conn.ensure_connection()
-        except Exception as exc:  # DatabaseError, or a pool's timeout (psycopg_pool)
+        except Exception as exc:  # noqa: BLE001  (DatabaseError, or a pool timeout)
             where = f"{entry.get('HOST') or 'local socket'}:{entry.get('PORT') or 'default'}"
             reason = " ".join(str(exc).split()) or type(exc).__name__
             found.append(Error(
