@@ -13,9 +13,10 @@ parallel and keeps one snapshot; the HTTP server answers
 What a snapshot holds, and where it comes from:
 
 - health of each service: process alive + a protocol probe (SQL, PING, HTTP);
-- replica lag in bytes (primary side: ``pg_current_wal_lsn() - replay_lsn`` of the
-  replica's slot; replica side when the primary cannot say) and seconds (the primary's
-  ``replay_lag``; the replica's own estimate when the primary cannot say);
+- replica lag in bytes and seconds: djscale's one measure (:mod:`djscale.db.lag`, the
+  router's and ``/health/ready``'s), from the primary's ``pg_current_wal_lsn()`` and the
+  replica's replay position, bounded by the primary's positions of earlier rounds
+  (primaries and replicas are probed in parallel in one round);
 - requests/s per app server, from the first source that answers: a request counter on the
   app server's ``/metrics`` (Prometheus text), HAProxy's stats socket (``stot`` per server),
   or request lines in the gunicorn access log (``DJSCALE_ACCESS_LOG=1``); else ``null``;
@@ -57,6 +58,7 @@ from psycopg import sql
 
 from djscale.cluster.state import ClusterState, default_state_dir
 from djscale.cluster.supervisor import ManagedProcess, tcp_ready
+from djscale.db import lag
 from djscale.topology import DatabaseGroup, Topology, load
 
 __all__ = [
@@ -229,6 +231,7 @@ class Collector:
         self._no_metrics_until: dict[str, float] = {}
         self._inflight: dict[str, Future[dict[str, Any]]] = {}
         self._topology: Topology | None = None
+        self._histories: dict[str, lag.PrimaryHistory] = {}
         self._topology_source = ""
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
 
@@ -262,19 +265,24 @@ class Collector:
         lb = next((r for r in records if r.get("name") == "lb"), None)
         haproxy = self._haproxy_totals(lb) if lb and lb.get("kind") == "haproxy" else {}
 
+        started = time.monotonic()
         probes = self._probe_all(records, groups)
         now = time.monotonic()
         services, replicas, apps, caches, databases, outbox = [], [], [], [], [], []
-        primary_slots: dict[str, dict[str, tuple[int | None, float | None]]] = {}
+        primary_lsns: dict[str, int | None] = {}
         for rec, probe in zip(records, probes, strict=True):
             if rec.get("kind") == "postgres" and rec.get("role") == "primary":
-                primary_slots[rec.get("group", "")] = probe.pop("slots", {})
+                group_name = rec.get("group", "")
+                wal_lsn = primary_lsns[group_name] = probe.pop("wal_lsn", None)
+                if wal_lsn is not None:
+                    # Measured at or after ``started``: an upper bound stays one.
+                    self._history(group_name).record(wal_lsn, started)
         for rec, probe in zip(records, probes, strict=True):
             name, kind, role = rec.get("name", "?"), rec.get("kind", ""), rec.get("role", "")
             group = rec.get("group", "")
             if kind == "postgres" and role == "replica":
-                alias = (rec.get("extra") or {}).get("alias", "")
-                self._replica_lag(probe, groups.get(group), primary_slots.get(group, {}), alias)
+                self._replica_lag(probe, groups.get(group), primary_lsns.get(group), group,
+                                  now)
                 replicas.append({"name": name, "group": group, "primary": f"pg-{group}",
                                  **{k: probe.get(k) for k in (
                                      "lag_bytes", "lag_seconds", "max_lag_bytes",
@@ -369,36 +377,21 @@ class Collector:
         host, port = rec.get("host", "127.0.0.1"), int(rec.get("port") or 0)
         if kind == "postgres" and role == "replica":
             with _pg(rec) as conn:
-                row = conn.execute(
-                    "SELECT pg_is_in_recovery(), pg_wal_lsn_diff(pg_last_wal_receive_lsn(), "
-                    "pg_last_wal_replay_lsn())::bigint, "
-                    "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-                    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
-                ).fetchone()
-            assert row is not None
-            return {"health": HEALTHY if row[0] else DEGRADED,
-                    "detail": "streaming" if row[0] else "not in recovery (promoted?)",
-                    "replica_lag_bytes": row[1],
-                    "lag_seconds": None if row[2] is None else float(row[2])}
+                position = lag.read_replica(conn.cursor())
+            return {"health": HEALTHY if position.in_recovery else DEGRADED,
+                    "detail": "streaming" if position.in_recovery
+                    else "not in recovery (promoted?)",
+                    "position": position}
         if kind == "postgres":
             with _pg(rec) as conn:
+                wal_lsn = lag.read_primary(conn.cursor())
                 size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-                slots = {r[0]: (None if r[1] is None else int(r[1]),
-                                None if r[2] is None else float(r[2]))
-                         for r in conn.execute(
-                    # A disconnected replica still needs everything since its slot's
-                    # restart_lsn: that is how far behind it is.
-                    "SELECT s.slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), "
-                    "COALESCE(r.replay_lsn, s.restart_lsn))::bigint, "
-                    "EXTRACT(EPOCH FROM r.replay_lag) FROM pg_replication_slots s "
-                    "LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid "
-                    "WHERE s.slot_type = 'physical'").fetchall()}
                 try:
                     outbox: list[dict[str, Any]] | None = _outbox(conn)
                 except psycopg.Error:
                     outbox = None
             return {"health": HEALTHY, "detail": role or "primary",
-                    "size_bytes": int(size[0]) if size else None, "slots": slots,
+                    "size_bytes": int(size[0]) if size else None, "wal_lsn": wal_lsn,
                     "outbox": outbox}
         if kind == "redis":
             client = redis.Redis(host=host, port=port, socket_timeout=1,
@@ -463,23 +456,21 @@ class Collector:
             return {}
         return haproxy_server_totals(b"".join(chunks).decode("utf-8", "replace"))
 
+    def _history(self, group: str) -> lag.PrimaryHistory:
+        found = self._histories.get(group)
+        if found is None:
+            found = self._histories[group] = lag.PrimaryHistory()
+        return found
+
     def _replica_lag(self, probe: dict[str, Any], group: DatabaseGroup | None,
-                     slots: Mapping[str, tuple[int | None, float | None]], alias: str) -> None:
-        primary_bytes, primary_seconds = slots.get(alias, (None, None))
-        if probe["running"] and probe["health"] != DOWN:
-            probe["lag_bytes"] = (primary_bytes if primary_bytes is not None
-                                  else probe.get("replica_lag_bytes"))
-            # Seconds: the primary's measured replay_lag while behind (it grows during a
-            # pause), 0 once caught up (replay_lag lingers a while after that). The
-            # replica's own estimate (time since the last replayed commit) overstates the
-            # lag after an idle spell, so it is only the fallback.
-            if primary_bytes == 0:
-                probe["lag_seconds"] = 0.0
-            elif primary_seconds is not None:
-                probe["lag_seconds"] = primary_seconds
-        else:
-            probe["lag_bytes"], probe["lag_seconds"] = primary_bytes, None
-        probe.pop("replica_lag_bytes", None)
+                     primary_lsn: int | None, group_name: str, now: float) -> None:
+        position = probe.pop("position", None)
+        probe["lag_bytes"] = probe["lag_seconds"] = None
+        if probe["running"] and probe["health"] != DOWN and position is not None:
+            measured = lag.measure("", primary_lsn, position,
+                                   history=self._history(group_name), now=now, record=False)
+            probe["lag_bytes"], probe["lag_seconds"] = (measured.lag_bytes,
+                                                        measured.lag_seconds)
         if group is None:
             probe["max_lag_bytes"] = probe["max_lag_seconds"] = None
             return

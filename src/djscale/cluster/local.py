@@ -375,9 +375,11 @@ class LocalCluster:
         if proc.kind == "postgres":
             user, db = proc.extra["user"], proc.extra["database"]
             if proc.role == "replica":
-                st = pg.replica_status(proc.host, proc.port, user, db)
+                st = pg.replica_status(proc.host, proc.port, user, db,
+                                       primary=self.state.address(f"pg-{proc.group}"))
                 lag = "?" if st.lag_seconds is None else f"{st.lag_seconds:.1f}s"
-                return st.in_recovery, f"lag {lag} / {st.lag_bytes or 0} B"
+                size = "?" if st.lag_bytes is None else str(st.lag_bytes)
+                return st.in_recovery, f"lag {lag} / {size} B"
             return _pg_ready(proc.host, proc.port, user), "primary"
         if proc.kind == "pgbouncer":
             return pgb.ready(proc.host, proc.port, proc.extra["user"],

@@ -1,11 +1,11 @@
 """PostgreSQL 15 primaries and streaming replicas for the local cluster.
 
 Owns initdb, the server configuration, ``pg_basebackup -R`` replicas with replication
-slots, and readiness/lag probes. PostgreSQL refuses to run as root, so when djscale runs
-as root every PostgreSQL command runs as the ``postgres`` user (Debian's package creates
-it) on a data folder that user owns. That user cannot enter ``/root``; when the state
-folder is not reachable by it, data lives under ``/tmp/djscale-pg-<hash>`` and the state
-folder holds a symlink to it.
+slots, and readiness/lag probes (the lag itself is :mod:`djscale.db.lag`'s measure).
+PostgreSQL refuses to run as root, so when djscale runs as root every PostgreSQL command
+runs as the ``postgres`` user (Debian's package creates it) on a data folder that user
+owns. That user cannot enter ``/root``; when the state folder is not reachable by it,
+data lives under ``/tmp/djscale-pg-<hash>`` and the state folder holds a symlink to it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 
 from djscale.cluster.supervisor import ManagedProcess, run
+from djscale.db import lag
 from djscale.errors import ClusterError
 
 __all__ = [
@@ -182,25 +183,29 @@ def ensure_database(host: str, port: int, user: str, database: str) -> None:
 
 @dataclass(frozen=True)
 class ReplicaStatus:
-    """What a replica reports about its replay position."""
+    """A replica's state and its lag behind its primary (:mod:`djscale.db.lag`)."""
 
     in_recovery: bool
     lag_bytes: int | None
     lag_seconds: float | None
 
 
-def replica_status(host: str, port: int, user: str, database: str) -> ReplicaStatus:
-    """Probe a standby: how far its replay is behind what it has received."""
+def replica_status(host: str, port: int, user: str, database: str, *,
+                   primary: tuple[str, int] | None = None) -> ReplicaStatus:
+    """Probe a standby and measure its lag against ``primary`` (``(host, port)``).
+
+    The lag is djscale's one measure (:func:`djscale.db.lag.measure`), the one the router
+    and ``/health/ready`` use; it is None (unknown) without a primary that answers.
+    """
+    primary_lsn = None
+    if primary is not None:
+        try:
+            with connect(primary[0], primary[1], user, database) as conn:
+                primary_lsn = lag.read_primary(conn.cursor())
+        except psycopg.Error:
+            primary_lsn = None
     with connect(host, port, user, database) as conn:
-        row = conn.execute(
-            "SELECT pg_is_in_recovery(), "
-            "pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint, "
-            "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-            "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
-        ).fetchone()
-    assert row is not None
-    return ReplicaStatus(
-        in_recovery=bool(row[0]),
-        lag_bytes=None if row[1] is None else int(row[1]),
-        lag_seconds=None if row[2] is None else float(row[2]),
-    )
+        position = lag.read_replica(conn.cursor())
+    measured = lag.measure(f"{host}:{port}", primary_lsn, position, record=False)
+    return ReplicaStatus(in_recovery=position.in_recovery, lag_bytes=measured.lag_bytes,
+                         lag_seconds=measured.lag_seconds)

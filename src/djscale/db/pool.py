@@ -23,7 +23,6 @@ import os
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,14 +31,11 @@ from django.core.signals import setting_changed
 
 from djscale.db import config
 from djscale.db.config import GroupConfig
+from djscale.db.lag import PrimaryHistory, lag
 
 __all__ = ["ReplicaHealth", "ReplicaPool", "get_pool", "pools", "reset_pools"]
 
 log = logging.getLogger("djscale.db.pool")
-
-# How many primary WAL positions (one per refresh) are kept to bound replica lag in time.
-_HISTORY = 120
-
 
 @dataclass(frozen=True)
 class ReplicaHealth:
@@ -74,7 +70,7 @@ class ReplicaPool:
         self._health: dict[str, ReplicaHealth] = {}
         # Precomputed on every update so that a read only reads these two tuples.
         self._usable: tuple[ReplicaHealth, ...] = ()
-        self._samples: deque[tuple[float, int]] = deque(maxlen=_HISTORY)
+        self.history = PrimaryHistory()
         self.primary_lsn: int | None = None
         self.refreshed_at: float | None = None
 
@@ -84,27 +80,19 @@ class ReplicaPool:
         """Remember the primary's current WAL position (None: the primary did not answer)."""
         self.primary_lsn = lsn
         if lsn is not None:
-            self._samples.append((self._clock() if at is None else at, lsn))
+            self.history.record(lsn, self._clock() if at is None else at)
 
     def bound_lag_seconds(self, replay_lsn: int, *, now: float | None = None) -> float | None:
         """Upper bound of a replica's lag in time from the primary's recorded positions.
 
-        A replica that has replayed what the primary had written at time ``t`` is at most
-        ``now - t`` behind. This keeps an idle primary (no recent commit to replay, so
-        ``now() - pg_last_xact_replay_timestamp()`` grows forever) from making every
-        replica look late. None when the history is too short to say.
+        See :mod:`djscale.db.lag`; None when the history is too short to say.
         """
         now = self._clock() if now is None else now
-        best: float | None = None
-        for t, lsn in reversed(self._samples):
-            if lsn <= replay_lsn:
-                best = t
-                break
-        if best is None:
+        passed = self.history.passed_at(replay_lsn)
+        if passed is None:
             return None
-        if self.primary_lsn is not None and replay_lsn >= self.primary_lsn:
-            return 0.0
-        return max(0.0, now - best)
+        return lag(primary_lsn=self.primary_lsn, replay_lsn=replay_lsn, passed_at=passed,
+                   now=now).lag_seconds if self.primary_lsn is not None else max(0.0, now - passed)
 
     def update(self, health: ReplicaHealth) -> None:
         """Store a new measurement of one replica."""

@@ -5,10 +5,10 @@ Django's connection handling, so it never touches a request's connections or
 transactions) and, per refresh of a :class:`~djscale.db.pool.ReplicaPool`:
 
 1. asks the primary for ``pg_current_wal_lsn()``;
-2. asks each replica for ``pg_is_in_recovery()``, ``pg_last_wal_replay_lsn()``,
-   the bytes it is behind (``pg_wal_lsn_diff(<primary lsn>, pg_last_wal_replay_lsn())``)
-   and the seconds (``now() - pg_last_xact_replay_timestamp()``, capped by the pool's
-   history of primary positions so an idle primary does not look like lag).
+2. asks each replica where it is, and turns that into a lag in bytes and seconds with
+   :func:`djscale.db.lag.measure` (the one definition of replica lag, which also writes
+   the ``djscale_replica_lag_*`` gauges), bounded by the pool's history of primary
+   positions so an idle primary does not look like lag.
 
 Every server is measured in its own short-lived daemon thread and waited for at most
 ``ANSWER_SECONDS``: ``statement_timeout`` is enforced by the server, so a *frozen* server
@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 import psycopg
 from django.db import connections
 
+from djscale.db import lag
+from djscale.db.lag import format_lsn, parse_lsn
 from djscale.db.pool import ReplicaHealth, ReplicaPool
 
 __all__ = ["Prober", "format_lsn", "parse_lsn"]
@@ -50,27 +52,9 @@ ANSWER_SECONDS = PROBE_TIMEOUT_SECONDS + 1.0
 
 _T = TypeVar("_T")
 
-_REPLICA_SQL = (
-    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-    "EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8, "
-    "pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::bigint"
-)
 # Options of DATABASES[...]["OPTIONS"] that are Django's, not libpq's.
 _DJANGO_ONLY = ("pool", "isolation_level", "assume_role", "server_side_binding",
                 "prepare_threshold", "cursor_factory", "context")
-
-
-def parse_lsn(text: str) -> int:
-    """``'16/B374D848'`` -> an integer position (ValueError when malformed)."""
-    hi, sep, lo = text.partition("/")
-    if not sep:
-        raise ValueError(f"not a PostgreSQL LSN: {text!r}")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def format_lsn(lsn: int) -> str:
-    """An integer position -> PostgreSQL's ``'16/B374D848'`` form."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 def connection_kwargs(alias: str) -> dict[str, Any]:
@@ -123,42 +107,31 @@ class Prober:
     def primary_lsn(self, alias: str) -> int | None:
         """The primary's current WAL position, or None when it does not answer."""
         try:
-            row = self._connect(alias).execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            return lag.read_primary(self._connect(alias).cursor())
         except psycopg.Error as exc:
             log.warning("probe of primary %s failed: %s", alias, exc)
             self._drop(alias)
             return None
-        return parse_lsn(row[0]) if row else None
 
     def replica(self, alias: str, pool: ReplicaPool) -> ReplicaHealth:
         """Measure one replica against the pool's last known primary position."""
         now = pool._clock()
-        primary = pool.primary_lsn
         try:
-            row = self._connect(alias).execute(
-                _REPLICA_SQL, (None if primary is None else format_lsn(primary),)).fetchone()
+            position = lag.read_replica(self._connect(alias).cursor())
         except psycopg.Error as exc:
             self._drop(alias)
             return ReplicaHealth(alias, up=False, checked_at=now,
                                  error=f"{type(exc).__name__}: {str(exc).strip()[:200]}")
-        if row is None or not row[0]:
+        if not position.in_recovery:
             return ReplicaHealth(alias, up=False, checked_at=now,
                                  error="not in recovery: promoted or not a replica")
-        replay = parse_lsn(row[1]) if row[1] else None
-        lag_bytes = None if row[3] is None else max(0, int(row[3]))
-        lag_seconds: float | None = None if row[2] is None else max(0.0, float(row[2]))
-        if primary is None:
-            # The primary does not answer: lag cannot be measured, and the replicas are
-            # then the only servers that can answer reads at all.
-            lag_seconds = None
-        elif lag_bytes == 0:
-            lag_seconds = 0.0
-        elif replay is not None:
-            bound = pool.bound_lag_seconds(replay, now=now)
-            if bound is not None:
-                lag_seconds = bound if lag_seconds is None else min(lag_seconds, bound)
-        return ReplicaHealth(alias, up=True, replay_lsn=replay, lag_bytes=lag_bytes,
-                             lag_seconds=lag_seconds, checked_at=now)
+        # The primary not answering leaves the lag unknown (None): the replicas are then
+        # the only servers that can answer reads at all.
+        measured = lag.measure(alias, pool.primary_lsn, position, history=pool.history,
+                               now=now)
+        return ReplicaHealth(alias, up=True, replay_lsn=position.replay_lsn,
+                             lag_bytes=measured.lag_bytes, lag_seconds=measured.lag_seconds,
+                             checked_at=now)
 
     def refresh(self, pool: ReplicaPool) -> None:
         """Measure the group's primary, then every replica, and store the results."""

@@ -5,7 +5,8 @@ request needs and answers **503** when a *critical* check fails, so a load balan
 sending traffic here:
 
 - ``db:<alias>``: every primary (main group and shards): ``SELECT 1``; critical.
-- ``replica:<alias>``: every replica, with its lag; a replica that is down or too far
+- ``replica:<alias>``: every replica, with its lag measured against its primary by
+  :mod:`djscale.db.lag` (the router's measure); a replica that is down or too far
   behind makes the answer ``degraded`` (reads fall back to the primary), not 503.
 - ``cache``: the default cache's backend answers (``ping()`` for djscale's TieredCache,
   which reaches Redis itself, since its in-process L1 could hide an outage; a write and
@@ -50,10 +51,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from djscale import metrics
+from djscale.db import lag
 from djscale.errors import ConfigurationError
 
 __all__ = [
@@ -163,29 +165,26 @@ def _database(alias: str) -> Callable[[], dict[str, Any] | None]:
     return check
 
 
-_LAG_SQL = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
-       END,
-       COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)
-"""
-
-
-def _replica(alias: str, max_lag_seconds: float) -> Callable[[], dict[str, Any] | None]:
+def _replica(alias: str, primary: str,
+             max_lag_seconds: float) -> Callable[[], dict[str, Any] | None]:
     def check() -> dict[str, Any] | None:
+        # The one lag measure (djscale.db.lag): the primary first, then the replica.
+        history = lag.history_of(primary)
         try:
+            try:
+                with connections[primary].cursor() as cursor:
+                    primary_lsn = lag.read_primary(cursor, history=history)
+            except DatabaseError:
+                primary_lsn = None  # lag unknown; the db:<primary> check says why
             with connections[alias].cursor() as cursor:
-                cursor.execute(_LAG_SQL)
-                row = cursor.fetchone()
+                position = lag.read_replica(cursor)
         finally:
             _close_connections()
-        in_recovery, lag_s, lag_b = row if row else (False, None, None)
-        lag_seconds = round(float(lag_s), 3) if lag_s is not None else None
-        lag_bytes = int(lag_b) if lag_b is not None else None
-        metrics.record_replica_lag(alias=alias, seconds=lag_seconds, lag_bytes=lag_bytes)
-        detail = {"lag_seconds": lag_seconds, "lag_bytes": lag_bytes}
-        if not in_recovery:
+        measured = lag.measure(alias, primary_lsn, position, history=history)
+        lag_seconds = (None if measured.lag_seconds is None
+                       else round(measured.lag_seconds, 3))
+        detail = {"lag_seconds": lag_seconds, "lag_bytes": measured.lag_bytes}
+        if not position.in_recovery:
             raise CheckFailed("NotInRecovery", detail)
         if lag_seconds is not None and lag_seconds > max_lag_seconds:
             raise CheckFailed("LagTooHigh", {**detail, "max_lag_seconds": max_lag_seconds})
@@ -240,7 +239,8 @@ def checks() -> list[Check]:
             for group in groups.values():
                 max_lag = float(group.get("MAX_LAG_SECONDS", 5.0))
                 for alias in group.get("REPLICAS", []):
-                    found.append(Check(f"replica:{alias}", _replica(alias, max_lag),
+                    found.append(Check(f"replica:{alias}",
+                                       _replica(alias, group["PRIMARY"], max_lag),
                                        critical=False))
     else:
         for alias, entry in settings.DATABASES.items():
