@@ -20,6 +20,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Warning, register
 from django.utils.module_loading import import_string
 
+from djscale import conf
+
 __all__ = ["check_replica_middleware"]
 
 MIDDLEWARE_PATH = "djscale.db.middleware.ReplicaMiddleware"
@@ -29,8 +31,8 @@ MIDDLEWARE_PATH = "djscale.db.middleware.ReplicaMiddleware"
 def check_replica_middleware(app_configs: Sequence[AppConfig] | None = None,
                              **kwargs: Any) -> list[CheckMessage]:
     """W401/W402: ReplicaMiddleware is installed, and last among exception handlers."""
-    groups = (getattr(settings, "DJSCALE", {}) or {}).get("REPLICATION_GROUPS") or {}
-    if not any(g.get("REPLICAS") for g in groups.values() if isinstance(g, dict)):
+    groups = conf.get(validate=False).replication.groups
+    if not any(g.replicas for g in groups.values()):
         return []
     middleware = list(getattr(settings, "MIDDLEWARE", []) or [])
     if MIDDLEWARE_PATH not in middleware:

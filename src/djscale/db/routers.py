@@ -1,7 +1,7 @@
 """Database routers.
 
 :class:`PrimaryReplicaRouter` routes the models no earlier router claimed within a
-replication group of ``settings.DJSCALE["REPLICATION_GROUPS"]``: writes to the primary,
+replication group of ``DJSCALE["REPLICATION_GROUPS"]`` (:mod:`djscale.conf`): writes to the primary,
 reads to :func:`djscale.db.replicas.read_alias` (a healthy replica honouring
 read-your-writes, else the primary). It only answers "which alias?"; replica health and
 the request's consistency state live in :mod:`djscale.db.pool` and

@@ -8,14 +8,13 @@
 - :mod:`djscale.queries.celery`: the same inspection for Celery tasks.
 - :func:`djscale.testing.queries.assert_max_queries`: the pytest helper.
 
-Settings: ``DJSCALE["QUERIES"]`` (see :mod:`djscale.queries.config`). Guide:
+Settings: ``DJSCALE["QUERIES"]`` (see :mod:`djscale.conf`, checked as ``djscale.E110``). Guide:
 ``docs/queries.md``.
 """
 
 from __future__ import annotations
 
 from djscale.queries import celery as _celery
-from djscale.queries import checks as _checks  # noqa: F401 - registers djscale.E110
 from djscale.queries.budget import QueryBudget, max_queries
 from djscale.queries.config import QueryConfig, query_config
 from djscale.queries.middleware import QueryInspectionMiddleware
