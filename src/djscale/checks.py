@@ -18,7 +18,14 @@ W011      no readiness endpoint a load balancer could probe
 W012      reused connections (persistent or pooled) without ``CONN_HEALTH_CHECKS``
 E001      ``DJSCALE["TRUSTED_PROXIES"]`` holds something that is not an address
 E002      ``DJSCALE["HEALTH"]`` or ``DJSCALE["PUBLIC_CACHE_PATHS"]`` holds an unusable value
+E110      ``DJSCALE["QUERIES"]`` holds an unusable value
+E120      any other ``DJSCALE`` key holds an unusable value
+W120      ``DJSCALE`` has a key djscale does not know (misspelt?)
+W121      a deprecated setting name (``DJSCALE_SESSIONS``, ``DJSCALE_CACHE_WARMERS``, ...)
 ========  ==================================================================================
+
+E001, E002, E110, E120, W120 and W121 come from :func:`djscale.conf.check_settings`,
+which validates every djscale setting once.
 
 Media on one server's disk is checked by :mod:`djscale.storage.checks` (``djscale.W100``).
 W009/W010 read the source of the project's own apps (not installed packages) with
@@ -37,14 +44,13 @@ from typing import Any
 
 from django.apps import AppConfig, apps
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Warning, register
 from django.urls import NoReverseMatch, reverse
 
 # djscale.metrics switches prometheus_client to multiprocess mode under gunicorn; it must
 # happen before any layer creates a metric, and this module is imported first thing in
 # DjscaleConfig.ready().
-from djscale import metrics  # noqa: F401
-from djscale.errors import ConfigurationError
+from djscale import conf, metrics  # noqa: F401 - conf registers check_settings
 
 __all__ = ["TAG", "doctor", "scan_source"]
 
@@ -62,15 +68,8 @@ _STATIC_MWS = ("djscale.http.static.StaticFilesMiddleware",
                "whitenoise.middleware.WhiteNoiseMiddleware")
 
 
-def _djscale() -> dict[str, Any]:
-    return dict(getattr(settings, "DJSCALE", None) or {})
-
-
 def _app_servers() -> int:
-    try:
-        return int(_djscale().get("APP_SERVERS", 1))
-    except (TypeError, ValueError):
-        return 1
+    return conf.get(validate=False).deployment.app_servers
 
 
 def _middleware() -> list[str]:
@@ -178,14 +177,8 @@ def check_debug(app_configs: Sequence[AppConfig] | None = None,
 @register(TAG)
 def check_proxy_headers(app_configs: Sequence[AppConfig] | None = None,
                         **kwargs: Any) -> list[CheckMessage]:
-    """W005/E001: forwarded headers are only believed from trusted proxies."""
-    from djscale.http.proxies import trusted_networks
-
-    try:
-        networks = trusted_networks()
-    except ConfigurationError as exc:
-        return [Error(str(exc), hint="List IP addresses or CIDR networks of your load "
-                      "balancers.", id="djscale.E001")]
+    """W005: forwarded headers are only believed from trusted proxies (E001: conf)."""
+    networks = conf.get(validate=False).http.trusted_proxies
     uses = [name for name in ("SECURE_PROXY_SSL_HEADER", "USE_X_FORWARDED_HOST",
                               "USE_X_FORWARDED_PORT") if getattr(settings, name, None)]
     if not uses:
@@ -204,28 +197,11 @@ def check_proxy_headers(app_configs: Sequence[AppConfig] | None = None,
 
 
 @register(TAG)
-def check_edge_settings(app_configs: Sequence[AppConfig] | None = None,
-                        **kwargs: Any) -> list[CheckMessage]:
-    """E002: health and public-cache settings are usable."""
-    from djscale.http.cache_control import path_policies
-    from djscale.http.health import validate_config
-
-    found: list[CheckMessage] = []
-    for validate in (validate_config, path_policies):
-        try:
-            validate()
-        except ConfigurationError as exc:
-            found.append(Error(str(exc), hint="See docs/edge.md for the allowed values.",
-                               id="djscale.E002"))
-    return found
-
-
-@register(TAG)
 def check_replica_router(app_configs: Sequence[AppConfig] | None = None,
                          **kwargs: Any) -> list[CheckMessage]:
     """W006: configured replicas are used through a djscale router."""
-    groups = _djscale().get("REPLICATION_GROUPS") or {}
-    replicas = [alias for g in groups.values() for alias in g.get("REPLICAS", [])]
+    groups = conf.get(validate=False).replication.groups
+    replicas = [alias for g in groups.values() for alias in g.replicas]
     if not replicas:
         return []
     routers = [r if isinstance(r, str) else f"{type(r).__module__}.{type(r).__name__}"

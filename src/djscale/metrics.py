@@ -23,6 +23,9 @@ Metrics (all prefixed ``djscale_``; counters get ``_total`` from prometheus_clie
                                        confirmed delivered
 ``outbox_redelivered_total``           outbox rows sent again for want of a confirmation
 ``health_check_up``                    1 when a readiness check passed, else 0
+``process_restarts_total``             restarts of a crashed local-cluster service by the
+                                       watchdog, per service and kind (its ``/metrics``)
+``process_crash_loop``                 1 while the watchdog has given up on a service
 =====================================  ===================================================
 
 **Several processes** (gunicorn workers): prometheus_client keeps each process's values in
@@ -57,11 +60,14 @@ __all__ = [
     "OUTBOX_BACKLOG",
     "OUTBOX_REDELIVERED",
     "OUTBOX_UNCONFIRMED",
+    "PROCESS_CRASH_LOOP",
+    "PROCESS_RESTARTS",
     "REPLICA_LAG_BYTES",
     "REPLICA_LAG_SECONDS",
     "ROUTER_DECISIONS",
     "SHARD_QUERIES",
     "STAMPEDE_WAITS",
+    "SUPERVISION_SAMPLES",
     "QueryCounter",
     "configure_multiprocess",
     "database_role",
@@ -70,8 +76,10 @@ __all__ = [
     "multiprocess_dir",
     "record_cache",
     "record_circuit_state",
+    "record_crash_loop",
     "record_invalidation",
     "record_outbox_backlog",
+    "record_process_restart",
     "record_replica_lag",
     "record_router_decision",
     "record_shard_query",
@@ -199,6 +207,33 @@ OUTBOX_REDELIVERED = Counter(
     "Outbox events sent again because their delivery was not confirmed in time.",
 )
 
+# ------------------------------------------------------------------ local cluster watchdog
+
+PROCESS_RESTARTS = Counter(
+    "djscale_process_restarts",
+    "Restarts of a crashed service of the local cluster by its watchdog.",
+    ["service", "kind"],
+)
+PROCESS_CRASH_LOOP = Gauge(
+    "djscale_process_crash_loop",
+    "1 while the watchdog has given up restarting a service (crash loop), else 0.",
+    ["service"], multiprocess_mode="max",
+)
+SUPERVISION_SAMPLES = ("djscale_process_restarts_total", "djscale_process_restarts_created",
+                       "djscale_process_crash_loop")
+"""Sample names the watchdog's ``/metrics`` serves (nothing else of this registry)."""
+
+
+def record_process_restart(*, service: str, kind: str, count: int = 1) -> None:
+    """Count ``count`` restarts of local-cluster service ``service`` by the watchdog."""
+    PROCESS_RESTARTS.labels(service, kind).inc(count)
+
+
+def record_crash_loop(*, service: str, looping: bool) -> None:
+    """Record whether the watchdog gave up on ``service`` (crash loop)."""
+    PROCESS_CRASH_LOOP.labels(service).set(1 if looping else 0)
+
+
 _BREAKER = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
 
 
@@ -265,14 +300,14 @@ def record_outbox_redelivered(*, rows: int) -> None:
 
 
 def database_role(alias: str) -> str:
-    """``primary``, ``replica`` or ``shard`` for a Django alias, from ``settings.DJSCALE``."""
-    from django.conf import settings
+    """``primary``, ``replica`` or ``shard`` for a Django alias (from :mod:`djscale.conf`)."""
+    from djscale import conf
 
-    djscale = getattr(settings, "DJSCALE", None) or {}
-    for group in (djscale.get("REPLICATION_GROUPS") or {}).values():
-        if alias in group.get("REPLICAS", ()):
-            return "replica"
-    if alias in (djscale.get("SHARDS") or ()):
+    config = conf.get(validate=False)  # a label never fails a query
+    group = config.replication.group_of(alias)
+    if group is not None and alias in group.replicas:
+        return "replica"
+    if config.sharding.is_shard(alias):
         return "shard"
     return "primary"
 
@@ -294,9 +329,9 @@ class QueryCounter:
 
 
 def _count_queries(sender: object, connection: Any, **kwargs: Any) -> None:
-    from django.conf import settings
+    from djscale import conf
 
-    if not (getattr(settings, "DJSCALE", None) or {}).get("QUERY_METRICS", True):
+    if not conf.get(validate=False).metrics.query_metrics:
         return
     wrappers = connection.execute_wrappers
     if not any(isinstance(w, QueryCounter) for w in wrappers):

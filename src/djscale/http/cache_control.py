@@ -46,7 +46,7 @@ from django.utils.cache import (
 )
 from django.utils.http import parse_http_date_safe
 
-from djscale.errors import ConfigurationError
+from djscale import conf
 
 __all__ = [
     "CacheControlMiddleware",
@@ -105,31 +105,12 @@ def public_cache(*, max_age: int, s_maxage: int | None = None,
 @lru_cache(maxsize=4)
 def _path_policies(entries: tuple[tuple[str, int], ...]) -> tuple[
         tuple[re.Pattern[str], CachePolicy], ...]:
-    compiled = []
-    for entry in entries:
-        try:
-            pattern, max_age = entry
-            if isinstance(max_age, bool) or int(max_age) < 0:
-                raise ValueError(max_age)
-            compiled.append((re.compile(pattern), CachePolicy(int(max_age))))
-        except (TypeError, ValueError, re.error):
-            raise ConfigurationError(
-                f"DJSCALE['PUBLIC_CACHE_PATHS'] entry {entry!r} is invalid: expected "
-                "(regex, max_age_seconds), e.g. (r'^/catalog/', 60)"
-            ) from None
-    return tuple(compiled)
+    return tuple((re.compile(pattern), CachePolicy(max_age)) for pattern, max_age in entries)
 
 
 def path_policies() -> tuple[tuple[re.Pattern[str], CachePolicy], ...]:
-    """``DJSCALE["PUBLIC_CACHE_PATHS"]`` compiled; ConfigurationError when malformed."""
-    raw = (getattr(settings, "DJSCALE", None) or {}).get("PUBLIC_CACHE_PATHS") or ()
-    try:
-        entries = tuple(tuple(e) for e in raw)
-    except TypeError:
-        raise ConfigurationError(
-            f"DJSCALE['PUBLIC_CACHE_PATHS'] = {raw!r} is invalid: expected a list of "
-            "(regex, max_age_seconds) pairs") from None
-    return _path_policies(entries)
+    """``DJSCALE["PUBLIC_CACHE_PATHS"]`` compiled (validated by :mod:`djscale.conf`)."""
+    return _path_policies(conf.get().http.public_cache_paths)
 
 
 def _policy_for_path(path: str) -> CachePolicy | None:

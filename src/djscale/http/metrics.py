@@ -19,11 +19,10 @@ import hmac
 import time
 from collections.abc import Callable
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from djscale import metrics
+from djscale import conf, metrics
 
 __all__ = ["MetricsMiddleware", "metrics_view"]
 
@@ -40,7 +39,7 @@ def _registry() -> CollectorRegistry:
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """All metrics in Prometheus' text exposition format."""
-    token = (getattr(settings, "DJSCALE", None) or {}).get("METRICS_TOKEN")
+    token = conf.get().metrics.token
     if token:
         given = request.META.get("HTTP_AUTHORIZATION", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(

@@ -4,7 +4,7 @@ Behind nginx or HAProxy, ``REMOTE_ADDR`` is the load balancer and the client's a
 scheme and host arrive in ``X-Forwarded-For``, ``X-Forwarded-Proto`` and
 ``X-Forwarded-Host``. Anyone can send those headers, so :class:`TrustedProxyMiddleware`
 believes them only when the request comes from an address in
-``settings.DJSCALE["TRUSTED_PROXIES"]`` (IP addresses or CIDR networks; from the
+``DJSCALE["TRUSTED_PROXIES"]`` (IP addresses or CIDR networks; from the
 topology's load balancer by default). Then:
 
 - ``REMOTE_ADDR`` becomes the client: the right-most address of ``X-Forwarded-For`` that
@@ -26,9 +26,9 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 
+from djscale import conf
 from djscale.errors import ConfigurationError
 
 __all__ = ["TrustedProxyMiddleware", "client_address", "is_trusted", "trusted_networks"]
@@ -54,13 +54,13 @@ def _parse(entries: tuple[str, ...]) -> tuple[Network, ...]:
 
 
 def trusted_networks(entries: Iterable[str] | None = None) -> tuple[Network, ...]:
-    """Parse trusted proxy addresses (default: ``settings.DJSCALE["TRUSTED_PROXIES"]``).
+    """Parse trusted proxy addresses (default: ``DJSCALE["TRUSTED_PROXIES"]``).
 
     Host names are not accepted (they would need DNS on every request); raise
     :class:`~djscale.errors.ConfigurationError` on anything that is not an address.
     """
     if entries is None:
-        entries = (getattr(settings, "DJSCALE", None) or {}).get("TRUSTED_PROXIES") or ()
+        entries = conf.get().http.trusted_proxies
     return _parse(tuple(entries))
 
 
