@@ -15,7 +15,8 @@ sent to the key's master followed by ``WAIT <replicas> <ms>`` on the same connec
 (:meth:`djscale.cache.l2.RedisL2.write_acked`), and retried with bounded back-off while a
 failover is in progress, so the copy a promoted replica serves is the newest one.
 
-Settings (``DJSCALE_SESSIONS``, all optional):
+Settings (``DJSCALE["SESSIONS"]``, all optional; ``settings.DJSCALE_SESSIONS`` is the
+deprecated name):
 
 ``REPLICA_ACKS``  replicas that must hold a write before it counts (default: 1 when the
                   sessions cache is a Redis Cluster, else 0: no WAIT)
@@ -50,10 +51,10 @@ from django.db import router
 from django.utils import timezone
 from prometheus_client import Counter
 
+from djscale import conf
 from djscale import metrics as _metrics  # noqa: F401 - multiprocess mode before CACHE_WRITES
 from djscale.cache.backend import TieredCache
 from djscale.cache.l2 import UNAVAILABLE, dumps
-from djscale.errors import ConfigurationError
 
 __all__ = ["SessionStore", "durability"]
 
@@ -64,8 +65,6 @@ CACHE_WRITES = Counter(
     "Session cache writes by outcome (acked, unacked: WAIT timed out, failed: Redis down)",
     ["result"])
 
-_DEFAULTS: dict[str, Any] = {"REPLICA_ACKS": None, "ACK_TIMEOUT": 0.1, "RETRY_FOR": 5.0}
-
 # Session cache keys whose last write failed: this process reads them from the database
 # until a write succeeds (bounded, oldest forgotten first).
 _suspect: OrderedDict[str, None] = OrderedDict()
@@ -75,22 +74,11 @@ _MAX_SUSPECT = 10_000
 
 def durability(cache: TieredCache) -> tuple[int, float, float]:
     """``(replica acks, ack timeout s, retry budget s)`` for session writes to ``cache``."""
-    given = getattr(settings, "DJSCALE_SESSIONS", None) or {}
-    unknown = sorted(set(given) - set(_DEFAULTS))
-    if unknown:
-        raise ConfigurationError(f"unknown DJSCALE_SESSIONS key(s) {', '.join(unknown)}; "
-                                 f"allowed: {', '.join(sorted(_DEFAULTS))}")
-    opts = {**_DEFAULTS, **given}
-    acks = opts["REPLICA_ACKS"]
+    opts = conf.get().sessions
+    acks = opts.replica_acks
     if acks is None:
         acks = 1 if cache.l2.cluster else 0
-    try:
-        result = (int(acks), float(opts["ACK_TIMEOUT"]), float(opts["RETRY_FOR"]))
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"DJSCALE_SESSIONS values must be numbers: {exc}") from exc
-    if min(result) < 0:
-        raise ConfigurationError("DJSCALE_SESSIONS values must not be negative")
-    return result
+    return acks, opts.ack_timeout, opts.retry_for
 
 
 def _mark(key: str, suspect: bool) -> None:

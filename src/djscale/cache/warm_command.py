@@ -3,7 +3,7 @@
 ``manage.py warm_cache [name ...] [--batch-size N] [--pause S] [--list]`` runs the
 registered warmers (all by default) with a progress bar on stderr-free stdout, batch by
 batch. Warmers register themselves when their module is imported; list the modules in
-``settings.DJSCALE_CACHE_WARMERS`` (dotted paths) or import them from an app's
+``DJSCALE["CACHE_WARMERS"]`` (dotted paths) or import them from an app's
 ``ready()``.
 """
 
@@ -13,10 +13,11 @@ import importlib
 import time
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from djscale import conf
 from djscale.cache.warmers import Warmer, registered_warmers, warm
+from djscale.errors import ConfigurationError
 
 __all__ = ["Command"]
 
@@ -44,11 +45,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the warmers."""
-        for module in getattr(settings, "DJSCALE_CACHE_WARMERS", []):
+        try:
+            modules = conf.get().cache.warmers
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        for module in modules:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise CommandError(f"DJSCALE_CACHE_WARMERS: cannot import {module!r}: "
+                raise CommandError(f"DJSCALE['CACHE_WARMERS']: cannot import {module!r}: "
                                    f"{exc}") from exc
         warmers = registered_warmers()
         if options["list"]:

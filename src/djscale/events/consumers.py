@@ -18,8 +18,8 @@ failed deliveries the event is dead-lettered for that consumer (a
 :class:`~djscale.events.models.DeadLetter` row plus an inbox row, in one transaction).
 
 Handlers run with the publishing request's id as the current request id (logs, service
-calls). Settings (``settings.DJSCALE["EVENTS"]``): ``MAX_ATTEMPTS`` (5), ``RETRY_BACKOFF`` (1.0 s,
-doubled per attempt, full jitter) and ``RETRY_BACKOFF_MAX`` (60 s).
+calls). Settings (``DJSCALE["EVENTS"]``, read through :mod:`djscale.conf`): ``MAX_ATTEMPTS``
+(5), ``RETRY_BACKOFF`` (1.0 s, doubled per attempt, full jitter) and ``RETRY_BACKOFF_MAX`` (60 s).
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from djscale import conf
+
 __all__ = ["Consumer", "Event", "backoff", "consumer", "consumers_of", "deliver",
-           "replay_dead_letter", "setting"]
+           "replay_dead_letter"]
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +118,12 @@ def consumers_of(topic: str) -> list[Consumer]:
     return list(_registry.get(topic, {}).values())
 
 
-def setting(name: str, default: Any) -> Any:
-    """A value of ``settings.DJSCALE["EVENTS"]``."""
-    from django.conf import settings
-
-    return getattr(settings, "DJSCALE", {}).get("EVENTS", {}).get(name, default)
-
-
 def backoff(attempt: int, *, base: float | None = None, cap: float | None = None,
             rng: random.Random | None = None) -> float:
     """Seconds before delivery attempt ``attempt + 1``: full-jitter exponential backoff."""
-    base = setting("RETRY_BACKOFF", 1.0) if base is None else base
-    cap = setting("RETRY_BACKOFF_MAX", 60.0) if cap is None else cap
+    events = conf.get().events
+    base = events.retry_backoff if base is None else base
+    cap = events.retry_backoff_max if cap is None else cap
     high = min(float(cap), float(base) * 2 ** max(0, attempt - 1))
     return (rng or random).uniform(high / 2, high)
 
@@ -192,7 +188,7 @@ def _request_id(event: Event) -> contextlib.AbstractContextManager[Any]:
 
 
 def _deliver(event: Event, envelope: Mapping[str, Any], attempt: int) -> dict[str, str]:
-    default_max = int(setting("MAX_ATTEMPTS", 5))
+    default_max = conf.get().events.max_attempts
     retry: dict[str, str] = {}
     for cons in consumers_of(event.topic):
         try:

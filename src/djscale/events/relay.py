@@ -18,7 +18,7 @@ result backend; ``from_topology`` points it at the broker's Redis), and
 task succeeded gets ``confirmed_at`` and is never looked at again; any other is sent again
 with the same task id (the consumers' inbox skips what was already processed), at most
 ``REDELIVER_ATTEMPTS`` (5) times, then reported (error log, ``djscale_outbox_unconfirmed``)
-instead of being sent for ever. Settings: ``settings.DJSCALE["EVENTS"]``.
+instead of being sent for ever. Settings: ``DJSCALE["EVENTS"]`` (:mod:`djscale.conf`).
 
 Rows are sent in ``created_at`` order within a batch; with several relays, order across
 batches is not guaranteed (consumers must not rely on it).
@@ -42,6 +42,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from djscale import conf
 from djscale.errors import ConfigurationError
 from djscale.metrics import record_outbox_redelivered
 
@@ -71,15 +72,14 @@ def celery_app(spec: str | None = None) -> Any:
     """The Celery app the relay publishes through.
 
     ``spec`` (``"module:attribute"``, or ``"module"`` holding ``app`` or ``celery``, as
-    Celery's ``-A``) or else ``settings.DJSCALE["CELERY_APP"]`` (``[celery] app`` of the
+    Celery's ``-A``) or else ``DJSCALE["CELERY_APP"]`` (``[celery] app`` of the
     topology) names the project's app. Without either, an app configured from Django's
     ``CELERY_*`` settings: never Celery's unconfigured default app, which would publish to
     ``amqp://localhost`` whatever the project's broker is.
     """
     from celery import Celery
-    from django.conf import settings
 
-    spec = spec or getattr(settings, "DJSCALE", {}).get("CELERY_APP") or ""
+    spec = spec or conf.get().deployment.celery_app
     if not spec:
         app = Celery("djscale-relay", set_as_current=False)
         app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -134,12 +134,6 @@ class Redelivery:
     given_up: int = 0
 
 
-def _setting(name: str, default: Any) -> Any:
-    from djscale.events.consumers import setting
-
-    return setting(name, default)
-
-
 class Relay:
     """Publishes pending outbox rows of database ``using`` through Celery app ``app``.
 
@@ -155,9 +149,9 @@ class Relay:
             app = celery_app()
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        after = float(_setting("REDELIVER_AFTER", 10.0) if redeliver_after is None
-                      else redeliver_after)
-        attempts = int(_setting("REDELIVER_ATTEMPTS", 5) if redeliver_attempts is None
+        events = conf.get().events
+        after = float(events.redeliver_after if redeliver_after is None else redeliver_after)
+        attempts = int(events.redeliver_attempts if redeliver_attempts is None
                        else redeliver_attempts)
         if after <= 0 or attempts < 0:
             raise ConfigurationError(

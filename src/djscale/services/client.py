@@ -8,7 +8,7 @@ the headers that carry the caller's context (request id, auth; see
 the circuit breaker. Build them from the topology's ``[services.<name>]`` table with
 :meth:`ServiceClient.from_spec`, or from Django settings with :func:`service_client`::
 
-    users = service_client("users")          # settings.DJSCALE["SERVICES"]["users"]
+    users = service_client("users")          # DJSCALE["SERVICES"]["users"]
     r = users.get(f"/users/{user_id}", timeout=0.5)
     r.raise_for_status()
 
@@ -274,27 +274,16 @@ _clients_lock = threading.Lock()
 
 
 def _spec_from_settings(name: str) -> ServiceSpec:
-    from django.conf import settings
+    from djscale import conf
 
-    services = getattr(settings, "DJSCALE", {}).get("SERVICES", {})
-    conf = services.get(name)
-    if conf is None:
+    services = conf.get().services
+    found = services.get(name)
+    if found is None:
         known = ", ".join(sorted(services)) or "none"
         raise ConfigurationError(
-            f"no service {name!r} in settings.DJSCALE['SERVICES'] (configured: {known}); "
+            f"no service {name!r} in DJSCALE['SERVICES'] (configured: {known}); "
             f"add [services.{name}] to the topology file")
-    breaker = conf.get("BREAKER", {})
-    defaults = ServiceSpec(name=name, urls=())
-    return ServiceSpec(
-        name=name, urls=tuple(conf["URLS"]),
-        timeout=conf.get("TIMEOUT", defaults.timeout),
-        connect_timeout=conf.get("CONNECT_TIMEOUT", defaults.connect_timeout),
-        retries=conf.get("RETRIES", defaults.retries),
-        breaker_failure_rate=breaker.get("FAILURE_RATE", defaults.breaker_failure_rate),
-        breaker_minimum_calls=breaker.get("MINIMUM_CALLS", defaults.breaker_minimum_calls),
-        breaker_window=breaker.get("WINDOW", defaults.breaker_window),
-        breaker_reset=breaker.get("RESET", defaults.breaker_reset),
-    )
+    return found.spec()
 
 
 def service_client(name: str) -> ServiceClient:

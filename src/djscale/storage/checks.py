@@ -16,6 +16,7 @@ from django.core.checks import CheckMessage, Tags, Warning, register
 from django.core.files.storage import FileSystemStorage
 from django.utils.module_loading import import_string
 
+from djscale import conf
 from djscale.localstate import STATE_FILE, default_state_dir
 
 __all__ = ["check_shared_media"]
@@ -33,7 +34,7 @@ def _default_backend() -> type[Any] | None:
 @register(Tags.files, "djscale")
 def check_shared_media(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Warn when uploaded media would live on one app server's disk."""
-    djscale = getattr(settings, "DJSCALE", {}) or {}
+    deployment = conf.get(validate=False).deployment
     backend = _default_backend()
     if backend is None or not issubclass(backend, FileSystemStorage):
         return []
@@ -47,8 +48,8 @@ def check_shared_media(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 id="djscale.W101",
             )]
         return []
-    servers = djscale.get("APP_SERVERS", 1)
-    if isinstance(servers, int) and servers > 1 and not djscale.get("SHARED_MEDIA_ROOT"):
+    servers = deployment.app_servers
+    if servers > 1 and not deployment.shared_media_root:
         return [Warning(
             f"Media are stored by {backend.__module__}.{backend.__name__} in "
             f"MEDIA_ROOT={str(settings.MEDIA_ROOT)!r} on each of {servers} app servers: "

@@ -1,9 +1,10 @@
 """``django-admin events_relay``: publish outbox rows to the broker, for ever.
 
-One relay thread per database (``--database``, repeatable; default: every primary of
-``settings.DJSCALE``). Several relay processes may run: they share the work. Every 5 s the
-total backlog is exported as the ``djscale_outbox_backlog`` gauge, and the events given up
-unconfirmed as ``djscale_outbox_unconfirmed``. Each relay thread also confirms deliveries
+One relay thread per database (``--database``, repeatable; default: every primary of the
+replication groups and shards of :mod:`djscale.conf`). Several relay processes may run:
+they share the work. Every 5 s the total backlog is exported as the
+``djscale_outbox_backlog`` gauge, and the events given up unconfirmed as
+``djscale_outbox_unconfirmed``. Each relay thread also confirms deliveries
 and sends again the events whose delivery stays unconfirmed (``--redeliver-after``).
 """
 
@@ -13,9 +14,9 @@ import signal
 import threading
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from djscale import conf
 from djscale.errors import ConfigurationError
 from djscale.events.relay import Relay, celery_app
 from djscale.metrics import record_outbox_backlog, record_outbox_unconfirmed
@@ -42,10 +43,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Relay until SIGTERM/SIGINT (or one pass with --once)."""
-        config = getattr(settings, "DJSCALE", {})
-        databases = options["database"] or list(dict.fromkeys([
-            *config.get("REPLICATION_GROUPS", {"default": {}}).keys(),
-            *config.get("SHARDS", [])]))
+        try:
+            config = conf.get()
+        except ConfigurationError as exc:
+            raise CommandError(str(exc)) from None
+        primaries = [g.primary for g in config.replication.groups.values()] or ["default"]
+        databases = options["database"] or list(dict.fromkeys(
+            [*primaries, *config.sharding.aliases]))
         try:
             app = celery_app(options["app"] or None)
         except ConfigurationError as exc:
