@@ -332,11 +332,12 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
         "CELERY_RESULT_BACKEND": (broker_url if broker_url.startswith(("redis://", "rediss://"))
                                   else None),
         "CELERY_TASK_IGNORE_RESULT": True,
-        "DJSCALE": {
+        # djscale.conf merges the project's own DJSCALE over this (the project wins per
+        # key), so DJSCALE = {...} may come before or after from_topology().
+        "DJSCALE_DERIVED": {
             "TOPOLOGY": topo.source,
             "CELERY_APP": topo.celery.app,
             "REPLICATION_GROUPS": groups,
-            "SHARDS": [s.name for s in topo.shards],
             "SHARDING": {
                 "ALIASES": [s.name for s in topo.shards],
                 "LOGICAL_SHARDS": topo.sharding.logical_shards,
