@@ -1250,11 +1250,11 @@ def _read_layers(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], tu
     data = _read(path)
     base = data.pop("extends", None)
     if base is None:
-        return data, (*seen, path)
+        return data, (path,)
     if not isinstance(base, str) or not base:
         raise TopologyError(f"{path}: extends = {base!r} is invalid: expected the path of "
                             "the base topology file, relative to this one")
-    below, layers = _read_layers(path.parent / base, seen)
+    below, layers = _read_layers(path.parent / base, (*seen, path))
     return merge_layers(below, data), (*layers, path)
 
 
