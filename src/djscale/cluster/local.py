@@ -22,21 +22,32 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from djscale.cluster import pgbouncer as pgb
+from djscale.cluster import ports
 from djscale.cluster import postgres as pg
 from djscale.cluster import redis as rd
 from djscale.cluster.lb import Upstream, lb_process
 from djscale.cluster.state import ClusterState
-from djscale.cluster.supervisor import NETNS_DIR, ManagedProcess, free_port, run
+from djscale.cluster.supervisor import NETNS_DIR, ManagedProcess, run, wait_until
 from djscale.errors import ClusterError
 from djscale.topology import AUTO, DatabaseGroup, Port, Topology
 
-__all__ = ["PARTS", "LocalCluster", "ServiceStatus"]
+__all__ = ["PARTS", "RESTARTED_KINDS", "LocalCluster", "ServiceStatus", "service_ready"]
 
 PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery", "gateway",
-         "dashboard")
+         "dashboard", "watchdog")
 """The parts of a cluster, in start order; ``up(only=...)`` takes a subset."""
+
+RESTARTED_KINDS = frozenset({"gunicorn", "celery", "relay", "gateway", "nginx", "haproxy",
+                             "dashboard"})
+"""Kinds of service the watchdog restarts when they die: the stateless ones.
+
+PostgreSQL, PgBouncer and Redis are left alone: restarting a crashed primary behind the
+back of a failover manager (Patroni) would fight it, a Redis Cluster master that died has
+been replaced by its replica, and the chaos scenarios that stop them restart them on
+purpose. (:mod:`djscale.cluster.watchdog`.)"""
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,12 @@ class ServiceStatus:
     running: bool
     healthy: bool
     detail: str = ""
+    restarts: int = 0
+    """Restarts by the watchdog since the service was started by ``up``/``start``."""
+    supervision: str = ""
+    """The watchdog's view: running, backoff, starting, crash-loop, stopped ('' = none)."""
+    last_exit: str = ""
+    """How the service last died (``killed by SIGKILL``, ``exit status 3``), if it did."""
 
 
 def http_ok(host: str, port: int, path: str = "/health/live", timeout: float = 1.0) -> bool:
@@ -71,16 +88,23 @@ class LocalCluster:
         self.state = ClusterState.read(self.state_dir)
         self.state.topology = topology.source
         self.log_dir = self.state_dir / "logs"
+        self._leases: dict[str, ports.PortLease] = {}
 
     # ------------------------------------------------------------------ helpers
 
     def process(self, name: str) -> ManagedProcess:
         """The recorded process of service ``name`` (KeyError when unknown)."""
+        self._reload()
         return ManagedProcess.from_record(self.state.services[name])
 
     def processes(self) -> list[ManagedProcess]:
         """All recorded processes, in start order."""
+        self._reload()
         return [ManagedProcess.from_record(r) for r in self.state.services.values()]
+
+    def _reload(self) -> None:
+        # The watchdog records the pid of every service it restarts: read it back.
+        self.state.services = ClusterState.read(self.state_dir).services
 
     def address(self, name: str) -> tuple[str, int]:
         """``(host, port)`` of a service of this cluster."""
@@ -89,27 +113,70 @@ class LocalCluster:
             raise ClusterError(f"service {name!r} is not part of this cluster")
         return address
 
-    def _port(self, name: str, host: str, configured: Port) -> int:
+    def _port(self, name: str, host: str, configured: Port,
+              companions: tuple[int, ...] = ()) -> int:
+        """The port of service ``name``, leased (:mod:`djscale.cluster.ports`) until it is up.
+
+        ``companions``: offsets of further ports the service binds (a Redis Cluster node's
+        bus port), leased and checked with it.
+        """
         recorded = self.state.address(name)
-        if recorded is not None:
-            return recorded[1]
-        if configured != AUTO:
-            return int(configured)
-        if self.topology.netns_of(host):
-            # The address lives in another namespace and cannot be bound here; ports of a
-            # namespace are free anyway, and free_port never hands one out twice.
-            return free_port("127.0.0.1")
+        fixed = recorded[1] if recorded is not None else (
+            int(configured) if configured != AUTO else 0)
+        if fixed:
+            # Hold the port while the service (re)starts on it, so no allocator hands it
+            # out meanwhile; another owner's lease means a collision we cannot prevent.
+            self._hold(name, ports.claim(fixed, host, companions=companions, label=name))
+            return fixed
+        # A namespace's addresses cannot be bound here; its ports are leased all the same.
+        probe_host = "127.0.0.1" if self.topology.netns_of(host) else host
         try:
-            return free_port(host)
+            lease = ports.reserve(probe_host, companions=companions, label=name)
         except OSError as exc:
             raise ClusterError(
                 f"{name} is placed on {host}, which this machine cannot listen on "
                 f"({exc.strerror or exc}): run it on that machine, or give its [hosts] entry "
                 "a netns to rehearse it here") from None
+        self._hold(name, lease)
+        return lease.port
 
-    def _record(self, proc: ManagedProcess) -> None:
-        self.state.services[proc.name] = proc.to_record()
-        self.state.write()
+    def _hold(self, name: str, lease: ports.PortLease | None) -> None:
+        previous = self._leases.pop(name, None)
+        if previous is not None:
+            previous.release()
+        if lease is not None:
+            self._leases[name] = lease
+
+    def _release(self, name: str | None = None) -> None:
+        """End the port lease of ``name`` (every lease when None): its service owns them."""
+        for key in [name] if name is not None else list(self._leases):
+            lease = self._leases.pop(key, None) if key is not None else None
+            if lease is not None:
+                lease.release()
+
+    def _record(self, proc: ManagedProcess, **supervision: Any) -> None:
+        """Store ``proc``'s record, keeping (and updating) what the watchdog noted in it."""
+        with ClusterState.transaction(self.state_dir) as state:
+            old = state.services.get(proc.name, {}).get("supervision") or {}
+            proc.supervision = {**old, **supervision}
+            state.topology = self.state.topology or state.topology
+            state.services[proc.name] = proc.to_record()
+        self.state.services = state.services
+
+    def _supervise(self, name: str, **supervision: Any) -> None:
+        """Update the watchdog's notes of service ``name`` (e.g. ``state="stopped"``)."""
+        with ClusterState.transaction(self.state_dir) as state:
+            record = state.services[name]
+            record["supervision"] = {**(record.get("supervision") or {}), **supervision}
+        self.state.services = state.services
+
+    def supervised(self, name: str) -> bool:
+        """Return True if a running watchdog restarts service ``name`` when it dies."""
+        self._reload()
+        watchdog = self.state.services.get("watchdog")
+        record = self.state.services.get(name) or {}
+        return bool(record.get("restart") and watchdog
+                    and ManagedProcess.from_record(watchdog).alive())
 
     def _log(self, name: str) -> Path:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +185,7 @@ class LocalCluster:
     def _ensure(self, proc: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
         """Start ``proc`` unless its recorded twin is already running, then wait for it."""
         proc.netns = self.topology.netns_of(proc.host)
+        proc.restart = proc.kind in RESTARTED_KINDS
         if proc.netns and not Path(NETNS_DIR, proc.netns).exists():
             host = self.topology.host_at(proc.host)
             raise ClusterError(
@@ -130,12 +198,17 @@ class LocalCluster:
             if running.alive():
                 # Already up: keep it, and check it the way `status` does.
                 proc.pid = running.pid
-                self._record(proc)
+                self._release(proc.name)
+                self._record(proc, state="running")
                 proc.wait_ready(lambda: self._probe(proc)[0], timeout)
                 return
-        proc.start()
-        self._record(proc)
-        proc.wait_ready(probe, timeout)
+        try:
+            proc.start()
+            # Started by hand: a crash loop the watchdog gave up on starts afresh.
+            self._record(proc, state="running", recent=[])
+            proc.wait_ready(probe, timeout)
+        finally:
+            self._release(proc.name)
 
     def env(self, service: str = "") -> dict[str, str]:
         """Environment for Django processes (app servers, Celery, migrations)."""
@@ -162,6 +235,13 @@ class LocalCluster:
             raise ClusterError(f"unknown cluster part(s) {sorted(unknown)}; "
                                f"choose from {', '.join(PARTS)}")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._reload()
+        try:
+            self._up_parts(parts)
+        finally:
+            self._release()
+
+    def _up_parts(self, parts: set[str]) -> None:
         if "postgres" in parts:
             for group in self.topology.database_groups:
                 self._up_group(group)
@@ -183,6 +263,8 @@ class LocalCluster:
             self._up_gateway()
         if "dashboard" in parts:
             self._up_dashboard()
+        if "watchdog" in parts:
+            self._up_watchdog()
 
     def _up_group(self, group: DatabaseGroup) -> None:
         home = pg.pg_home(self.state_dir)
@@ -238,7 +320,7 @@ class LocalCluster:
         for i in range(1, spec.nodes + 1):
             name = f"redis-{i}"
             configured = spec.port if (i == 1 and spec.port != AUTO) else AUTO
-            port = self._port(name, spec.host, configured)
+            port = self._port(name, spec.host, configured, (ports.REDIS_BUS_OFFSET,))
             node = rd.redis_process(name, host=spec.host, port=port, data_dir=home / name,
                                     log=self._log(name), cluster=True, role="cluster-node")
             self._ensure(node, lambda p=port: rd.ping(spec.host, p), 20)  # type: ignore[misc]
@@ -315,8 +397,7 @@ class LocalCluster:
                                   host=spec.host_of(i), log=str(log), env=self.env(name),
                                   stop_signal=signal.SIGTERM)
             start = log.stat().st_size if log.exists() else 0
-            self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
-                lg, s, " ready."), 60)
+            self._ensure(proc, lambda p=proc, s=start: service_ready(p, s), 60)  # type: ignore[misc]
         if spec.relay:
             # The outbox relay (djscale.events) publishes committed events to the broker.
             log = self._log("relay")
@@ -326,8 +407,7 @@ class LocalCluster:
                                   log=str(log), env=self.env("relay"),
                                   stop_signal=signal.SIGTERM)
             start = log.stat().st_size if log.exists() else 0
-            self._ensure(proc, lambda lg=log, s=start: _log_says(  # type: ignore[misc]
-                lg, s, "relaying events of"), 60)
+            self._ensure(proc, lambda: service_ready(proc, start), 60)
 
     def _up_gateway(self) -> None:
         spec = self.topology.gateway
@@ -352,6 +432,17 @@ class LocalCluster:
                               stop_signal=signal.SIGTERM)
         self._ensure(proc, lambda: http_ok(host, port), 30)
 
+    def _up_watchdog(self) -> None:
+        """The watchdog daemon that restarts crashed services (:mod:`.watchdog`)."""
+        host = "127.0.0.1"
+        port = self._port("watchdog", host, AUTO)
+        cmd = [sys.executable, "-m", "djscale.cluster.watchdog", "--state-dir",
+               str(self.state_dir), "--host", host, "--port", str(port)]
+        proc = ManagedProcess(name="watchdog", kind="watchdog", role="supervisor", host=host,
+                              port=port, cmd=cmd, log=str(self._log("watchdog")),
+                              cwd=os.getcwd(), stop_signal=signal.SIGTERM)
+        self._ensure(proc, lambda: http_ok(host, port, "/metrics"), 30)
+
     # ------------------------------------------------------------------ status / down
 
     def status(self) -> list[ServiceStatus]:
@@ -367,8 +458,12 @@ class LocalCluster:
             except Exception as exc:  # noqa: BLE001 - a failed probe means "unhealthy"
                 detail = type(exc).__name__
             address = f"{proc.host}:{proc.port}" if proc.port else "-"
-            rows.append(ServiceStatus(proc.name, proc.kind, proc.pid if running else 0,
-                                      address, running, healthy, detail))
+            sup = proc.supervision
+            rows.append(ServiceStatus(
+                proc.name, proc.kind, proc.pid if running else 0, address, running, healthy,
+                detail, restarts=int(sup.get("restarts", 0)),
+                supervision=str(sup.get("state", "")) if proc.restart else "",
+                last_exit=str(sup.get("last_exit", ""))))
         return rows
 
     def _probe(self, proc: ManagedProcess) -> tuple[bool, str]:
@@ -386,21 +481,29 @@ class LocalCluster:
                              proc.extra["database"]), proc.role
         if proc.kind == "redis":
             return rd.ping(proc.host, proc.port), proc.role
-        if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard", "gateway"):
+        if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard", "gateway", "watchdog"):
             return http_ok(proc.host, proc.port), proc.role
         return True, proc.role
 
     def down(self, *, purge: bool = False) -> None:
         """Stop every service (reverse start order); with ``purge`` delete all data too."""
         errors = []
-        for proc in reversed(self.processes()):
-            try:
-                proc.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                errors.append(f"{proc.name}: {exc}")
-            self.state.services[proc.name]["pid"] = 0
-        if self.state.services:
-            self.state.write()
+        # The watchdog first, so it restarts nothing that is being stopped; then read the
+        # state again: it may have restarted a service just before it stopped.
+        ordered = sorted(reversed(self.processes()), key=lambda p: p.kind != "watchdog")
+        for proc in ordered:
+            if proc.kind == "watchdog":
+                errors += self._stop(proc)
+                continue
+            current = self.process(proc.name)
+            errors += self._stop(current)
+        if self.state.services and self.state_dir.exists():
+            with ClusterState.transaction(self.state_dir) as state:
+                for record in state.services.values():
+                    record["pid"] = 0
+                    if record.get("supervision"):
+                        record["supervision"]["state"] = "stopped"
+            self.state.services = state.services
         if purge:
             home = self.state_dir / "postgres"
             if home.is_symlink():
@@ -409,22 +512,99 @@ class LocalCluster:
         if errors:
             raise ClusterError("some services did not stop cleanly: " + "; ".join(errors))
 
+    @staticmethod
+    def _stop(proc: ManagedProcess) -> list[str]:
+        try:
+            proc.stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            return [f"{proc.name}: {exc}"]
+        return []
+
     def stop_service(self, name: str, *, crash: bool = False) -> None:
-        """Stop one service (``crash``: SIGKILL, as in a machine failure)."""
+        """Stop one service (``crash``: SIGKILL, as in a machine failure).
+
+        A stop is deliberate: the watchdog leaves the service down until it is started
+        again. A crash is not: the watchdog restarts a service of a
+        :data:`RESTARTED_KINDS` kind after its back-off.
+        """
         proc = self.process(name)
         if crash:
             proc.kill()
         else:
+            self._supervise(name, state="stopped")
             proc.stop()
 
     def start_service(self, name: str, timeout: float = 60) -> None:
-        """Start one recorded service again on its port and data, and wait until ready."""
-        proc = self.process(name)
-        if proc.alive():
-            return
-        proc.start()
-        self._record(proc)
+        """Start one recorded service again on its port and data, and wait until ready.
+
+        A service that is already running (restarted by the watchdog meanwhile) is only
+        waited for; one that the watchdog gave up on (crash loop) starts afresh.
+        """
+        with ClusterState.transaction(self.state_dir) as state:
+            proc = ManagedProcess.from_record(state.services[name])
+            if not proc.alive():
+                self._hold(name, ports.claim(proc.port, proc.host, label=name)
+                           if proc.port else None)
+                try:
+                    proc.start()
+                finally:
+                    self._release(name)
+            proc.supervision = {**proc.supervision, "state": "running", "recent": []}
+            state.services[name] = proc.to_record()
+        self.state.services = state.services
         proc.wait_ready(lambda: self._probe(proc)[0], timeout)
+
+    def recover_service(self, name: str, timeout: float = 60) -> None:
+        """Bring a crashed service back: wait for the watchdog if it restarts it, else start it.
+
+        Raises ClusterError when the watchdog gave up (crash loop) or the service is not
+        back and ready within ``timeout`` seconds.
+        """
+        if not self.supervised(name):
+            self.start_service(name, timeout)
+            return
+
+        def back() -> bool:
+            proc = self.process(name)
+            state = proc.supervision.get("state")
+            if state == "crash-loop":
+                raise _GaveUp(proc.supervision.get("last_exit", ""))
+            return state == "running" and proc.alive() and self._probe(proc)[0]
+
+        try:
+            ok = wait_until(back, timeout, interval=0.1)
+        except _GaveUp as exc:
+            raise ClusterError(f"{name} is in a crash loop (last exit: {exc}); the watchdog "
+                               f"gave up: see {self.process(name).log}, fix it, then run "
+                               "`djscale cluster up`") from None
+        if not ok:
+            raise ClusterError(f"the watchdog did not bring {name} back within {timeout:.0f} s;"
+                               f" see {self.process(name).log} and logs/watchdog.log")
+
+
+class _GaveUp(BaseException):  # not an Exception: wait_until must let it through
+    pass
+
+
+def service_ready(proc: ManagedProcess, log_offset: int = 0) -> bool:
+    """Return True once a (re)started service serves: the probe its kind needs.
+
+    ``log_offset``: where the log ended before the start, for services whose readiness
+    is a line in their log (Celery workers, the relay).
+    """
+    if proc.kind == "celery":
+        return _log_says(Path(proc.log), log_offset, " ready.")
+    if proc.kind == "relay":
+        return _log_says(Path(proc.log), log_offset, "relaying events of")
+    if proc.kind == "gateway":
+        return http_ok(proc.host, proc.port, "/")
+    if proc.kind == "watchdog":
+        return http_ok(proc.host, proc.port, "/metrics")
+    if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard"):
+        return http_ok(proc.host, proc.port)
+    if proc.kind == "redis":
+        return rd.ping(proc.host, proc.port)
+    return True
 
 
 def _bracket(host: str) -> str:

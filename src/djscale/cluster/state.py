@@ -9,7 +9,11 @@ loading the cluster tooling).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from djscale.localstate import STATE_FILE, LocalState, default_state_dir
@@ -25,6 +29,25 @@ class ClusterState(LocalState):
         """Load the state of ``state_dir`` (empty when no cluster was started there)."""
         state = LocalState.read(state_dir)
         return cls(state_dir=state.state_dir, topology=state.topology, services=state.services)
+
+    @classmethod
+    @contextlib.contextmanager
+    def transaction(cls, state_dir: Path) -> Iterator[ClusterState]:
+        """Read the state under an exclusive lock, yield it, write it back on success.
+
+        Several processes change one cluster's records (the ``djscale`` commands, the
+        watchdog restarting a crashed service): each changes what it owns inside a
+        transaction, so none overwrites another's change with a stale copy.
+        """
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / "cluster.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = cls.read(state_dir)
+            yield state
+            state.write()
+        finally:
+            os.close(fd)
 
     def write(self) -> None:
         """Store the state atomically."""

@@ -26,10 +26,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from djscale.cluster import ports
 from djscale.errors import ServiceStartError
 
 __all__ = [
@@ -42,20 +43,16 @@ __all__ = [
     "wait_until",
 ]
 
-_reserved: set[int] = set()
+def free_port(host: str = "127.0.0.1", *, companions: tuple[int, ...] = ()) -> int:
+    """Return a port free on ``host`` (and ``port + offset`` for each companion offset).
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` now and not handed out before by us."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        # Redis Cluster uses port + 10000 for its bus: keep clear of the top of the range.
-        if port not in _reserved and port < 55000:
-            _reserved.add(port)
-            return port
-    raise OSError(f"no free TCP port found on {host}")
+    The port is leased through :mod:`djscale.cluster.ports` for
+    :data:`~djscale.cluster.ports.DEFAULT_LEASE_SECONDS` (or until this process ends), so
+    no other djscale process is handed it meanwhile. Code that starts the service itself
+    should prefer :func:`djscale.cluster.ports.reserve` and release the lease once the
+    service listens.
+    """
+    return ports.reserve(host, companions=companions, label="free_port").port
 
 
 def tcp_ready(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -176,6 +173,10 @@ class ManagedProcess:
     extra: dict[str, Any] = field(default_factory=dict)
     netns: str = ""
     """Network namespace to run in ('' = the supervisor's own)."""
+    restart: bool = False
+    """Restart it when it dies (:mod:`djscale.cluster.watchdog` does, if one runs)."""
+    supervision: dict[str, Any] = field(default_factory=dict)
+    """What the watchdog knows: ``state``, ``restarts``, ``last_exit``, ... (see there)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -277,8 +278,46 @@ class ManagedProcess:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ManagedProcess:
-        """Rebuild a process description written by :meth:`to_record`."""
-        return cls(**dict(record))
+        """Rebuild a process description written by :meth:`to_record`.
+
+        Keys this version does not know (a record written by a newer djscale) are ignored.
+        """
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
+
+    def exit_reason(self) -> str:
+        """How the (dead) process ended, as far as this process can tell.
+
+        Known when this process started it (it reaps it) or while it is a zombie of
+        another parent; else only that it is gone.
+        """
+        child = _children.get(self.pid)
+        code = child.poll() if child is not None else _zombie_exit_code(self.pid)
+        if code is None:
+            return "exited (status unknown)"
+        if code < 0:
+            return f"killed by {_signal_name(-code)}"
+        return f"exit status {code}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _zombie_exit_code(pid: int) -> int | None:
+    """The wait status of zombie ``pid`` as a Popen-style return code (None if unknown)."""
+    try:
+        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    # Field 52 of stat (index 49 after the command) is the exit code (Linux 3.5+).
+    if fields_[0] != "Z" or len(fields_) < 50:
+        return None
+    status = int(fields_[49])
+    return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
 
 
 class _Died(BaseException):  # not an Exception: wait_until must let it through

@@ -49,8 +49,9 @@ _owned: list[LocalCluster] = []
 _shared: LocalCluster | None = None
 
 DEFAULT_PARTS = ("postgres", "redis")
-FACTORY_PARTS = tuple(p for p in PARTS if p != "dashboard")
-"""What a factory cluster boots unless told otherwise: everything but the dashboard."""
+FACTORY_PARTS = tuple(p for p in PARTS if p not in ("dashboard", "watchdog"))
+"""What a factory cluster boots unless told otherwise: everything but the dashboard and
+the watchdog (a test that kills a service decides itself whether something restarts it)."""
 
 
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
