@@ -29,6 +29,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ class Postgres:
     database: str
     user: str
     conn_max_age: int
+    password_env: str = ""
+    ssl: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str | int | float | bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -90,6 +94,9 @@ class Redis:
     port: int
     alias: str
     backend: str
+    tls: bool = False
+    username: str = ""
+    password_env: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -107,8 +114,10 @@ class Project:
     redis: Redis | None
     broker: str
     broker_note: str
+    broker_password_env: str
     celery_app: str
     session_engine: str
+    session_engine_set: bool
     middleware: list[str]
     installed_apps: list[str]
     has_base_dir: bool
@@ -162,17 +171,20 @@ def _topology_disabled() -> Iterator[list[int]]:
     import djscale.settings as derived
 
     calls: list[int] = []
-    original = derived.from_topology
+    original, original_configure = derived.from_topology, derived.configure
 
     def quiet(*args: Any, **kwargs: Any) -> dict[str, Any]:
         calls.append(1)
         return {}
 
-    derived.from_topology = quiet
+    def quiet_configure(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+
+    derived.from_topology, derived.configure = quiet, quiet_configure
     try:
         yield calls
     finally:
-        derived.from_topology = original
+        derived.from_topology, derived.configure = original, original_configure
 
 
 def _import_settings(root: Path, module_name: str) -> tuple[Any, bool]:
@@ -215,6 +227,23 @@ def _project_name(module_name: str) -> str:
     return name[:31]
 
 
+def _variable_holding(secret: object, default: str) -> tuple[str, bool]:
+    """The environment variable whose value is ``secret`` (the settings read it from
+    there), else ``default``; and whether it was found."""
+    if isinstance(secret, str) and secret:
+        names = sorted(k for k, v in os.environ.items() if v == secret)
+        if names:
+            return names[0], True
+    return default, False
+
+
+_SSL_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+_LIBPQ_SKIP = ("pool", "connect_timeout", "password", "host", "hostaddr", "port", "dbname",
+               "user", "passfile", "prepare_threshold", "server_side_binding", "cursor_factory",
+               "isolation_level", "assume_role", "client_encoding")
+_OPTION_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
 def _postgres(entry: Mapping[str, Any]) -> Postgres:
     notes: list[str] = []
     host = str(entry.get("HOST") or "")
@@ -241,16 +270,32 @@ def _postgres(entry: Mapping[str, Any]) -> Postgres:
     elif not _IDENT_RE.match(user):
         notes.append(f"USER {user!r} is not a plain PostgreSQL role name")
         user = "postgres"
+    password_env = ""
+    if entry.get("PASSWORD"):
+        password_env, found = _variable_holding(entry["PASSWORD"], PASSWORD_VARIABLE)
+        if not found:
+            notes.append(f"set ${password_env} to the database password where the app "
+                         "servers run (settings.py has it; this file never does)")
     options = entry.get("OPTIONS") or {}
+    ssl: dict[str, str] = {}
+    libpq: dict[str, str | int | float | bool] = {}
     if isinstance(options, Mapping):
-        libpq = sorted(k for k in options if k not in ("pool", "connect_timeout"))
-        if libpq:
-            notes.append("not carried over from OPTIONS: " + ", ".join(libpq)
-                         + " (TLS and libpq options: docs/topology.md)")
+        skipped = []
+        for key, value in sorted(options.items()):
+            if key in _SSL_KEYS and isinstance(value, str):
+                ssl[key] = value
+            elif key not in _LIBPQ_SKIP and _OPTION_RE.match(str(key)) and isinstance(
+                    value, str | int | float | bool):
+                libpq[str(key)] = value
+            elif key not in ("pool", "connect_timeout"):
+                skipped.append(str(key))
+        if skipped:
+            notes.append("not carried over from OPTIONS: " + ", ".join(skipped))
     age = entry.get("CONN_MAX_AGE", 0)
     conn_max_age = age if isinstance(age, int) and age >= 0 else 60
     return Postgres(host=host, port=port, database=database, user=user,
-                    conn_max_age=conn_max_age, notes=notes)
+                    conn_max_age=conn_max_age, password_env=password_env, ssl=ssl,
+                    options=libpq, notes=notes)
 
 
 def _redis(caches: Mapping[str, Any]) -> Redis | None:
@@ -273,10 +318,15 @@ def _redis(caches: Mapping[str, Any]) -> Redis | None:
         url = urlsplit(locations[0] if "://" in locations[0] else f"redis://{locations[0]}")
         if url.scheme == "unix":
             notes.append(f"{alias!r} uses a Unix socket; djscale connects over TCP")
-        if url.scheme == "rediss":
-            notes.append("the cache uses TLS (rediss://): see docs/topology.md for Redis TLS")
-        if url.password or url.username:
-            notes.append("the Redis credentials are not written here")
+        password_env = ""
+        if url.password:
+            password_env, found = _variable_holding(unquote(url.password), "REDIS_PASSWORD")
+            if not found:
+                notes.append(f"set ${password_env} to the Redis password where the app "
+                             "servers run")
+        username = unquote(url.username or "")
+        if username and not re.match(r"^[^\s:@/]+$", username):
+            username = ""
         host = url.hostname or "127.0.0.1"
         try:
             port = url.port or 6379
@@ -284,26 +334,31 @@ def _redis(caches: Mapping[str, Any]) -> Redis | None:
             port = 6379
         if not _HOST_RE.match(host):
             host = "127.0.0.1"
-        return Redis(host=host, port=port, alias=alias, backend=backend, notes=notes)
+        return Redis(host=host, port=port, alias=alias, backend=backend,
+                     tls=url.scheme == "rediss", username=username, password_env=password_env,
+                     notes=notes)
     return None
 
 
-def _broker(module: Any) -> tuple[str, str]:
+def _broker(module: Any) -> tuple[str, str, str]:
+    """``(URL without password, note, password variable)`` of the Celery broker."""
     url = str(getattr(module, "CELERY_BROKER_URL", "") or getattr(module, "BROKER_URL", "")
               or "")
     if not url:
-        return "", ""
+        return "", "", ""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "amqp"):
         return "", f"CELERY_BROKER_URL uses {parts.scheme or 'an unknown'}:// (djscale " \
-                   "describes redis://, rediss:// and amqp:// brokers)"
-    note = ""
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
+                   "describes redis://, rediss:// and amqp:// brokers)", ""
+    note, variable = "", ""
+    if parts.password:
+        variable, found = _variable_holding(unquote(parts.password), "BROKER_PASSWORD")
+        if not found:
+            note = f"set ${variable} to the broker's password where the workers run"
+        netloc = (f"{parts.username}@" if parts.username else "") + (parts.hostname or "") \
+            + (f":{parts.port}" if parts.port else "")
         url = parts._replace(netloc=netloc).geturl()
-        note = "the broker's credentials are not written here"
-    return unquote(url), note
+    return url, note, variable
 
 
 def _celery_app(root: Path, module_name: str) -> str:
@@ -332,7 +387,7 @@ def read_project(start: Path, settings: str = "") -> Project:
     engine = str(default.get("ENGINE", "")) if isinstance(default, Mapping) else ""
     postgres = _postgres(default) if engine in POSTGRES_ENGINES else None
     caches = getattr(module, "CACHES", {}) or {}
-    broker, broker_note = _broker(module)
+    broker, broker_note, broker_password_env = _broker(module)
     wsgi = str(getattr(module, "WSGI_APPLICATION", "") or "")
     wsgi = (wsgi.rsplit(".", 1)[0] + ":" + wsgi.rsplit(".", 1)[1]) if "." in wsgi \
         else f"{module_name.rsplit('.', 1)[0]}.wsgi:application"
@@ -348,9 +403,11 @@ def read_project(start: Path, settings: str = "") -> Project:
         redis=_redis(caches) if isinstance(caches, Mapping) else None,
         broker=broker,
         broker_note=broker_note,
+        broker_password_env=broker_password_env,
         celery_app=_celery_app(root, module_name),
         session_engine=str(getattr(module, "SESSION_ENGINE",
                                    "django.contrib.sessions.backends.db")),
+        session_engine_set=hasattr(module, "SESSION_ENGINE"),
         middleware=[str(m) for m in getattr(module, "MIDDLEWARE", []) or []],
         installed_apps=[str(a) for a in getattr(module, "INSTALLED_APPS", []) or []],
         has_base_dir=hasattr(module, "BASE_DIR"),
@@ -382,12 +439,114 @@ def middleware_order(existing: Sequence[str], *, postgres: bool) -> list[str]:
     return ordered
 
 
-def _comment(lines: Sequence[str], indent: str = "") -> list[str]:
-    return [f"{indent}# {line}" if line else f"{indent}#" for line in lines]
+def _comment(lines: Sequence[str]) -> list[str]:
+    out = []
+    for line in lines:
+        out += [f"# {part}" for part in textwrap.wrap(line, 86)] if line else ["#"]
+    return out
 
 
 def _toml_str(value: str) -> str:
     return json.dumps(value)
+
+
+def _toml_value(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return _toml_str(value)
+
+
+def _postgres_lines(project: Project) -> list[str]:
+    pg = project.postgres
+    if pg is not None:
+        lines = [
+            "# The PostgreSQL server the project uses today (DATABASES['default']), at its fixed",
+            "# address. Passwords never go in this file: password_env names the environment",
+            "# variable the app servers read it from (or password_file, a file such as",
+            "# /run/secrets/db).",
+            *_comment(pg.notes),
+            "[postgres]",
+            f"host = {_toml_str(pg.host)}",
+            f"port = {pg.port}",
+            f"database = {_toml_str(pg.database)}",
+            f"user = {_toml_str(pg.user)}",
+        ]
+        if pg.password_env:
+            lines.append(f"password_env = {_toml_str(pg.password_env)}")
+        lines.append(f"conn_max_age = {pg.conn_max_age}")
+        lines += [f"{key} = {_toml_str(value)}" for key, value in pg.ssl.items()]
+        if not pg.ssl:
+            lines += ['# sslmode = "verify-full"    # TLS; sslrootcert = "/etc/ssl/db-ca.pem"']
+        if pg.options:
+            lines.append("options = { " + ", ".join(
+                f"{k} = {_toml_value(v)}" for k, v in pg.options.items()) + " }")
+        lines += [
+            "# replicas = 2              # streaming replicas: reads there, writes to the primary",
+            '# replica_hosts = ["10.0.0.12", "10.0.0.13"]',
+            "# replica_ports = [5432, 5432]",
+            "# max_lag_seconds = 5.0     # a replica further behind is skipped",
+        ]
+        return lines
+    if project.sqlite:
+        return [
+            f"# {project.engine.rsplit('.', 1)[-1]} stays the project's database: djscale "
+            "leaves DATABASES alone.",
+            "[postgres]",
+            "enabled = false",
+            *_comment(["When the project moves to PostgreSQL, replace the two lines above:",
+                       "[postgres]", f'database = "{project.name}"', "replicas = 2"]),
+        ]
+    return [
+        "# The project sets no database of its own: `djscale cluster up` starts a local",
+        '# PostgreSQL on a free port ("auto"); give host and port for a real server.',
+        "[postgres]",
+        f"database = {_toml_str(project.name)}",
+        "# replicas = 2",
+    ]
+
+
+def _redis_lines(project: Project) -> list[str]:
+    rd = project.redis
+    if rd is not None:
+        lines = [f"# The Redis server of CACHES[{rd.alias!r}] ({rd.backend}).", *_comment(rd.notes),
+                 "[redis]", 'mode = "single"', f"host = {_toml_str(rd.host)}",
+                 f"port = {rd.port}"]
+        if rd.tls:
+            lines.append("tls = true                  # rediss://")
+        if rd.username:
+            lines.append(f"username = {_toml_str(rd.username)}   # Redis ACL user")
+        if rd.password_env:
+            lines.append(f"password_env = {_toml_str(rd.password_env)}")
+        return lines + _comment([
+            'mode = "cluster"          # an existing Redis Cluster: list its nodes',
+            'addresses = ["10.0.0.41:6379", "10.0.0.42:6379", "10.0.0.43:6379"]'])
+    if project.sqlite:
+        return _comment(["The project has no Redis cache today; describe it here when it has "
+                         "one.", "[redis]", 'host = "10.0.0.7"', "port = 6379"])
+    return ["# The project has no Redis cache today: `djscale cluster up` starts one on a",
+            '# free port ("auto"); give host and port for a real server.',
+            "[redis]", 'mode = "single"',
+            '# mode = "cluster"         # a Redis Cluster: masters >= 3']
+
+
+def _celery_lines(project: Project) -> list[str]:
+    lines: list[str] = []
+    if project.celery_app:
+        lines += [f"# The project's Celery application ({project.celery_app}).", "[celery]",
+                  "workers = 1", f"app = {_toml_str(project.celery_app)}"]
+    if project.broker:
+        if not lines:
+            lines.append("[celery]")
+        if project.broker_note:
+            lines += _comment([project.broker_note])
+        lines.append(f"broker = {_toml_str(project.broker)}")
+        if project.broker_password_env:
+            lines.append(f"broker_password_env = {_toml_str(project.broker_password_env)}")
+    elif project.broker_note:
+        lines += _comment([project.broker_note])
+    return lines or _comment(["[celery]", "workers = 1", f'app = "{project.name}.celery:app"'])
 
 
 def render_toml(project: Project) -> str:
@@ -399,123 +558,47 @@ def render_toml(project: Project) -> str:
         "# Check it with `djscale topology check`; reference: docs/topology.md.",
     ]
     if project.sqlite:
-        engine = project.engine.rsplit(".", 1)[-1]
+        out += _comment(["", f"This project's database is {project.engine.rsplit('.', 1)[-1]}: "
+                             f"{NEEDS_POSTGRES}."])
+    elif project.postgres is not None:
         out += _comment([
             "",
-            f"This project's database is {engine}: {NEEDS_POSTGRES}.",
-            "Its DATABASES stay as they are (the settings lines of `djscale init` do not",
-            "call from_topology()). To move to PostgreSQL, set [postgres] below and add",
-            '`globals().update(from_topology(BASE_DIR / "djscale.toml"))` to settings.py.',
+            "The addresses below are the servers the project uses today. To run the same",
+            "project on this machine with `djscale cluster up`, put the production addresses",
+            "in a profile instead (djscale.prod.toml, used when DJSCALE_PROFILE=prod) and",
+            'leave ports "auto" here: see docs/adoption.md.',
         ])
-    out += [
-        "",
-        "[project]",
-        f"name = {_toml_str(project.name)}",
-        'pythonpath = "."',
-        f"settings = {_toml_str(project.settings_module)}",
-        f"wsgi = {_toml_str(project.wsgi)}",
-        "",
-    ]
-    pg = project.postgres
-    if pg is not None:
-        out += [
-            "# The PostgreSQL server the project uses today (DATABASES['default']), at a fixed",
-            f"# address. The password is read from ${PASSWORD_VARIABLE} at run time, never",
-            "# from this file.",
-            *_comment(pg.notes),
-            "[postgres]",
-            f"host = {_toml_str(pg.host)}",
-            f"port = {pg.port}",
-            f"database = {_toml_str(pg.database)}",
-            f"user = {_toml_str(pg.user)}",
-            f"conn_max_age = {pg.conn_max_age}",
-            "# replicas = 2             # streaming replicas: reads there, writes to the primary",
-            "# replica_ports = [5433, 5434]",
-            '# replica_hosts = ["10.0.0.12", "10.0.0.13"]',
-            "# max_lag_seconds = 5.0    # a replica further behind is skipped",
-        ]
-    elif project.sqlite:
-        out += _comment([
-            "[postgres]                # when the project moves to PostgreSQL",
-            'database = "' + project.name + '"',
-            "replicas = 2",
-        ])
-    else:
-        out += [
-            "# The project sets no database of its own: `djscale cluster up` starts a local",
-            "# PostgreSQL on a free port (\"auto\"); give host and port for a real server.",
-            "[postgres]",
-            f"database = {_toml_str(project.name)}",
-            "# replicas = 2",
-        ]
+    out += ["", "[project]", f"name = {_toml_str(project.name)}", 'pythonpath = "."',
+            f"settings = {_toml_str(project.settings_module)}",
+            f"wsgi = {_toml_str(project.wsgi)}", ""]
+    out += _postgres_lines(project)
     if project.other_databases:
         out += _comment([f"Also in DATABASES: {', '.join(project.other_databases)} "
-                         "(not described here)."])
+                         "(kept as settings.py has them)."])
     out += ["", *_comment([
         "Shards: rows spread over several databases by a key (docs/sharding.md).",
-        "[[shards]]",
-        'name = "shard1"',
-        'host = "10.0.0.21"',
-        "port = 5432",
-        "replicas = 1",
-    ])]
-    out.append("")
-    rd = project.redis
-    if rd is not None:
-        out += [
-            f"# The Redis server of CACHES[{rd.alias!r}] ({rd.backend}).",
-            *_comment(rd.notes),
-            "[redis]",
-            'mode = "single"',
-            f"host = {_toml_str(rd.host)}",
-            f"port = {rd.port}",
-            *_comment(['mode = "cluster"         # a Redis Cluster: masters >= 3',
-                       "masters = 3", "replicas_per_master = 1"]),
-        ]
-    elif project.sqlite:
-        out += _comment([
-            "The project has no Redis cache today; describe it here when it has one.",
-            "[redis]",
-            'host = "10.0.0.7"',
-            "port = 6379",
-        ])
-    else:
-        out += [
-            "# The project has no Redis cache today: `djscale cluster up` starts one on a",
-            '# free port ("auto"); give host and port for a real server.',
-            "[redis]",
-            'mode = "single"',
-            '# mode = "cluster"        # a Redis Cluster: masters >= 3',
-        ]
-    out += ["", *_comment([
-        "App servers and load balancer of the local cluster (`djscale cluster up`).",
-    ]), "[app]", "servers = 2", "workers = 2", *_comment([
-        "weights = [2, 1]", 'hosts = ["10.0.0.31", "10.0.0.32"]'
-    ]), "", "[lb]", 'kind = "nginx"            # or "haproxy"',
-        'method = "round_robin"    # least_conn, ip_hash', ""]
-    celery: list[str] = []
-    if project.celery_app:
-        celery += [f"# The project's Celery application ({project.celery_app}).", "[celery]",
-                   "workers = 1", f"app = {_toml_str(project.celery_app)}"]
-    if project.broker and not project.sqlite:
-        if not celery:
-            celery += ["[celery]"]
-        if project.broker_note:
-            celery += _comment([project.broker_note])
-        celery += [f"broker = {_toml_str(project.broker)}"]
-    elif project.broker_note:
-        celery += _comment([project.broker_note])
-    if not celery:
-        celery = _comment(["[celery]", "workers = 1", 'app = "' + project.name +
-                           '.celery:app"'])
-    out += celery
+        "[[shards]]", 'name = "shard1"', 'host = "10.0.0.21"', "port = 5432", "replicas = 1",
+    ]), ""]
+    out += _redis_lines(project)
+    out += ["", "# App servers and load balancer of the local cluster (`djscale cluster up`).",
+            "[app]", "servers = 2", "workers = 2",
+            *_comment(["weights = [2, 1]", 'hosts = ["10.0.0.31", "10.0.0.32"]']), "",
+            "[lb]", 'kind = "nginx"             # or "haproxy"',
+            'method = "round_robin"     # least_conn, ip_hash', ""]
+    out += _celery_lines(project)
     if project.sqlite and (project.celery_app or project.broker):
-        out += _comment([f"Celery broker today: {project.broker or 'not set'} "
-                         "(kept as it is in settings.py)."])
+        out += _comment(["The Celery broker stays as settings.py sets it."])
     return "\n".join(out) + "\n"
 
 
-def render_settings_lines(project: Project, topology: str = "djscale.toml") -> str:
+def _settings_path(project: Project) -> Path:
+    settings = project.settings_file or Path(project.settings_module.replace(".", "/") + ".py")
+    with contextlib.suppress(ValueError):
+        settings = settings.relative_to(project.root)
+    return settings
+
+
+def render_settings_lines(project: Project) -> str:
     """The block to paste at the end of the settings module, between marker comments."""
     lines = [BEGIN]
     if "djscale" not in project.installed_apps:
@@ -525,49 +608,68 @@ def render_settings_lines(project: Project, topology: str = "djscale.toml") -> s
                                                        postgres=not project.sqlite)]
     lines.append("]")
     if project.sqlite:
-        lines += [f"# {NEEDS_POSTGRES}:",
-                  "# DATABASES and CACHES stay yours; from_topology() is for PostgreSQL."]
+        lines += [f"# {NEEDS_POSTGRES}.",
+                  "# DATABASES, CACHES and sessions stay as settings.py has them."]
     elif not project.uses_topology:
-        where = (f'BASE_DIR / "{topology}"' if project.has_base_dir
-                 else f'__import__("pathlib").Path(__file__).resolve().parent.parent / '
-                      f'"{topology}"')
-        lines += ["from djscale.settings import from_topology",
+        lines += ["",
+                  "from djscale.settings import from_topology",
                   "",
-                  f"globals().update(from_topology({where}))"]
+                  "# Merges djscale.toml (found next to manage.py) into these settings;",
+                  "# each value of yours it replaces is reported by `manage.py check`",
+                  "# (djscale.W200).",
+                  "globals().update(from_topology(globals()))"]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
 
+def _replaced(project: Project) -> list[str]:
+    """User settings the topology will replace (each one a djscale.W200 until removed)."""
+    found = []
+    if project.redis is not None and project.redis.alias == "default":
+        found.append(f"CACHES['default'] ({project.redis.backend}): djscale's TieredCache "
+                     "over the same Redis replaces it")
+    return found
+
+
 def _report(project: Project, toml_path: Path, action: str) -> str:
-    settings = project.settings_file or Path(project.settings_module.replace(".", "/") + ".py")
-    with contextlib.suppress(ValueError):
-        settings = settings.relative_to(project.root)
+    settings = _settings_path(project)
     urls = settings.parent / "urls.py"
     out = [f"djscale: {action} {toml_path}"]
     if project.sqlite:
         out.append(f"djscale: {project.engine.rsplit('.', 1)[-1]} database: {NEEDS_POSTGRES}")
     else:
         pg = project.postgres
-        out.append("   postgres  " + (f"{pg.user}@{pg.host}:{pg.port}/{pg.database} "
-                                      f"(password from ${PASSWORD_VARIABLE})" if pg else
-                                      "none set: a local one from `djscale cluster up`"))
+        out.append("   postgres  " + (
+            f"{pg.user}@{pg.host}:{pg.port}/{pg.database}"
+            + (f" (password from ${pg.password_env})" if pg.password_env else "") if pg else
+            "none set: a local one from `djscale cluster up`"))
         rd = project.redis
         out.append("   redis     " + (f"{rd.host}:{rd.port} (CACHES[{rd.alias!r}])" if rd else
                                       "none set: a local one from `djscale cluster up`"))
         if project.broker or project.celery_app:
-            out.append(f"   celery    {project.celery_app or '(no app found)'} "
-                       f"broker {project.broker or 'the Redis above'}")
-        if project.session_engine != "djscale.sessions":
-            out.append(f"   sessions  {project.session_engine} becomes djscale.sessions "
-                       "(cached_db in Redis, failover-safe)")
+            out.append(f"   celery    {project.celery_app or '(no app found)'}, broker "
+                       f"{project.broker or 'the Redis above'}")
+        out.append("   sessions  " + (
+            f"{project.session_engine} (yours, kept; djscale.sessions is the failover-safe "
+            "one: docs/cache.md)" if project.session_engine_set else
+            "djscale.sessions (cached_db over Redis, failover-safe)"))
+    ordered = middleware_order(project.middleware, postgres=not project.sqlite)
+    if project.uses_topology and "djscale" in project.installed_apps \
+            and project.middleware == ordered:
+        out.append(f"\n{settings} already has djscale's lines; nothing to add.")
+        return "\n".join(out)
     if project.uses_topology:
-        out.append(f"\n{settings} already calls from_topology(); check its MIDDLEWARE "
-                   "against this order:")
+        out.append(f"\n{settings} already calls from_topology(); put its MIDDLEWARE in this "
+                   "order:")
     else:
         out.append(f"\nAdd these lines at the end of {settings}:")
-    out += ["", render_settings_lines(project, toml_path.name)]
-    out += [f"and to {urls}:", "",
-            "    from django.urls import include, path",
+    out += ["", render_settings_lines(project)]
+    replaced = _replaced(project)
+    if replaced and not project.uses_topology:
+        out += ["Then remove from settings.py what the topology now describes (or keep it and "
+                "silence djscale.W200):", *(f"    {r}" for r in replaced), ""]
+    out += [f"and at the end of {urls}:", "",
+            "    from django.urls import include",
             '    urlpatterns += [path("", include("djscale.urls"))]   '
             "# /health/live, /health/ready, /metrics", ""]
     out.append("Then: `djscale topology check` and `python manage.py check --deploy`"
@@ -584,11 +686,11 @@ def init(directory: str | Path = ".", *, settings: str = "", output: str | Path 
     :class:`~djscale.errors.ConfigurationError` when the file exists with other content
     and ``force`` is false, or when the project cannot be read.
     """
+    from djscale.topology import parse
+
     project = read_project(Path(directory), settings)
     path = Path(output) if output else project.root / "djscale.toml"
     text = render_toml(project)
-    from djscale.topology import parse
-
     parse(tomllib.loads(text), source=str(path))  # never write a file check would refuse
     action = "wrote"
     if path.exists():
@@ -601,11 +703,11 @@ def init(directory: str | Path = ".", *, settings: str = "", output: str | Path 
                 if line[:1] in "+-" and line[:3] not in ("+++", "---"))
             raise ConfigurationError(
                 f"{path} exists and differs from what init would write ({changed} changed "
-                f"line{'s' if changed != 1 else ''}); "
-                "keep it, or run djscale init --force to overwrite it")
+                f"line{'s' if changed != 1 else ''}); keep it, or run djscale init --force "
+                "to overwrite it")
         else:
             action = "overwrote"
-    if action != "unchanged (already up to date):":
+    if not action.startswith("unchanged"):
         path.write_text(text, encoding="utf-8")
     print(_report(project, path, action))
     return 0

@@ -72,7 +72,8 @@ def test_init_on_a_fresh_sqlite_project_says_what_needs_postgres(tmp_path: Path)
     out = _djscale(project, "init").stdout
     assert NEEDS_POSTGRES in out
     toml = (project / "djscale.toml").read_text()
-    assert NEEDS_POSTGRES in toml
+    assert NEEDS_POSTGRES in toml.replace("\n# ", " ")
+    assert tomllib.loads(toml)["postgres"] == {"enabled": False}   # DATABASES stay SQLite
     assert "from_topology" not in out.split("# --- djscale")[1].split("# --- end")[0] \
         .replace("from_topology() is for PostgreSQL", "")
 
@@ -118,15 +119,16 @@ import os
 
 DATABASES = {"default": {
     "ENGINE": "django.db.backends.postgresql", "NAME": "shop", "USER": "shopper",
-    "PASSWORD": os.environ.get("SHOP_DB_PASSWORD", "not-in-the-toml"),
+    "PASSWORD": os.environ["SHOP_DB_PASSWORD"],
     "HOST": "db.internal", "PORT": "6543", "CONN_MAX_AGE": 30,
+    "OPTIONS": {"sslmode": "require", "application_name": "shop"},
 }}
 CACHES = {"default": {
     "BACKEND": "django_redis.cache.RedisCache",
     "LOCATION": "redis://cache.internal:6380/2",
     "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
 }}
-CELERY_BROKER_URL = "redis://:broker-secret@broker.internal:6381/0"
+CELERY_BROKER_URL = f"redis://:{os.environ['SHOP_BROKER_PASSWORD']}@broker.internal:6381/0"
 SESSION_ENGINE = "django.contrib.sessions.backends.cache"
 '''
 
@@ -147,15 +149,21 @@ def test_init_on_a_postgres_redis_celery_project_describes_its_servers(tmp_path:
     (project / "shop" / "celery.py").write_text(CELERY_APP)
     (project / "shop" / "__init__.py").write_text("from .celery import app as celery_app\n")
 
-    out = _djscale(project, "init").stdout
+    secrets = {"SHOP_DB_PASSWORD": "db-secret-1", "SHOP_BROKER_PASSWORD": "broker-secret-2"}
+    out = _djscale(project, "init", env=secrets).stdout
     text = (project / "djscale.toml").read_text()
-    assert "not-in-the-toml" not in text and "broker-secret" not in text
+    assert "db-secret-1" not in text and "broker-secret-2" not in text
     data = tomllib.loads(text)
-    assert {k: data["postgres"][k] for k in ("host", "port", "database", "user")} == {
-        "host": "db.internal", "port": 6543, "database": "shop", "user": "shopper"}
+    assert {k: data["postgres"][k] for k in (
+        "host", "port", "database", "user", "password_env", "sslmode", "options")} == {
+        "host": "db.internal", "port": 6543, "database": "shop", "user": "shopper",
+        "password_env": "SHOP_DB_PASSWORD", "sslmode": "require",
+        "options": {"application_name": "shop"}}
     assert (data["redis"]["host"], data["redis"]["port"]) == ("cache.internal", 6380)
-    assert data["celery"]["app"] == "shop.celery:app"
-    assert data["celery"]["broker"] == "redis://broker.internal:6381/0"
+    assert data["celery"] == {"workers": 1, "app": "shop.celery:app",
+                              "broker": "redis://broker.internal:6381/0",
+                              "broker_password_env": "SHOP_BROKER_PASSWORD"}
+    assert "CACHES['default']" in out   # told to remove what the topology now describes
 
     assert "djscale.toml: ok" in _djscale(project, "topology", "check").stdout
     topo = load(project / "djscale.toml")
@@ -163,16 +171,21 @@ def test_init_on_a_postgres_redis_celery_project_describes_its_servers(tmp_path:
 
     _apply(project, "shop", out)
     # Fixed addresses: no local cluster is needed to build the settings.
-    result = _run(project, sys.executable, "manage.py", "check")
+    result = _run(project, sys.executable, "manage.py", "check", env=secrets)
     assert "djscale.W008" not in result.stdout + result.stderr
     shown = _run(project, sys.executable, "-c",
                  "import django; django.setup(); from django.conf import settings as s; "
-                 "d = s.DATABASES['default']; print(d['HOST'], d['PORT'], d['NAME'], d['USER'])",
-                 env={"DJANGO_SETTINGS_MODULE": "shop.settings", "PYTHONPATH": str(project)})
-    assert shown.stdout.split() == ["db.internal", "6543", "shop", "shopper"]
+                 "d = s.DATABASES['default']; print(d['HOST'], d['PORT'], d['NAME'], d['USER'], "
+                 "d['PASSWORD'], d['OPTIONS']['sslmode'], s.CELERY_BROKER_URL)",
+                 env={**secrets, "DJANGO_SETTINGS_MODULE": "shop.settings",
+                      "PYTHONPATH": str(project)})
+    assert shown.stdout.split() == ["db.internal", "6543", "shop", "shopper", "db-secret-1",
+                                    "require",
+                                    "redis://:broker-secret-2@broker.internal:6381/0"]
 
     # Once pasted, a second run finds the same project and changes nothing.
-    assert "unchanged" in _djscale(project, "init").stdout
+    again = _djscale(project, "init", env=secrets).stdout
+    assert "unchanged" in again and "nothing to add" in again
 
 
 def test_init_on_the_demo_project_boots_and_checks(tmp_path: Path,
@@ -181,7 +194,7 @@ def test_init_on_the_demo_project_boots_and_checks(tmp_path: Path,
     shutil.copytree(DEMO, project, ignore=shutil.ignore_patterns("djscale.toml", "__pycache__"))
     # The demo has no manage.py (the cluster runs it through django-admin): name its settings.
     out = _djscale(project, "init", "--settings", "demo.settings").stdout
-    assert "already calls from_topology()" in out
+    assert "already has djscale's lines; nothing to add" in out
     assert "djscale.toml: ok" in _djscale(project, "topology", "check").stdout
     data = tomllib.loads((project / "djscale.toml").read_text())
     assert data["project"]["settings"] == "demo.settings"
