@@ -88,3 +88,22 @@ def test_the_cli_says_which_extra_in_one_line_without_a_traceback(tmp_path: Path
     assert result.stderr.splitlines() == [
         "djscale: error: djscale deploy kubernetes needs PyYAML, which is not installed: "
         "pip install 'djscale[kubernetes]'"]
+
+
+def test_cluster_up_without_gunicorn_names_the_cluster_extra_before_starting_anything(
+        tmp_path: Path) -> None:
+    topology = tmp_path / "djscale.toml"
+    topology.write_text('[project]\nname = "site"\nsettings = "site.settings"\n'
+                        'wsgi = "site.wsgi:application"\n\n[app]\nservers = 1\n',
+                        encoding="utf-8")
+    state = tmp_path / "state"
+    result = _without(["gunicorn"], (
+        "from djscale.cli import main\n"
+        f"sys.exit(main(['cluster', 'up', '--topology', {str(topology)!r}, "
+        f"'--state-dir', {str(state)!r}]))\n"))
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "djscale: error: the local cluster (app servers) needs gunicorn, which is not "
+        "installed: pip install 'djscale[cluster]'"]
+    assert not state.exists()

@@ -29,6 +29,7 @@ from djscale.cluster import ports
 from djscale.cluster import postgres as pg
 from djscale.cluster import redis as rd
 from djscale.cluster.lb import Upstream, lb_process
+from djscale.cluster.packages import require_packages
 from djscale.cluster.state import ClusterState
 from djscale.cluster.supervisor import NETNS_DIR, ManagedProcess, run, wait_until
 from djscale.errors import ClusterError
@@ -234,6 +235,7 @@ class LocalCluster:
         if unknown:
             raise ClusterError(f"unknown cluster part(s) {sorted(unknown)}; "
                                f"choose from {', '.join(PARTS)}")
+        require_packages(self.topology, parts)  # before anything starts
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._reload()
         try:
