@@ -11,12 +11,24 @@ Metrics (all prefixed ``djscale_``; counters get ``_total`` from prometheus_clie
 ``http_request_duration_seconds``      request latency histogram by method
 ``router_decisions_total``             reads/writes routed to primary / replica / fallback
 ``replica_lag_seconds`` / ``_bytes``   last measured lag of each replica
-``shard_queries_total``                queries per physical shard (recorded by sharding)
+``shard_queries_total``                queries routed to each physical shard (by the shard
+                                       router, scatter-gather included)
+``shard_moved_retries_total``          writes refused by a moved shard's old database, retried
 ``db_queries_total``                   every query by database alias and role (primary,
                                        replica, shard), counted by an execute wrapper
 ``cache_requests_total``               cache hits and misses per level (l1, l2)
-``cache_invalidations_total``          invalidations received / sent, by source
+``db_replica_fallback_total``          reads sent to the primary for want of a replica
+``db_read_failover_total``             reads retried elsewhere after a replica failed
+``cache_invalidations_total``          invalidation messages sent / received (L1 bus)
 ``cache_stampede_waits_total``         requests that waited for another computation
+``cache_computations_total``           values computed by get_or_set()/@cached, by reason
+``cache_l2_errors_total``              Redis (L2) calls that failed, per cache location
+``cache_l2_skipped_total``             Redis (L2) calls skipped while its breaker was open
+``cache_writes_dropped_total``         cache writes lost because Redis was unreachable
+``cache_l1_flushes_total``             whole-L1 flushes, by reason
+``session_cache_writes_total``         session cache writes by outcome (acked, unacked, failed)
+``n_plus_one_total``                   requests/tasks with an N+1 query pattern
+``query_budget_exceeded_total``        requests/tasks over their query budget
 ``circuit_breaker_state``              0 closed, 1 half-open, 2 open, per upstream service
 ``outbox_backlog``                     outbox rows not yet published
 ``outbox_unconfirmed``                 outbox rows given up: sent again and again, never
@@ -50,21 +62,32 @@ from typing import Any, Literal
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CACHE_COMPUTATIONS",
     "CACHE_INVALIDATIONS",
+    "CACHE_L1_FLUSHES",
+    "CACHE_L2_ERRORS",
+    "CACHE_L2_SKIPPED",
     "CACHE_REQUESTS",
+    "CACHE_WRITES_DROPPED",
     "CIRCUIT_BREAKER_STATE",
     "DB_QUERIES",
     "HEALTH_CHECK_UP",
     "HTTP_REQUESTS",
     "HTTP_REQUEST_DURATION",
+    "N_PLUS_ONE",
     "OUTBOX_BACKLOG",
     "OUTBOX_REDELIVERED",
     "OUTBOX_UNCONFIRMED",
     "PROCESS_CRASH_LOOP",
     "PROCESS_RESTARTS",
+    "QUERY_BUDGET_EXCEEDED",
+    "READ_FAILOVERS",
+    "REPLICA_FALLBACKS",
     "REPLICA_LAG_BYTES",
     "REPLICA_LAG_SECONDS",
     "ROUTER_DECISIONS",
+    "SESSION_CACHE_WRITES",
+    "SHARD_MOVED_RETRIES",
     "SHARD_QUERIES",
     "STAMPEDE_WAITS",
     "SUPERVISION_SAMPLES",
@@ -75,15 +98,26 @@ __all__ = [
     "instrument_queries",
     "multiprocess_dir",
     "record_cache",
+    "record_cache_computation",
     "record_circuit_state",
     "record_crash_loop",
     "record_invalidation",
+    "record_l1_flush",
+    "record_l2_error",
+    "record_l2_skipped",
+    "record_n_plus_one",
     "record_outbox_backlog",
     "record_process_restart",
+    "record_query_budget_exceeded",
+    "record_read_failover",
+    "record_replica_fallback",
     "record_replica_lag",
     "record_router_decision",
+    "record_session_cache_write",
+    "record_shard_moved_retry",
     "record_shard_query",
     "record_stampede_wait",
+    "record_write_dropped",
 ]
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -162,8 +196,27 @@ REPLICA_LAG_BYTES = Gauge(
     "djscale_replica_lag_bytes", "Last measured replication lag of a replica in bytes of WAL.",
     ["alias"], multiprocess_mode="mostrecent",
 )
+REPLICA_FALLBACKS = Counter(
+    "djscale_db_replica_fallback",
+    "Reads sent to the primary of a replication group instead of a replica, by reason "
+    "(no_replica: none up and within max_lag; read_your_writes: none has replayed the "
+    "user's last write yet).",
+    ["group", "reason"],
+)
+READ_FAILOVERS = Counter(
+    "djscale_db_read_failover",
+    "Reads retried on another server after a replica connection failed.",
+    ["alias"],
+)
 SHARD_QUERIES = Counter(
-    "djscale_shard_queries", "Queries sent to each physical shard database.", ["shard"],
+    "djscale_shard_queries",
+    "Queries routed to each physical shard database by the shard router.", ["shard"],
+)
+SHARD_MOVED_RETRIES = Counter(
+    "djscale_shard_moved_retries",
+    "Writes refused by a logical shard's old database after a move (stale shard map, or "
+    "waiting out the move's freeze) and retried on its new database, by model.",
+    ["model"],
 )
 
 DB_QUERIES = Counter(
@@ -184,6 +237,44 @@ CACHE_INVALIDATIONS = Counter(
 STAMPEDE_WAITS = Counter(
     "djscale_cache_stampede_waits",
     "Cache misses that waited for another process to compute the value.",
+)
+CACHE_COMPUTATIONS = Counter(
+    "djscale_cache_computations",
+    "Values computed by get_or_set()/@cached (stampede-protected), by reason (miss, early).",
+    ["reason"],
+)
+CACHE_L2_ERRORS = Counter(
+    "djscale_cache_l2_errors", "Redis (L2) calls that failed (connection or timeout).",
+    ["location"],
+)
+CACHE_L2_SKIPPED = Counter(
+    "djscale_cache_l2_skipped", "Redis (L2) calls skipped because its circuit was open.",
+    ["location"],
+)
+CACHE_WRITES_DROPPED = Counter(
+    "djscale_cache_writes_dropped", "Cache writes dropped because Redis (L2) was unreachable.",
+    ["location"],
+)
+CACHE_L1_FLUSHES = Counter(
+    "djscale_cache_l1_flushes", "Whole-L1 flushes (lost subscription, clear()).", ["reason"],
+)
+SESSION_CACHE_WRITES = Counter(
+    "djscale_session_cache_writes",
+    "Session cache writes by outcome (acked, unacked: WAIT timed out, failed: Redis down).",
+    ["result"],
+)
+
+# ------------------------------------------------------------------ query inspector
+
+N_PLUS_ONE = Counter(
+    "djscale_n_plus_one",
+    "Inspected requests/tasks in which one line ran the same query shape THRESHOLD+ times.",
+    ["relation", "where"],
+)
+QUERY_BUDGET_EXCEEDED = Counter(
+    "djscale_query_budget_exceeded",
+    "Requests/tasks/views that ran more queries than their budget.",
+    ["where"],
 )
 
 # ------------------------------------------------------------------ services and events
@@ -252,9 +343,25 @@ def record_replica_lag(*, alias: str, seconds: float | None, lag_bytes: int | No
         REPLICA_LAG_BYTES.labels(alias).set(lag_bytes)
 
 
+def record_replica_fallback(*, group: str,
+                            reason: Literal["no_replica", "read_your_writes"]) -> None:
+    """Count one read of ``group`` sent to its primary instead of a replica."""
+    REPLICA_FALLBACKS.labels(group, reason).inc()
+
+
+def record_read_failover(*, alias: str) -> None:
+    """Count one read retried elsewhere after replica ``alias`` failed."""
+    READ_FAILOVERS.labels(alias).inc()
+
+
 def record_shard_query(*, shard: str) -> None:
-    """Count one query sent to physical shard ``shard``."""
+    """Count one query routed to physical shard ``shard``."""
     SHARD_QUERIES.labels(shard).inc()
+
+
+def record_shard_moved_retry(*, model: str) -> None:
+    """Count one write of ``model`` retried on a shard's new database after a move."""
+    SHARD_MOVED_RETRIES.labels(model).inc()
 
 
 def record_cache(*, level: Literal["l1", "l2"], hit: bool, count: int = 1) -> None:
@@ -270,6 +377,46 @@ def record_invalidation(*, direction: Literal["sent", "received"], count: int = 
 def record_stampede_wait() -> None:
     """Count one request that waited for another computation instead of recomputing."""
     STAMPEDE_WAITS.inc()
+
+
+def record_cache_computation(*, reason: Literal["miss", "early"]) -> None:
+    """Count one value computed by get_or_set()/@cached (a miss or an early refresh)."""
+    CACHE_COMPUTATIONS.labels(reason).inc()
+
+
+def record_l2_error(*, location: str) -> None:
+    """Count one failed Redis (L2) call of cache ``location``."""
+    CACHE_L2_ERRORS.labels(location).inc()
+
+
+def record_l2_skipped(*, location: str) -> None:
+    """Count one Redis (L2) call of ``location`` skipped because its breaker was open."""
+    CACHE_L2_SKIPPED.labels(location).inc()
+
+
+def record_write_dropped(*, location: str) -> None:
+    """Count one cache write of ``location`` lost because Redis was unreachable."""
+    CACHE_WRITES_DROPPED.labels(location).inc()
+
+
+def record_l1_flush(*, reason: str) -> None:
+    """Count one flush of the whole in-process (L1) cache."""
+    CACHE_L1_FLUSHES.labels(reason).inc()
+
+
+def record_session_cache_write(*, result: Literal["acked", "unacked", "failed"]) -> None:
+    """Count one session cache write by outcome."""
+    SESSION_CACHE_WRITES.labels(result).inc()
+
+
+def record_n_plus_one(*, relation: str, where: str) -> None:
+    """Count one request/task in which ``relation`` was loaded one row at a time."""
+    N_PLUS_ONE.labels(relation=relation, where=where).inc()
+
+
+def record_query_budget_exceeded(*, where: str) -> None:
+    """Count one request/task/view that ran more queries than its budget."""
+    QUERY_BUDGET_EXCEEDED.labels(where=where).inc()
 
 
 def record_circuit_state(*, service: str, state: str) -> None:

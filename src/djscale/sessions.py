@@ -49,10 +49,8 @@ from django.core.cache import caches
 from django.core.exceptions import SuspiciousOperation
 from django.db import router
 from django.utils import timezone
-from prometheus_client import Counter
 
-from djscale import conf
-from djscale import metrics as _metrics  # noqa: F401 - multiprocess mode before CACHE_WRITES
+from djscale import conf, metrics
 from djscale.cache.backend import TieredCache
 from djscale.cache.l2 import UNAVAILABLE, dumps
 
@@ -60,10 +58,8 @@ __all__ = ["SessionStore", "durability"]
 
 log = logging.getLogger("djscale.sessions")
 
-CACHE_WRITES = Counter(
-    "djscale_session_cache_writes",
-    "Session cache writes by outcome (acked, unacked: WAIT timed out, failed: Redis down)",
-    ["result"])
+CACHE_WRITES = metrics.SESSION_CACHE_WRITES
+"""``djscale_session_cache_writes_total`` (defined in :mod:`djscale.metrics`)."""
 
 # Session cache keys whose last write failed: this process reads them from the database
 # until a write succeeds (bounded, oldest forgotten first).
@@ -170,7 +166,7 @@ class SessionStore(CachedDBStore):
             if cache.bus is not None:
                 cache.l2.publish(*cache.bus.keys_message([full]))
         if acks is UNAVAILABLE:
-            CACHE_WRITES.labels("failed").inc()
+            metrics.record_session_cache_write(result="failed")
             _mark(key, True)
             # Best effort: without a cache copy, other processes read the database.
             cache.l2.run(lambda c: c.delete(full), None, write=True)
@@ -179,8 +175,8 @@ class SessionStore(CachedDBStore):
             return
         _mark(key, False)
         if acks < replicas:
-            CACHE_WRITES.labels("unacked").inc()
+            metrics.record_session_cache_write(result="unacked")
             log.warning("session cache write acknowledged by %d of %d replicas within %.2f s",
                         acks, replicas, ack_timeout)
         else:
-            CACHE_WRITES.labels("acked").inc()
+            metrics.record_session_cache_write(result="acked")

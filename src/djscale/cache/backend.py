@@ -44,7 +44,7 @@ from django.core.cache.backends.base import (
     memcache_key_warnings,
 )
 
-from djscale.cache import metrics
+from djscale import metrics
 from djscale.cache.bus import InvalidationBus
 from djscale.cache.l1 import LocalStore
 from djscale.cache.l2 import UNAVAILABLE, RedisL2, as_payload, dumps, loads
@@ -454,7 +454,7 @@ class TieredCache(BaseCache):
                 return value
             if self._flight.in_flight(full):
                 return value  # someone in this process is already refreshing it
-            metrics.COMPUTATIONS.labels("early").inc()
+            metrics.record_cache_computation(reason="early")
         result, _ = self._flight.do(
             full, lambda: self._compute(full, default, self.get_backend_timeout(timeout),
                                         stale=value))
@@ -473,7 +473,7 @@ class TieredCache(BaseCache):
         if locked is False:
             if stale is not _MISSING:
                 return stale  # another process refreshes early; keep serving
-            metrics.LOCK_WAITS.inc()
+            metrics.record_stampede_wait()
             deadline = time.monotonic() + self._lock_timeout
             pause = 0.005
             while time.monotonic() < deadline:
@@ -486,7 +486,7 @@ class TieredCache(BaseCache):
                     value = loads(as_payload(got[0]))
                     return value.value if type(value) is Stamped else value
         try:
-            metrics.COMPUTATIONS.labels("miss" if stale is _MISSING else "early").inc()
+            metrics.record_cache_computation(reason="miss" if stale is _MISSING else "early")
             started = time.monotonic()
             value = fn()
             took = time.monotonic() - started

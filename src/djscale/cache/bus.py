@@ -25,7 +25,7 @@ import uuid
 import weakref
 from typing import Any
 
-from djscale.cache import metrics
+from djscale import metrics
 from djscale.cache.l1 import LocalStore
 from djscale.cache.l2 import FAILURES, RedisL2
 
@@ -61,10 +61,12 @@ class InvalidationBus:
 
     def keys_message(self, keys: list[str]) -> tuple[str, bytes]:
         """``(channel, message)`` asking other processes to evict ``keys``."""
+        metrics.record_invalidation(direction="sent")
         return self.channel, self.origin + b"|k|" + "\0".join(keys).encode()
 
     def flush_message(self) -> tuple[str, bytes]:
         """``(channel, message)`` asking other processes to flush their L1."""
+        metrics.record_invalidation(direction="sent")
         return self.channel, self.origin + b"|f|"
 
     # ------------------------------------------------------------------ listener
@@ -104,7 +106,7 @@ class InvalidationBus:
     def _flush_all(self, reason: str) -> None:
         for store in list(self._stores):
             store.flush()
-        metrics.L1_FLUSHES.labels(reason).inc()
+        metrics.record_l1_flush(reason=reason)
 
     def _export_stats(self) -> None:
         """Add the lookups counted since the last export to the per-level cache metric.
@@ -186,7 +188,7 @@ class InvalidationBus:
             return
         op, _, body = rest.partition(b"|")
         self.received += 1
-        metrics.INVALIDATIONS_RECEIVED.inc()
+        metrics.record_invalidation(direction="received")
         if op == b"f":
             self._flush_all("remote_clear")
             return

@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from djscale.cache import metrics
+from djscale import metrics
 from djscale.cache.breaker import CircuitBreaker
 from djscale.errors import ConfigurationError
 
@@ -165,16 +165,16 @@ class RedisL2:
         Writes that fall back are counted as dropped and logged (once per outage).
         """
         if not self.breaker.allow():
-            metrics.L2_SKIPPED.labels(self.location).inc()
+            metrics.record_l2_skipped(location=self.location)
             if write:
-                metrics.WRITES_DROPPED.labels(self.location).inc()
+                metrics.record_write_dropped(location=self.location)
             return fallback
         try:
             result = op(self.client)
         except FAILURES as exc:
-            metrics.L2_ERRORS.labels(self.location).inc()
+            metrics.record_l2_error(location=self.location)
             if write:
-                metrics.WRITES_DROPPED.labels(self.location).inc()
+                metrics.record_write_dropped(location=self.location)
             if self.breaker.failure() or not self._warned.is_set():
                 self._warned.set()
                 log.warning("Redis cache %s unreachable (%s: %s); serving from L1 / "
@@ -389,9 +389,9 @@ class RedisL2:
                     deadline = self._outage_began(node, now, retry_for) + retry_for
                 else:
                     self._outage_began(node, now, retry_for)
-                metrics.L2_ERRORS.labels(self.location).inc()
+                metrics.record_l2_error(location=self.location)
                 if now + pause > deadline:
-                    metrics.WRITES_DROPPED.labels(self.location).inc()
+                    metrics.record_write_dropped(location=self.location)
                     log.warning("Redis %s: acknowledged write of %r failed for %.1f s "
                                 "(%s: %s); giving up", self.location, key, retry_for,
                                 type(exc).__name__, exc)
@@ -407,7 +407,7 @@ class RedisL2:
                 if deadline is None:
                     deadline = time.monotonic() + retry_for
                 if time.monotonic() > deadline:
-                    metrics.WRITES_DROPPED.labels(self.location).inc()
+                    metrics.record_write_dropped(location=self.location)
                     return UNAVAILABLE
                 if ask is not None:  # a second ASK in a row: let the slot map settle
                     ask = None

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
-from prometheus_client import Counter
 
+from djscale import metrics
 from djscale.db import config
 from djscale.db.pool import get_pool
 
@@ -34,11 +34,8 @@ log = logging.getLogger("djscale.db.failover")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-FAILOVERS = Counter(
-    "djscale_db_read_failover_total",
-    "Reads retried on another server after a replica connection failed.",
-    ["alias"],
-)
+FAILOVERS = metrics.READ_FAILOVERS
+"""``djscale_db_read_failover_total`` (defined in :mod:`djscale.metrics`)."""
 
 
 def _broken(conn: object) -> bool:
@@ -80,7 +77,7 @@ def recover(aliases: list[str], reason: str) -> None:
             connections[alias].close()
         connections[alias].connection = None
         connections[alias].errors_occurred = False
-        FAILOVERS.labels(alias).inc()
+        metrics.record_read_failover(alias=alias)
 
 
 def retryable(exc: BaseException) -> list[str]:

@@ -23,8 +23,8 @@ import logging
 import time
 
 from django.db import connections
-from prometheus_client import Counter
 
+from djscale import metrics
 from djscale.db import config, consistency
 from djscale.db.config import GroupConfig
 from djscale.db.pool import get_pool
@@ -33,14 +33,6 @@ from djscale.errors import NoReplicaAvailable
 __all__ = ["read_alias", "read_alias_for", "record_write", "write_alias"]
 
 log = logging.getLogger("djscale.db.replicas")
-
-FALLBACKS = Counter(
-    "djscale_db_replica_fallback_total",
-    "Reads sent to the primary of a replication group instead of a replica, by reason "
-    "(no_replica: none up and within max_lag; read_your_writes: none has replayed the "
-    "user's last write yet).",
-    ["group", "reason"],
-)
 
 _LOG_EVERY_SECONDS = 10.0
 _last_logged: dict[str, float] = {}
@@ -100,9 +92,9 @@ def read_alias_for(group: GroupConfig) -> str:
     if alias is not None:
         return alias
     if min_lsn is not None and pool.usable(None):
-        FALLBACKS.labels(group.name, "read_your_writes").inc()
+        metrics.record_replica_fallback(group=group.name, reason="read_your_writes")
         return group.primary
-    FALLBACKS.labels(group.name, "no_replica").inc()
+    metrics.record_replica_fallback(group=group.name, reason="no_replica")
     if group.fallback == "raise":
         raise NoReplicaAvailable(
             f"no replica of group {group.name!r} is up and within max_lag "

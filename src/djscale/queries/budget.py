@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from djscale import metrics
 from djscale.errors import ConfigurationError, QueryBudgetExceeded
 from djscale.queries.config import Mode, query_config
-from djscale.queries.metrics import QUERY_BUDGET_EXCEEDED
 from djscale.queries.recorder import QueryRecorder
 
 __all__ = ["QueryBudget", "budget_message", "enforce", "max_queries"]
@@ -69,7 +69,7 @@ def enforce(limit: int, recorder: QueryRecorder, *, mode: Mode, where: str,
         error.queries = tuple(str(q) for q in recorder.queries)
         raise error
     logger.warning("query budget exceeded: %s", message)
-    QUERY_BUDGET_EXCEEDED.labels(where=label or where or "?").inc()
+    metrics.record_query_budget_exceeded(where=label or where or "?")
     return True
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
+from djscale import metrics
 from djscale.errors import NPlusOneDetected
 from djscale.queries.config import Mode
-from djscale.queries.metrics import N_PLUS_ONE
 from djscale.queries.recorder import CallSite, ExecutedQuery, QueryRecorder, _allowed
 from djscale.queries.relations import Relation, relation_from_sql
 from djscale.queries.shape import first_filter, is_select, shape
@@ -139,6 +139,6 @@ class NPlusOneDetector(QueryRecorder):
         if self.mode == "log":
             for finding in found:
                 logger.warning("%s", finding.describe(self.where))
-                N_PLUS_ONE.labels(relation=str(finding.relation or "?"),
-                                  where=self.label or self.where or "?").inc()
+                metrics.record_n_plus_one(relation=str(finding.relation or "?"),
+                                          where=self.label or self.where or "?")
         return found

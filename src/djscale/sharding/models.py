@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 from django.core import checks
 from django.db import DatabaseError, connections, models
 from django.db.models.expressions import Func, Value
-from prometheus_client import Counter
 
+from djscale import metrics
 from djscale.errors import RoutingError, ShardKeyMissing, ShardMoved
 from djscale.sharding import shardmap
 from djscale.sharding.config import get_config
@@ -38,12 +38,8 @@ MOVED_SQLSTATE = "DJ001"
 
 _MOVE_RETRIES = 3
 
-MOVED_RETRIES = Counter(
-    "djscale_shard_moved_retries_total",
-    "Writes refused by a logical shard's old database after a move (stale shard map, or "
-    "waiting out the move's freeze) and retried on its new database, by model.",
-    ["model"],
-)
+MOVED_RETRIES = metrics.SHARD_MOVED_RETRIES
+"""``djscale_shard_moved_retries_total`` (defined in :mod:`djscale.metrics`)."""
 
 
 class ShardMapEntry(models.Model):
@@ -172,7 +168,7 @@ class ShardedModel(models.Model):
                         "another database during this write; retry the transaction"
                     ) from None
                 self._state.db = None
-                MOVED_RETRIES.labels(self._meta.label).inc()
+                metrics.record_shard_moved_retry(model=self._meta.label)
 
     def __str__(self) -> str:
         return f"{self._meta.label}#{self.pk}"

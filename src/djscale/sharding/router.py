@@ -4,7 +4,9 @@
 claims only sharded models (subclasses of :class:`~djscale.sharding.models.ShardedModel`)
 and answers from the instance hint Django gives it (a saved or related object); a
 query without one raises :class:`~djscale.errors.ShardKeyMissing`, naming the model and
-its key. Reads may go to a replica of that shard through the replica router's
+its key. Every answer counts one query for that physical shard
+(``djscale_shard_queries_total``; scatter-gather queries are routed here too). Reads may
+go to a replica of that shard through the replica router's
 :func:`djscale.db.replicas.read_alias` (health, lag and read-your-writes stay there).
 
 ``allow_migrate`` keeps sharded tables on shards only, global tables off shards, and
@@ -18,6 +20,7 @@ from typing import Any
 from django.apps import apps
 from django.db.models import Model
 
+from djscale import metrics
 from djscale.errors import ShardKeyMissing
 from djscale.sharding.config import get_config
 from djscale.sharding.managers import SHARD_HINT
@@ -66,6 +69,7 @@ class ShardRouter:
         if not is_sharded(model):
             return None
         alias = self._alias(model, hints)
+        metrics.record_shard_query(shard=alias)
         if get_config().replicas.get(alias):
             from djscale.db.replicas import read_alias
 
@@ -76,7 +80,9 @@ class ShardRouter:
         """The shard primary of the instance in ``hints``."""
         if not is_sharded(model):
             return None
-        return self._alias(model, hints)
+        alias = self._alias(model, hints)
+        metrics.record_shard_query(shard=alias)
+        return alias
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
         """Sharded rows relate only to rows on the same shard."""
