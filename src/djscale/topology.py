@@ -113,6 +113,7 @@ __all__ = [
     "merge_layers",
     "parse",
     "profile_path",
+    "record_keys",
 ]
 
 AUTO: Literal["auto"] = "auto"
@@ -489,12 +490,37 @@ class Topology:
 # --------------------------------------------------------------------------- parsing
 
 
+KeyRecord = tuple[str, str, object, str]
+"""``(table path, key, default, what is allowed)``, as the parser read it."""
+
+_recording: list[KeyRecord] | None = None
+
+
+def record_keys(data: Mapping[str, Any]) -> list[KeyRecord]:
+    """Parse ``data`` and return every key the parser allows or reads, in order.
+
+    Each allowed key appears once with no default; each key read through a typed getter
+    appears again with its default and what it allows. The reference of the topology
+    file (:mod:`djscale.topology_reference`) is generated from this, so it cannot drift
+    from the parser.
+    """
+    global _recording
+    _recording = []
+    try:
+        _parse(data, "<reference>")
+        return _recording
+    finally:
+        _recording = None
+
+
 class _Section:
     """Typed access to one table of the file; every error names the full key."""
 
     def __init__(self, data: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
         self.data = data
         self.path = path
+        if _recording is not None:
+            _recording.extend((path, name, None, "") for name in allowed)
         unknown = sorted(set(data) - set(allowed))
         if unknown:
             raise TopologyError(
@@ -505,11 +531,17 @@ class _Section:
     def _key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
+    def _note(self, name: str, default: object, allowed: str) -> None:
+        if _recording is not None:
+            _recording.append((self.path, name, default, allowed))
+
     def _bad(self, name: str, value: object, allowed: str) -> TopologyError:
         return TopologyError(f"{self._key(name)} = {value!r} is invalid: expected {allowed}")
 
     def get_str(self, name: str, default: str, *, choices: Sequence[str] = (),
             pattern: re.Pattern[str] | None = None, what: str = "a string") -> str:
+        self._note(name, default,
+                   "one of " + ", ".join(repr(c) for c in choices) if choices else what)
         value = self.data.get(name, default)
         if not isinstance(value, str):
             raise self._bad(name, value, what)
@@ -521,6 +553,8 @@ class _Section:
 
     def get_int(self, name: str, default: int, *, minimum: int = 0,
             maximum: int | None = None) -> int:
+        self._note(name, default, f"an integer between {minimum} and {maximum}"
+                   if maximum is not None else f"an integer >= {minimum}")
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._bad(name, value, f"an integer >= {minimum}")
@@ -530,27 +564,32 @@ class _Section:
         return value
 
     def get_float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        self._note(name, default, f"a number >= {minimum:g}")
         value = self.data.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
             raise self._bad(name, value, f"a number >= {minimum}")
         return float(value)
 
     def get_bool(self, name: str, default: bool) -> bool:
+        self._note(name, default, "true or false")
         value = self.data.get(name, default)
         if not isinstance(value, bool):
             raise self._bad(name, value, "true or false")
         return value
 
     def port(self, name: str, default: Port = AUTO) -> Port:
+        self._note(name, default, '"auto" or a port 1-65535')
         return _port(self.data.get(name, default), self._key(name))
 
     def host(self, name: str, default: str, hosts: Mapping[str, HostSpec]) -> str:
         """A ``host``: the address of a ``[hosts]`` name, or an address as it is."""
+        self._note(name, default, "a host name, an IP address or a [hosts] name")
         return _host(self.data.get(name, default), self._key(name), hosts)
 
     def hosts(self, name: str, hosts: Mapping[str, HostSpec], *, count: int,
               what: str) -> tuple[str, ...]:
         """A list of hosts, empty or exactly one per ``what`` (``count`` of them)."""
+        self._note(name, [], f"a list of hosts, exactly one per {what}")
         value = self.data.get(name, [])
         if not isinstance(value, list):
             raise self._bad(name, value, f"a list of host names, one per {what}")
@@ -561,12 +600,14 @@ class _Section:
         return tuple(_host(v, f"{self._key(name)}[{i}]", hosts) for i, v in enumerate(value))
 
     def ports(self, name: str) -> tuple[Port, ...]:
+        self._note(name, [], 'a list of ports ("auto" or 1-65535)')
         value = self.data.get(name, [])
         if not isinstance(value, list):
             raise self._bad(name, value, 'a list of ports (integers or "auto")')
         return tuple(_port(v, f"{self._key(name)}[{i}]") for i, v in enumerate(value))
 
     def ints(self, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+        self._note(name, [], f"a list of integers >= {minimum}")
         value = self.data.get(name, [])
         if not isinstance(value, list) or any(
             isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value
@@ -575,6 +616,7 @@ class _Section:
         return tuple(value)
 
     def strs(self, name: str, default: Sequence[str]) -> tuple[str, ...]:
+        self._note(name, list(default), "a list of non-empty strings")
         value = self.data.get(name, list(default))
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self._bad(name, value, "a list of non-empty strings")
@@ -676,6 +718,8 @@ def _credentials(s: _Section, prefix: str = "", inherited: tuple[str, str] = (""
                  ) -> tuple[str, str]:
     """``(password_env, password_file)``: at most one of them, inherited when neither."""
     env_key, file_key = f"{prefix}password_env", f"{prefix}password_file"
+    s._note(env_key, inherited[0], _ENV_WHAT)
+    s._note(file_key, inherited[1], "a file path (relative: to the topology file)")
     if env_key not in s.data and file_key not in s.data:
         return inherited
     if env_key in s.data and file_key in s.data:
@@ -688,6 +732,7 @@ def _credentials(s: _Section, prefix: str = "", inherited: tuple[str, str] = (""
 
 def _libpq_options(s: _Section, inherited: tuple[tuple[str, Any], ...]
                    ) -> tuple[tuple[str, str | int | float | bool], ...]:
+    s._note("options", dict(inherited), "a table of libpq parameters (string, number, boolean)")
     raw = s.data.get("options")
     if raw is None:
         return inherited
@@ -716,11 +761,13 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
     base = defaults or DatabaseGroup(name=name)
     _no_password(data, path)
     s = _Section(data, path, (
-        "name", "database", "user", "host", "port", "replicas", "replica_ports",
+        "database", "user", "host", "port", "replicas", "replica_ports",
         "replica_hosts", "max_lag_seconds", "max_lag_bytes", "replica_policy", "conn_max_age",
         "pool", "password_env", "password_file", "sslmode", "sslrootcert", "sslcert",
-        "sslkey", "options", *(("enabled",) if defaults is None else ()),
+        "sslkey", "options", *(("enabled",) if defaults is None else ("name",)),
     ))
+    if defaults is not None:
+        s._note("name", name, "a lowercase alias (letters, digits, _) other than 'default'")
     password_env, password_file = _credentials(
         s, inherited=(base.password_env, base.password_file))
     group = DatabaseGroup(
@@ -995,10 +1042,15 @@ def _gateway(data: Mapping[str, Any], services: set[str],
                 f"({', '.join(sorted(services)) or 'none configured'})")
         return name
 
+    g._note("routes", [], "an array of tables [[gateway.routes]]")
+    g._note("compositions", [], "an array of tables [[gateway.compositions]]")
     routes: list[RouteSpec] = []
     for i, raw in enumerate(_array(data, "gateway.routes", "routes")):
         path = f"gateway.routes[{i}]"
         r = _Section(raw, path, ("prefix", "service", "strip_prefix", "timeout", "retries"))
+        r._note("service", "", "a service of [services]")
+        r._note("timeout", None, "a number > 0 (none: the service's)")
+        r._note("retries", None, "an integer between 0 and 10 (none: the service's)")
         prefix = r.get_str("prefix", "", pattern=_PREFIX_RE,
                            what="a path starting with / (letters, digits, ._~-/)")
         if any(x.prefix == prefix for x in routes):
@@ -1015,6 +1067,8 @@ def _gateway(data: Mapping[str, Any], services: set[str],
     for i, raw in enumerate(_array(data, "gateway.compositions", "compositions")):
         path = f"gateway.compositions[{i}]"
         c = _Section(raw, path, ("path", "parts", "optional", "timeout"))
+        c._note("parts", {}, 'a table of key = "service:/path/{placeholder}"')
+        c._note("timeout", None, "a number > 0 (none: the gateway's)")
         cpath = c.get_str("path", "", pattern=_CPATH_RE,
                           what="a path starting with / with {placeholders}")
         names = set(_PLACEHOLDER_RE.findall(cpath))
@@ -1157,10 +1211,11 @@ def _sharding(data: Mapping[str, Any]) -> ShardingSpec:
 
 def _epoch_ms(s: _Section) -> int:
     """``sharding.epoch``: a past UTC date/datetime (TOML value or ISO string) -> ms."""
+    what = 'a past UTC date or datetime such as "2025-01-01" (not before 1970)'
+    s._note("epoch", "2025-01-01", what)
     value = s.data.get("epoch")
     if value is None:
         return DEFAULT_SHARD_EPOCH_MS
-    what = 'a past UTC date or datetime such as "2025-01-01" (not before 1970)'
     parsed: object = value
     if isinstance(value, str):
         try:
