@@ -591,6 +591,48 @@ def render_toml(project: Project) -> str:
     return "\n".join(out) + "\n"
 
 
+LOCAL_PROFILE = "local"
+
+
+def render_local_toml(project: Project, base: str = "djscale.toml") -> str | None:
+    """The ``local`` profile: the same project on a local cluster (None: nothing to change).
+
+    ``djscale.toml`` holds the servers the project uses today; layered over it with
+    ``DJSCALE_PROFILE=local``, this file moves PostgreSQL, Redis and the broker to the
+    local cluster's free ports, without credentials or TLS.
+    """
+    pg, rd = project.postgres, project.redis
+    if pg is None and rd is None and not project.broker:
+        return None
+    out = [
+        f"# The {LOCAL_PROFILE!r} profile of {base}, written by `djscale init`: the same project",
+        "# on this machine. `DJSCALE_PROFILE=local djscale cluster up` starts its services on",
+        "# free ports; `DJSCALE_PROFILE=local python manage.py runserver` (or check, test) uses",
+        f"# them. Without DJSCALE_PROFILE, {base} alone describes the real servers.",
+        f"extends = {_toml_str(base)}",
+    ]
+    if pg is not None:
+        out += ["", "[postgres]", 'host = "127.0.0.1"', 'port = "auto"']
+        if pg.password_env:
+            out.append('password_env = ""         # the local cluster needs no password')
+        out += [f'{key} = ""' for key in pg.ssl]
+        if pg.options:
+            out.append("options = {}")
+    if rd is not None:
+        out += ["", "[redis]", 'host = "127.0.0.1"', 'port = "auto"']
+        if rd.tls:
+            out.append("tls = false")
+        if rd.username:
+            out.append('username = ""')
+        if rd.password_env:
+            out.append('password_env = ""')
+    if project.broker:
+        out += ["", "[celery]", 'broker = ""                 # the local cluster\'s Redis']
+        if project.broker_password_env:
+            out.append('broker_password_env = ""')
+    return "\n".join(out) + "\n"
+
+
 def _settings_path(project: Project) -> Path:
     settings = project.settings_file or Path(project.settings_module.replace(".", "/") + ".py")
     with contextlib.suppress(ValueError):
@@ -672,42 +714,62 @@ def _report(project: Project, toml_path: Path, action: str) -> str:
             "    from django.urls import include",
             '    urlpatterns += [path("", include("djscale.urls"))]   '
             "# /health/live, /health/ready, /metrics", ""]
-    out.append("Then: `djscale topology check` and `python manage.py check --deploy`"
-               + ("." if project.sqlite else
-                  "; `djscale cluster up` runs it locally (docs/adoption.md)."))
+    out.append("Then: `djscale topology check` and `python manage.py check --deploy`.")
+    if not project.sqlite:
+        local = render_local_toml(project) is not None
+        profile = f"DJSCALE_PROFILE={LOCAL_PROFILE} " if local else ""
+        out.append(f"On this machine: `{profile}djscale cluster up` runs it on a local cluster"
+                   + (f" ({toml_path.stem}.{LOCAL_PROFILE}.toml moves the servers there)"
+                      if local else "") + "; docs/adoption.md.")
     return "\n".join(out)
+
+
+def _plan(path: Path, text: str, force: bool) -> str:
+    """What to do with ``path``: 'wrote', 'overwrote' or 'unchanged'; refuse a different file."""
+    if not path.exists():
+        return "wrote"
+    old = path.read_text(encoding="utf-8", errors="replace")
+    if old == text:
+        return "unchanged"
+    if not force:
+        changed = sum(1 for line in difflib.unified_diff(
+            old.splitlines(), text.splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+        raise ConfigurationError(
+            f"{path} exists and differs from what init would write ({changed} changed "
+            f"line{'s' if changed != 1 else ''}); keep it, or run djscale init --force "
+            "to overwrite it")
+    return "overwrote"
 
 
 def init(directory: str | Path = ".", *, settings: str = "", output: str | Path = "",
          force: bool = False) -> int:
-    """Write ``djscale.toml`` for the project at ``directory``; print the settings lines.
+    """Write ``djscale.toml`` (and its ``local`` profile) for the project at ``directory``.
 
-    Return 0 when the file was written or already matched. Raise
-    :class:`~djscale.errors.ConfigurationError` when the file exists with other content
-    and ``force`` is false, or when the project cannot be read.
+    Print what was found and the lines to add to the settings module. Return 0 when the
+    files were written or already matched. Raise :class:`~djscale.errors.ConfigurationError`
+    when a file exists with other content and ``force`` is false, or when the project
+    cannot be read; nothing is written then.
     """
-    from djscale.topology import parse
+    from djscale.topology import merge_layers, parse, profile_path
 
     project = read_project(Path(directory), settings)
     path = Path(output) if output else project.root / "djscale.toml"
-    text = render_toml(project)
-    parse(tomllib.loads(text), source=str(path))  # never write a file check would refuse
-    action = "wrote"
-    if path.exists():
-        old = path.read_text(encoding="utf-8", errors="replace")
-        if old == text:
-            action = "unchanged (already up to date):"
-        elif not force:
-            changed = sum(1 for line in difflib.unified_diff(
-                old.splitlines(), text.splitlines(), lineterm="", n=0)
-                if line[:1] in "+-" and line[:3] not in ("+++", "---"))
-            raise ConfigurationError(
-                f"{path} exists and differs from what init would write ({changed} changed "
-                f"line{'s' if changed != 1 else ''}); keep it, or run djscale init --force "
-                "to overwrite it")
-        else:
-            action = "overwrote"
-    if not action.startswith("unchanged"):
-        path.write_text(text, encoding="utf-8")
-    print(_report(project, path, action))
+    files = {path: render_toml(project)}
+    local = render_local_toml(project, path.name)
+    base = tomllib.loads(files[path])
+    parse(base, source=str(path))  # never write a file `topology check` would refuse
+    if local is not None:
+        layer = tomllib.loads(local)
+        layer.pop("extends")
+        local_path = profile_path(path, LOCAL_PROFILE)
+        parse(merge_layers(base, layer), source=str(local_path))
+        files[local_path] = local
+    actions = {p: _plan(p, text, force) for p, text in files.items()}
+    for p, text in files.items():
+        if actions[p] != "unchanged":
+            p.write_text(text, encoding="utf-8")
+    first, rest = _report(project, path, actions[path]).split("\n", 1)
+    print("\n".join([first, *(f"djscale: {a} {p}" for p, a in actions.items() if p != path),
+                     rest]))
     return 0

@@ -188,6 +188,27 @@ def test_init_on_a_postgres_redis_celery_project_describes_its_servers(tmp_path:
     assert "unchanged" in again and "nothing to add" in again
 
 
+def test_the_local_profile_init_writes_runs_the_project_on_a_local_cluster(
+        tmp_path: Path) -> None:
+    project = _startproject(tmp_path / "shop", "shop")
+    settings = project / "shop" / "settings.py"
+    settings.write_text(settings.read_text() + POSTGRES_SETTINGS)
+    secrets = {"SHOP_DB_PASSWORD": "db-secret-1", "SHOP_BROKER_PASSWORD": "broker-secret-2"}
+    out = _djscale(project, "init", env=secrets).stdout
+    assert "djscale: wrote" in out and "djscale.local.toml" in out
+    _apply(project, "shop", out)
+    local = {**secrets, "DJSCALE_PROFILE": "local"}
+    assert "djscale.toml: ok" in _djscale(project, "topology", "check", env=local).stdout
+    try:
+        _djscale(project, "cluster", "up", "--only", "postgres,redis,migrate", env=local)
+        # The same settings now reach the local servers: a database check connects.
+        result = _run(project, sys.executable, "manage.py", "check", "--database", "default",
+                      env=local)
+        assert "djscale.E200" not in result.stdout + result.stderr
+    finally:
+        _djscale(project, "cluster", "down", "--purge", env=local, check=False)
+
+
 def test_init_on_the_demo_project_boots_and_checks(tmp_path: Path,
                                                    djscale_cluster_factory: ClusterFactory) -> None:
     project = tmp_path / "demo"
