@@ -932,9 +932,13 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
     services = _services(_table(data, "services"))
     gateway = _gateway(_table(data, "gateway"), {s.name for s in services}, hosts)
 
+    pgbouncer = _pgbouncer(_table(data, "pgbouncer"))
+    if pgbouncer.enabled and not postgres.enabled:
+        raise TopologyError("pgbouncer.enabled = true needs PostgreSQL but postgres.enabled = "
+                            "false: PgBouncer pools PostgreSQL connections")
     return Topology(project=project, postgres=postgres, shards=tuple(shards), redis=redis,
                     app=app, lb=lb, celery=celery, services=services, gateway=gateway,
-                    pgbouncer=_pgbouncer(_table(data, "pgbouncer")),
+                    pgbouncer=pgbouncer,
                     kubernetes=_kubernetes(_table(data, "kubernetes"), project, app),
                     sharding=_sharding(_table(data, "sharding")),
                     hosts=tuple(hosts.values()), source=source)

@@ -357,6 +357,8 @@ def test_replicas_or_shards_without_postgres_say_they_need_postgresql() -> None:
         parse({"postgres": {"enabled": False, "replicas": 1}})
     with pytest.raises(TopologyError, match=r"\[\[shards\]\] needs PostgreSQL"):
         parse({"postgres": {"enabled": False}, "shards": [{"name": "s1"}]})
+    with pytest.raises(TopologyError, match=r"pgbouncer.enabled = true needs PostgreSQL"):
+        parse({"postgres": {"enabled": False}, "pgbouncer": {"enabled": True}})
 
 
 # ----------------------------------------------------------------- merging settings

@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -192,4 +192,19 @@ def _cluster_client(urls: list[str]) -> Any:
         nodes.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
     # No retries inside redis-py: RateLimiter.hit owns the retry budget.
     return RedisCluster(startup_nodes=nodes, socket_timeout=0.5, socket_connect_timeout=0.5,
-                        retry=Retry(NoBackoff(), 0))  # type: ignore[arg-type]  # old stubs
+                        retry=Retry(NoBackoff(), 0),  # type: ignore[arg-type]  # old stubs
+                        **_url_credentials(urls[0]))
+
+
+def _url_credentials(url: str) -> dict[str, Any]:
+    """User, password and TLS of a node URL (a cluster client takes nodes, not URLs)."""
+    parts = urlsplit(url if "//" in url else f"redis://{url}")
+    found: dict[str, Any] = {}
+    if parts.username:
+        found["username"] = unquote(parts.username)
+    if parts.password is not None:
+        found["password"] = unquote(parts.password)
+    if parts.scheme == "rediss":
+        found["ssl"] = True
+        found.update((k, v) for k, v in parse_qsl(parts.query) if k.startswith("ssl_"))
+    return found
