@@ -152,3 +152,12 @@ def test_the_wheel_declares_its_license_and_extras(built_wheel: Path) -> None:
                 if any(p in line.lower() for p in ("gunicorn", "uvicorn", "aiohttp", "yaml"))]
     for extra in ("cluster", "gateway", "kubernetes", "events", "s3", "all", "dev"):
         assert f"Provides-Extra: {extra}" in metadata
+
+
+def test_the_pytest_plugin_and_the_cluster_tooling_import_in_a_core_install(
+        core_venv: Path) -> None:
+    # djscale.testing.plugin is a pytest11 entry point: any pytest run in a project with
+    # djscale installed loads it, so its imports must not need an extra.
+    result = _python(core_venv, "import djscale.testing, djscale.cluster, djscale.cli")
+
+    assert result.returncode == 0, result.stderr
