@@ -1,4 +1,4 @@
-"""Single-flight, XFetch and the circuit breaker (pure logic, no Redis)."""
+"""Single-flight and XFetch (pure logic, no Redis); the breaker is in test_breaker.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from djscale.cache.breaker import CircuitBreaker
 from djscale.cache.stampede import SingleFlight, should_recompute_early
 
 
@@ -56,22 +55,3 @@ def test_xfetch_probability_rises_near_expiry() -> None:
     assert should_recompute_early(remaining=0.5, delta=1.0, beta=1.0, rand=lambda: 0.5)
     assert not should_recompute_early(remaining=0.8, delta=1.0, beta=1.0, rand=lambda: 0.5)
     assert should_recompute_early(remaining=0.8, delta=1.0, beta=2.0, rand=lambda: 0.5)
-
-
-def test_breaker_opens_refuses_then_lets_one_trial_through() -> None:
-    b = CircuitBreaker(failure_threshold=2, reset_timeout=0.05, max_reset_timeout=0.2)
-    assert b.allow()
-    assert b.failure() is False
-    assert b.failure() is True  # opened
-    assert b.state == "open" and not b.allow()
-    time.sleep(0.06)
-    assert b.allow()  # the trial
-    assert not b.allow()  # only one
-    b.failure()  # trial failed: back-off doubles
-    assert not b.allow()
-    time.sleep(0.06)
-    assert not b.allow()
-    time.sleep(0.06)
-    assert b.allow()
-    b.success()
-    assert b.state == "closed" and b.allow()

@@ -4,7 +4,7 @@
 owns the wire format (``int`` as a plain Redis integer so ``INCRBY`` works, anything
 else pickled), short connect/socket timeouts, no client-side retries, and the failure
 policy: every call goes through :meth:`RedisL2.run`, which consults the location's
-:class:`~djscale.cache.breaker.CircuitBreaker` and turns connection errors into the
+:class:`~djscale.breaker.CircuitBreaker` and turns connection errors into the
 caller's fallback value. Redis *answers* (e.g. "value is not an integer") are not
 failures and propagate.
 
@@ -44,7 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from djscale import metrics
-from djscale.cache.breaker import CircuitBreaker
+from djscale.breaker import CircuitBreaker
 from djscale.errors import ConfigurationError
 
 __all__ = ["UNAVAILABLE", "RedisL2", "dumps", "loads"]
@@ -124,9 +124,12 @@ class RedisL2:
         self.servers = servers
         self.cluster = cluster
         self.location = ",".join(servers)
-        self.breaker = CircuitBreaker(failure_threshold=failure_threshold,
+        # Consecutive failures, not a rate: a Redis that refuses connections fails every
+        # call, and one refused call per back-off period is all an outage should cost.
+        self.breaker = CircuitBreaker(f"redis {self.location}", failure_rate=None,
+                                      consecutive_failures=max(1, failure_threshold),
                                       reset_timeout=reset_timeout,
-                                      max_reset_timeout=max_reset_timeout)
+                                      max_reset_timeout=max(reset_timeout, max_reset_timeout))
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": socket_timeout,
@@ -175,7 +178,7 @@ class RedisL2:
             metrics.record_l2_error(location=self.location)
             if write:
                 metrics.record_write_dropped(location=self.location)
-            if self.breaker.failure() or not self._warned.is_set():
+            if self.breaker.on_failure() or not self._warned.is_set():
                 self._warned.set()
                 log.warning("Redis cache %s unreachable (%s: %s); serving from L1 / "
                             "computing through and dropping cache writes until it returns",
@@ -184,7 +187,7 @@ class RedisL2:
         if self._warned.is_set():
             self._warned.clear()
             log.warning("Redis cache %s reachable again", self.location)
-        self.breaker.success()
+        self.breaker.on_success()
         return result
 
     @property
