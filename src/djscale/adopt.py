@@ -37,17 +37,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from djscale.db.engines import NEEDS_POSTGRES, POSTGRES_ENGINES
 from djscale.errors import ConfigurationError, DjscaleError
 
 __all__ = ["NEEDS_POSTGRES", "Project", "init", "middleware_order", "read_project",
            "render_settings_lines", "render_toml"]
 
-NEEDS_POSTGRES = ("replicas and sharding need PostgreSQL; cache, health, edge, metrics "
-                  "and checks work on any database")
-"""What an SQLite (or MySQL, Oracle) project is told, by ``init`` and in its toml."""
-
-POSTGRES_ENGINES = ("django.db.backends.postgresql", "django.db.backends.postgresql_psycopg2",
-                    "django.contrib.gis.db.backends.postgis")
 PASSWORD_VARIABLE = "DJSCALE_DB_PASSWORD"
 
 # The edge middleware in its order (djscale.http.MIDDLEWARE), then what comes last.

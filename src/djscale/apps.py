@@ -19,3 +19,4 @@ class DjscaleConfig(AppConfig):
         import djscale.settings_checks  # noqa: F401  (W200: settings from_topology replaced)
         from djscale import queries, storage  # noqa: F401  (query hooks; media checks)
         from djscale.db import checks, signals  # noqa: F401  (replicas: checks, write detection, Celery)
+        from djscale.db import engines  # noqa: F401  (E300/E301: what needs PostgreSQL)
