@@ -144,7 +144,9 @@ def _check_networks(entries: tuple[str, ...]) -> str | None:
 
 
 def _check_paths(entries: tuple[tuple[str, int], ...]) -> str | None:
-    for pattern, _ in entries:
+    for pattern, max_age in entries:
+        if max_age < 0:
+            return f"max-age {max_age} of {pattern!r} must be >= 0 seconds"
         try:
             re.compile(pattern)
         except re.error as exc:
