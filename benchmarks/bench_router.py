@@ -92,7 +92,8 @@ def _child(state_dir: str, topology: str, mode: str) -> dict[str, Any]:
         databases[f"plain_replica{i}"].pop("TEST", None)
     settings.configure(
         DATABASES=databases, DATABASE_ROUTERS=["djscale.db.routers.PrimaryReplicaRouter"],
-        DJSCALE=values["DJSCALE"], INSTALLED_APPS=["django.contrib.contenttypes", "djscale"],
+        DJSCALE_DERIVED=values["DJSCALE_DERIVED"],
+        INSTALLED_APPS=["django.contrib.contenttypes", "djscale"],
         USE_TZ=True, SECRET_KEY="bench", DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
     )
     django.setup()

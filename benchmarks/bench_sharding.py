@@ -70,7 +70,7 @@ def _child(state_dir: str, topo_file: str, quick: bool) -> dict[str, float]:
     from djscale.settings import from_topology
 
     conf = from_topology(topo_file, state_dir=state_dir)
-    conf["DJSCALE"]["SHARDING"]["MAP_TTL_SECONDS"] = 1.0
+    conf["DJSCALE_DERIVED"]["SHARDING"]["MAP_TTL_SECONDS"] = 1.0
     settings.configure(
         **conf, SECRET_KEY="bench", USE_TZ=True,
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "djscale",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from tests.settings import *  # noqa: F403
-from tests.settings import DATABASES, DJSCALE
+from tests.settings import DATABASES
 
 _names = {alias: db.get("TEST", {}).get("NAME") or f"test_{db['NAME']}"
           for alias, db in DATABASES.items()}
@@ -24,4 +24,4 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4, "unacked_restore_int
                                    "unacked_restore_throttle": 1}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-DJSCALE = {**DJSCALE, "EVENTS": {"RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 0.5}}
+DJSCALE = {"EVENTS": {"RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 0.5}}

@@ -52,9 +52,8 @@ def test_metrics_view_counts_requests_by_view_and_status() -> None:
 
 
 def test_metrics_token_is_required_when_set() -> None:
-    from django.conf import settings
 
-    with override_settings(DJSCALE={**settings.DJSCALE, "METRICS_TOKEN": "t0k"}):
+    with override_settings(DJSCALE={"METRICS_TOKEN": "t0k"}):
         assert Client().get("/metrics").status_code == 401
         assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer t0k").status_code == 200
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from _pytest.outcomes import Failed
-from django.conf import settings
 from django.db import connections
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def policy(**queries: Any) -> override_settings:
-    return override_settings(DJSCALE={**settings.DJSCALE, "QUERIES": queries})
+    return override_settings(DJSCALE={"QUERIES": queries})
 
 
 def test_a_view_over_its_decorated_budget_fails_listing_every_query_and_alias() -> None:

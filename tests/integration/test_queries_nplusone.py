@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
@@ -38,7 +37,7 @@ def library(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
 
 
 def policy(**queries: Any) -> override_settings:
-    return override_settings(DJSCALE={**settings.DJSCALE, "QUERIES": queries})
+    return override_settings(DJSCALE={"QUERIES": queries})
 
 
 def test_lazy_loop_over_50_books_is_flagged_with_model_field_and_line(library: None) -> None:

@@ -8,22 +8,22 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from django.conf import settings
 from django.db import connections
 
+from djscale import conf
 from djscale.cluster import LocalCluster
 from djscale.db import consistency, read_alias
+from tests.integration.helpers import replay_paused
 from tests.integration.test_replicas import (  # noqa: F401 - fixtures
     djscale_settings,
     ready,
-    replay_paused,
 )
 from tests.testapp.models import Note
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(transaction=True, databases="__all__")]
 
-redis_url = settings.DJSCALE["REDIS_URLS"][0].rsplit("/", 1)[0]
+redis_url = conf.get().cache.redis_urls[0].rsplit("/", 1)[0]
 app = Celery("replicas_test", broker=f"{redis_url}/3", backend=f"{redis_url}/4")
 app.conf.task_default_queue = "djscale-replicas-test"
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.test import override_settings
 
@@ -17,7 +16,7 @@ FS = {"default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
 
 
 def _ids(**djscale: Any) -> list[str]:
-    with override_settings(DJSCALE={**settings.DJSCALE, **djscale}):
+    with override_settings(DJSCALE={**djscale}):
         return [m.id for m in checks.check_shared_media() if m.id]
 
 
@@ -61,7 +60,7 @@ def test_local_cluster_storage_outside_a_local_cluster_warns(
 def test_the_check_runs_with_djangos_check_command(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with override_settings(STORAGES=FS, MEDIA_ROOT=str(tmp_path),
-                           DJSCALE={**settings.DJSCALE, "APP_SERVERS": 3}):
+                           DJSCALE={"APP_SERVERS": 3}):
         call_command("check", tags=["djscale"])
     assert "djscale.W100" in capsys.readouterr().err
 

@@ -42,6 +42,6 @@ _derived = from_topology(os.environ["DJSCALE_TOPOLOGY"],
 # A long L1 lifetime: a value another host changed can only disappear from this
 # process's L1 through the invalidation bus, never by expiring during the test.
 _derived["CACHES"]["default"]["OPTIONS"]["L1_TIMEOUT"] = 300
-_derived["DJSCALE"]["EVENTS"] = {"RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 0.5}
 globals().update(_derived)
+DJSCALE = {"EVENTS": {"RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 0.5}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from django.conf import settings
-
+from djscale import conf
 from tests.queryapp.models import Author, Book
 
 BOOKS = 50
 
 
 def _replicas() -> list[str]:
-    return list(settings.DJSCALE["REPLICATION_GROUPS"]["default"]["REPLICAS"])
+    return list(conf.get().replication.groups["default"].replicas)
 
 
 def create_library() -> None:

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from djscale import checks
+from djscale import checks, conf
 
 pytestmark = pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 
@@ -23,7 +23,9 @@ def _ids(check: Callable[..., list[Any]], **kwargs: Any) -> list[str]:
 
 
 def _djscale(**extra: Any) -> dict[str, Any]:
-    return {**settings.DJSCALE, **extra}
+    # The project's DJSCALE holds only overrides: djscale.conf merges it over
+    # DJSCALE_DERIVED (from_topology's part).
+    return dict(extra)
 
 
 def _db(**entry: Any) -> dict[str, Any]:
@@ -52,15 +54,15 @@ BREAKING: list[tuple[str, Callable[..., list[Any]], dict[str, Any]]] = [
     ("djscale.W005", checks.check_proxy_headers,
      {"USE_X_FORWARDED_HOST": True,
       "MIDDLEWARE": [m for m in settings.MIDDLEWARE if "proxies" not in m]}),
-    ("djscale.E001", checks.check_proxy_headers,
+    ("djscale.E001", conf.check_settings,
      {"DJSCALE": _djscale(TRUSTED_PROXIES=["lb.example.com"])}),
-    ("djscale.E002", checks.check_edge_settings,
+    ("djscale.E002", conf.check_settings,
      {"DJSCALE": _djscale(HEALTH={"TIMEOUT": "soon"})}),
-    ("djscale.E002", checks.check_edge_settings,
+    ("djscale.E002", conf.check_settings,
      {"DJSCALE": _djscale(HEALTH={"TIMEOUTS": 1})}),
-    ("djscale.E002", checks.check_edge_settings,
+    ("djscale.E002", conf.check_settings,
      {"DJSCALE": _djscale(PUBLIC_CACHE_PATHS=[("^/x", -5)])}),
-    ("djscale.E002", checks.check_edge_settings,
+    ("djscale.E002", conf.check_settings,
      {"DJSCALE": _djscale(PUBLIC_CACHE_PATHS=[("(unclosed", 5)])}),
     ("djscale.W006", checks.check_replica_router, {"DATABASE_ROUTERS": []}),
     ("djscale.W008", checks.check_middleware_order,

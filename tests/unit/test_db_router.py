@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 
+from djscale import conf
 from djscale.db import config, consistency
 from djscale.db.routers import PrimaryReplicaRouter
 from djscale.db.signals import detect_writes
@@ -41,7 +40,7 @@ def test_relations_are_allowed_within_a_group_only() -> None:
 
 
 def _groups_with(**changes: Any) -> dict[str, Any]:
-    djscale = copy.deepcopy(django_settings.DJSCALE)
+    djscale = conf.merged()
     djscale["REPLICATION_GROUPS"]["default"].update(changes)
     return djscale
 

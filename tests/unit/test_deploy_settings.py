@@ -41,7 +41,7 @@ def test_session_pooling_keeps_server_side_cursors(tmp_path: Path) -> None:
     s = from_topology(topo, state_dir=tmp_path)
     assert s["DATABASES"]["default"]["PORT"] == "6432"
     assert "DISABLE_SERVER_SIDE_CURSORS" not in s["DATABASES"]["default"]
-    assert s["DJSCALE"]["PGBOUNCER"] == "session"
+    assert s["DJSCALE_DERIVED"]["PGBOUNCER"] == "session"
 
 
 def test_addresses_from_the_environment_win(tmp_path: Path,

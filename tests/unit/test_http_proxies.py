@@ -16,9 +16,8 @@ def _seen(remote: str, trusted: list[str], **headers: str) -> dict[str, object]:
                              "host": request.get_host(),
                              "proto": request.META.get("HTTP_X_FORWARDED_PROTO")})
 
-    from django.conf import settings
 
-    with override_settings(DJSCALE={**settings.DJSCALE, "TRUSTED_PROXIES": trusted},
+    with override_settings(DJSCALE={"TRUSTED_PROXIES": trusted},
                            SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https")):
         request = RequestFactory().get("/", REMOTE_ADDR=remote, headers=headers)
         response = TrustedProxyMiddleware(view)(request)

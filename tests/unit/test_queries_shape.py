@@ -55,13 +55,13 @@ def test_only_reads_are_selects() -> None:
     ({"IGNORE_PATHS": "src"}, "IGNORE_PATHS"),
 ])
 def test_bad_query_settings_name_the_key(settings, raw: dict, key: str) -> None:
-    settings.DJSCALE = {**settings.DJSCALE, "QUERIES": raw}
+    settings.DJSCALE = {"QUERIES": raw}
     with pytest.raises(ConfigurationError, match=key):
         query_config()
 
 
 def test_defaults_raise_in_debug_and_log_sampled_otherwise(settings) -> None:
-    settings.DJSCALE = {**settings.DJSCALE, "QUERIES": {}}
+    settings.DJSCALE = {"QUERIES": {}}
     settings.DEBUG = True
     assert (query_config().n_plus_one, query_config().sample_rate) == ("raise", 1.0)
     settings.DEBUG = False
@@ -69,10 +69,10 @@ def test_defaults_raise_in_debug_and_log_sampled_otherwise(settings) -> None:
 
 
 def test_bad_query_settings_are_a_system_check_error(settings) -> None:
-    from djscale.queries.checks import check_query_settings
+    from djscale.conf import check_settings
 
-    settings.DJSCALE = {**settings.DJSCALE, "QUERIES": {"BUDGET": "sometimes"}}
-    [error] = check_query_settings()
+    settings.DJSCALE = {"QUERIES": {"BUDGET": "sometimes"}}
+    [error] = check_settings()
     assert error.id == "djscale.E110" and "BUDGET" in error.msg
-    settings.DJSCALE = {**settings.DJSCALE, "QUERIES": {}}
-    assert check_query_settings() == []
+    settings.DJSCALE = {"QUERIES": {}}
+    assert check_settings() == []

@@ -20,7 +20,7 @@ TOPOLOGY = {
 
 def test_services_are_exposed_under_djscale_services(tmp_path: Path) -> None:
     settings = from_topology(parse(TOPOLOGY), state_dir=tmp_path)
-    users = settings["DJSCALE"]["SERVICES"]["users"]
+    users = settings["DJSCALE_DERIVED"]["SERVICES"]["users"]
     assert users["URLS"] == ["http://10.0.0.1:8101", "http://10.0.0.2:8101"]
     assert (users["TIMEOUT"], users["CONNECT_TIMEOUT"], users["RETRIES"]) == (1.5, 1.0, 1)
     assert users["BREAKER"] == {"FAILURE_RATE": 0.5, "MINIMUM_CALLS": 7, "WINDOW": 10.0,
@@ -31,8 +31,8 @@ def test_a_client_from_settings_matches_one_from_the_topology(tmp_path: Path) ->
     from django.test import override_settings
 
     topo = parse(TOPOLOGY)
-    djscale = from_topology(topo, state_dir=tmp_path)["DJSCALE"]
-    with override_settings(DJSCALE=djscale):
+    derived = from_topology(topo, state_dir=tmp_path)["DJSCALE_DERIVED"]
+    with override_settings(DJSCALE_DERIVED=derived, DJSCALE={}):
         assert _spec_from_settings("users") == topo.service("users")
     breakers.clear()
     client = ServiceClient.from_spec(topo.service("users"))

@@ -21,17 +21,23 @@ def test_a_redis_cluster_waits_for_one_replica_by_default_and_one_node_for_none(
     assert durability(_cache(False)) == (0, 0.1, 5.0)
 
 
-@override_settings(DJSCALE_SESSIONS={"REPLICA_ACKS": 2, "ACK_TIMEOUT": "0.05", "RETRY_FOR": 20})
+@override_settings(DJSCALE={"SESSIONS": {"REPLICA_ACKS": 2, "ACK_TIMEOUT": "0.05",
+                                         "RETRY_FOR": 20}})
 def test_settings_override_the_defaults() -> None:
     assert durability(_cache(False)) == (2, 0.05, 20.0)
 
 
+@override_settings(DJSCALE_SESSIONS={"REPLICA_ACKS": 3})
+def test_the_deprecated_top_level_name_still_works() -> None:
+    assert durability(_cache(False)) == (3, 0.1, 5.0)
+
+
 @pytest.mark.parametrize(("given", "message"), [
-    ({"REPLICAS": 1}, "unknown DJSCALE_SESSIONS key"),
-    ({"ACK_TIMEOUT": "soon"}, "must be numbers"),
-    ({"RETRY_FOR": -1}, "must not be negative"),
+    ({"REPLICAS": 1}, "unknown key 'REPLICAS'"),
+    ({"ACK_TIMEOUT": "soon"}, "expected a number"),
+    ({"RETRY_FOR": -1}, "expected a number >= 0"),
 ])
 def test_bad_settings_say_what_is_wrong(given: dict[str, Any], message: str) -> None:
-    with override_settings(DJSCALE_SESSIONS=given), pytest.raises(ConfigurationError,
-                                                                   match=message):
+    with override_settings(DJSCALE={"SESSIONS": given}), pytest.raises(ConfigurationError,
+                                                                        match=message):
         durability(_cache(True))

@@ -22,7 +22,7 @@ def test_fixed_ports_need_no_running_cluster(tmp_path: Path) -> None:
     assert s["CACHES"]["default"]["LOCATION"] == "redis://127.0.0.1:6379/0"
     assert s["CELERY_BROKER_URL"] == "redis://127.0.0.1:6379/1"
     assert s["DATABASE_ROUTERS"] == ["djscale.db.routers.PrimaryReplicaRouter"]
-    group = s["DJSCALE"]["REPLICATION_GROUPS"]["default"]
+    group = s["DJSCALE_DERIVED"]["REPLICATION_GROUPS"]["default"]
     assert group["REPLICAS"] == ["default_replica1"]
 
 
@@ -37,7 +37,7 @@ def test_auto_ports_come_from_the_cluster_state(tmp_path: Path) -> None:
     s = from_topology(parse({"shards": [{"name": "shard1"}]}), state_dir=tmp_path)
     assert s["DATABASES"]["default"]["PORT"] == "40001"
     assert s["DATABASES"]["shard1"]["PORT"] == "40002"
-    assert s["DJSCALE"]["SHARDS"] == ["shard1"]
+    assert s["DJSCALE_DERIVED"]["SHARDING"]["ALIASES"] == ["shard1"]
 
 
 def test_auto_port_without_a_cluster_says_what_to_do(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ import os
 import threading
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
+from djscale import conf
 from djscale.http.metrics import metrics_view
 from djscale.services.ratelimit import RateLimiter
 
@@ -33,7 +33,7 @@ def limiter() -> tuple[RateLimiter, asyncio.AbstractEventLoop]:
         if _state.get("pid") != os.getpid():
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, name="limiter-loop", daemon=True).start()
-            urls = ",".join(settings.DJSCALE["REDIS_URLS"])
+            urls = ",".join(conf.get().cache.redis_urls)
             _state.update(pid=os.getpid(), loop=loop, limiter=RateLimiter.from_url(
                 urls, limit=LIMIT, window=WINDOW, prefix=PREFIX, retry_for=15))
         return _state["limiter"], _state["loop"]
