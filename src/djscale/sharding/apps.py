@@ -14,14 +14,11 @@ class ShardingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Register the check that sharding runs on PostgreSQL (djscale.E301)."""
-        from djscale.db import engines  # noqa: F401
-
-    def ready(self) -> None:
         """Start the moved-shard retry counter of every sharded model at 0."""
         from django.apps import apps
 
         from djscale import metrics
+        from djscale.db import engines  # noqa: F401  (E301: sharding needs PostgreSQL)
         from djscale.sharding.router import is_sharded
 
         for model in apps.get_models():
