@@ -9,7 +9,6 @@ aliases when it groups statements.)
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from djscale import conf
 from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 from djscale.db import consistency, failover, read_alias, use_primary, use_replica
@@ -136,7 +136,7 @@ def read_notes(author: str) -> list[str]:
 @pytest.fixture
 def djscale_settings(settings: Any) -> Iterator[dict[str, Any]]:
     """Fast replica probes; tests edit the returned copy and assign it back."""
-    settings.DJSCALE = {**copy.deepcopy(settings.DJSCALE), "REPLICA_REFRESH_SECONDS": 0.2}
+    settings.DJSCALE = {**conf.merged(), "REPLICA_REFRESH_SECONDS": 0.2}
     yield settings.DJSCALE
 
 
@@ -272,7 +272,7 @@ def test_after_the_replicas_replay_the_write_the_user_reads_from_them_again(
 
 
 def test_a_replica_over_max_lag_is_skipped(ready: LocalCluster, settings: Any) -> None:
-    djscale = copy.deepcopy(settings.DJSCALE)
+    djscale = conf.merged()
     djscale["REPLICATION_GROUPS"]["default"]["MAX_LAG_SECONDS"] = 0.5
     settings.DJSCALE = djscale
     wait_pool(lambda: len(usable_replicas()) == 2)
@@ -312,7 +312,7 @@ def test_with_no_usable_replica_reads_fall_back_to_the_primary_or_raise(
         ready: LocalCluster, settings: Any) -> None:
     from djscale.errors import NoReplicaAvailable
 
-    djscale = copy.deepcopy(settings.DJSCALE)
+    djscale = conf.merged()
     djscale["REPLICATION_GROUPS"]["default"]["MAX_LAG_BYTES"] = 0
     djscale["REPLICATION_GROUPS"]["default"]["MAX_LAG_SECONDS"] = 0
     settings.DJSCALE = djscale
@@ -322,7 +322,7 @@ def test_with_no_usable_replica_reads_fall_back_to_the_primary_or_raise(
         wait_pool(lambda: usable_replicas() == [])
         with consistency.scope():
             assert read_alias("default") == "default"
-        djscale = copy.deepcopy(settings.DJSCALE)
+        djscale = conf.merged()
         djscale["REPLICATION_GROUPS"]["default"]["FALLBACK"] = "raise"
         settings.DJSCALE = djscale
         wait_pool(lambda: usable_replicas() == [])
@@ -336,7 +336,7 @@ def test_with_no_usable_replica_reads_fall_back_to_the_primary_or_raise(
 @override_settings(ROOT_URLCONF=__name__)
 def test_a_get_whose_replica_died_is_retried_and_the_dead_connection_dropped(
         ready: LocalCluster, settings: Any) -> None:
-    djscale = copy.deepcopy(settings.DJSCALE)
+    djscale = conf.merged()
     # Probes far apart and every read weighted onto replica2: the pool cannot have
     # noticed the crash, so the request really hits the dead replica.
     djscale["REPLICA_REFRESH_SECONDS"] = 60
