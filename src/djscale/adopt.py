@@ -6,8 +6,11 @@ settings module, reads what the project has today (``DATABASES``, ``CACHES``,
 commented ``djscale.toml`` that describes it: the PostgreSQL server at its fixed address
 (the password stays in the environment, never in the file), the Redis server of a
 django-redis or Django ``RedisCache``, the Celery application and broker, plus
-commented-out examples for replicas, shards, Redis and app servers. It then prints the
-lines to add to ``settings.py`` (middleware in the order djscale needs) and ``urls.py``.
+commented-out examples for replicas, shards, Redis and app servers. Next to it, the
+``local`` profile (``djscale.local.toml``, layered over it with ``DJSCALE_PROFILE=local``)
+moves those servers to the local cluster's free ports, so ``djscale cluster up`` runs the
+same project on this machine. It then prints the lines to add to ``settings.py``
+(middleware in the order djscale needs) and ``urls.py``.
 
 It is idempotent: a second run that would write the same file says so and changes
 nothing; a file that differs is never overwritten without ``--force``.
@@ -723,7 +726,10 @@ def _plan(path: Path, text: str, force: bool) -> str:
     """What to do with ``path``: 'wrote', 'overwrote' or 'unchanged'; refuse a different file."""
     if not path.exists():
         return "wrote"
-    old = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        old = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from None
     if old == text:
         return "unchanged"
     if not force:
@@ -763,7 +769,10 @@ def init(directory: str | Path = ".", *, settings: str = "", output: str | Path 
     actions = {p: _plan(p, text, force) for p, text in files.items()}
     for p, text in files.items():
         if actions[p] != "unchanged":
-            p.write_text(text, encoding="utf-8")
+            try:
+                p.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise ConfigurationError(f"cannot write {p}: {exc.strerror or exc}") from None
     first, rest = _report(project, path, actions[path]).split("\n", 1)
     print("\n".join([first, *(f"djscale: {a} {p}" for p, a in actions.items() if p != path),
                      rest]))
