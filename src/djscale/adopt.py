@@ -613,9 +613,7 @@ def render_local_toml(project: Project, base: str = "djscale.toml") -> str | Non
         out += ["", "[postgres]", 'host = "127.0.0.1"', 'port = "auto"']
         if pg.password_env:
             out.append('password_env = ""         # the local cluster needs no password')
-        out += [f'{key} = ""' for key in pg.ssl]
-        if pg.options:
-            out.append("options = {}")
+        out += [f'{key} = ""' for key in pg.ssl]   # (libpq options carry over: harmless)
     if rd is not None:
         out += ["", "[redis]", 'host = "127.0.0.1"', 'port = "auto"']
         if rd.tls:
