@@ -692,7 +692,7 @@ def _report(project: Project, toml_path: Path, action: str) -> str:
             "one: docs/cache.md)" if project.session_engine_set else
             "djscale.sessions (cached_db over Redis, failover-safe)"))
     ordered = middleware_order(project.middleware, postgres=not project.sqlite)
-    if project.uses_topology and "djscale" in project.installed_apps \
+    if (project.uses_topology or project.sqlite) and "djscale" in project.installed_apps \
             and project.middleware == ordered:
         out.append(f"\n{settings} already has djscale's lines; nothing to add.")
         return "\n".join(out)

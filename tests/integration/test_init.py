@@ -85,6 +85,7 @@ def test_init_on_a_fresh_sqlite_project_says_what_needs_postgres(tmp_path: Path)
     # The middleware order it printed is the one djscale's checks accept.
     assert "djscale.W008" not in result.stdout + result.stderr
     assert "djscale.W011" not in result.stdout + result.stderr
+    assert "nothing to add" in _djscale(project, "init").stdout
 
 
 def test_init_is_idempotent_and_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
