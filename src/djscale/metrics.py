@@ -94,6 +94,10 @@ __all__ = [
     "QueryCounter",
     "configure_multiprocess",
     "database_role",
+    "declare_cache_location",
+    "declare_replica_group",
+    "declare_session_cache",
+    "declare_sharded_model",
     "gunicorn_child_exit",
     "instrument_queries",
     "multiprocess_dir",
@@ -326,6 +330,41 @@ def record_crash_loop(*, service: str, looping: bool) -> None:
 
 
 _BREAKER = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
+
+
+# Series of every label value known up front start at 0 (Prometheus' advice: a series that
+# appears only with its first event hides from rate() and from absence alerts until then).
+
+
+def declare_replica_group(*, group: str, replicas: tuple[str, ...] | list[str]) -> None:
+    """Start the fallback and failover counters of replication group ``group`` at 0."""
+    for reason in ("no_replica", "read_your_writes"):
+        REPLICA_FALLBACKS.labels(group, reason)
+    for alias in replicas:
+        READ_FAILOVERS.labels(alias)
+
+
+def declare_cache_location(*, location: str) -> None:
+    """Start the counters of one TieredCache location (and its L1 bus) at 0."""
+    for counter in (CACHE_L2_ERRORS, CACHE_L2_SKIPPED, CACHE_WRITES_DROPPED):
+        counter.labels(location)
+    for reason in ("miss", "early"):
+        CACHE_COMPUTATIONS.labels(reason)
+    for direction in ("sent", "received"):
+        CACHE_INVALIDATIONS.labels(direction)
+    for reason in ("resubscribed", "subscription_lost", "listener_error", "remote_clear"):
+        CACHE_L1_FLUSHES.labels(reason)
+
+
+def declare_session_cache() -> None:
+    """Start the session cache write counters at 0."""
+    for result in ("acked", "unacked", "failed"):
+        SESSION_CACHE_WRITES.labels(result)
+
+
+def declare_sharded_model(*, model: str) -> None:
+    """Start the moved-shard retry counter of sharded model ``model`` at 0."""
+    SHARD_MOVED_RETRIES.labels(model)
 
 
 def record_router_decision(*, group: str, operation: Literal["read", "write"],

@@ -60,6 +60,7 @@ log = logging.getLogger("djscale.sessions")
 
 CACHE_WRITES = metrics.SESSION_CACHE_WRITES
 """``djscale_session_cache_writes_total`` (defined in :mod:`djscale.metrics`)."""
+metrics.declare_session_cache()
 
 # Session cache keys whose last write failed: this process reads them from the database
 # until a write succeeds (bounded, oldest forgotten first).

@@ -153,6 +153,7 @@ class RedisL2:
         else:
             self.client = redis.Redis.from_url(servers[0], max_connections=max_connections,
                                                **kwargs)
+        metrics.declare_cache_location(location=self.location)
         self._incr = self.client.register_script(_INCR)
         self._unlock = self.client.register_script(_UNLOCK)
         self._warned = threading.Event()

@@ -29,6 +29,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
+from djscale import metrics
 from djscale.db import config
 from djscale.db.config import GroupConfig
 from djscale.db.lag import PrimaryHistory, lag
@@ -71,6 +72,7 @@ class ReplicaPool:
         # Precomputed on every update so that a read only reads these two tuples.
         self._usable: tuple[ReplicaHealth, ...] = ()
         self.history = PrimaryHistory()
+        metrics.declare_replica_group(group=group.name, replicas=group.replicas)
         self.primary_lsn: int | None = None
         self.refreshed_at: float | None = None
 

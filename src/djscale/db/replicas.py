@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 from django.db import connections
 
@@ -68,32 +69,40 @@ def record_write(alias: str) -> None:
 
 def read_alias_for(group: GroupConfig) -> str:
     """:func:`read_alias` for an already looked-up group (the router's fast path)."""
+    alias, target = _choose(group)
+    metrics.record_router_decision(group=group.name, operation="read", target=target)
+    return alias
+
+
+def _choose(group: GroupConfig) -> tuple[str, Literal["primary", "replica", "fallback"]]:
+    """The alias of a read of ``group``, and whether that is the primary by choice, a
+    replica, or the primary for want of a usable replica (a fallback)."""
     if not group.replicas:
-        return group.primary
+        return group.primary, "primary"
     forced = consistency.forced()
     min_lsn: int | None = None
     if forced == "primary":
-        return group.primary
+        return group.primary, "primary"
     if forced is None:
         if connections[group.primary].in_atomic_block:
-            return group.primary
+            return group.primary, "primary"
         state = consistency.peek()
         if state is not None:
             if group.name in state.dirty:
                 if state.sticky:
-                    return group.primary
+                    return group.primary, "primary"
                 if consistency.capture(group, state) is None:
-                    return group.primary
+                    return group.primary, "primary"
             min_lsn = state.tokens.get(group.name)
     pool = get_pool(group.name)
     if pool is None:  # settings changed under us
-        return group.primary
+        return group.primary, "primary"
     alias = pool.choose(min_lsn)
     if alias is not None:
-        return alias
+        return alias, "replica"
     if min_lsn is not None and pool.usable(None):
         metrics.record_replica_fallback(group=group.name, reason="read_your_writes")
-        return group.primary
+        return group.primary, "fallback"
     metrics.record_replica_fallback(group=group.name, reason="no_replica")
     if group.fallback == "raise":
         raise NoReplicaAvailable(
@@ -107,7 +116,7 @@ def read_alias_for(group: GroupConfig) -> str:
         _last_logged[group.name] = now
         log.warning("no usable replica in group %s (%s): reading from the primary %s",
                     group.name, _describe(group), group.primary)
-    return group.primary
+    return group.primary, "fallback"
 
 
 def _describe(group: GroupConfig) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.db.models import Model
 
+from djscale import metrics
 from djscale.db import config
 from djscale.db.config import GroupConfig
 from djscale.db.replicas import read_alias_for
@@ -47,7 +48,10 @@ class PrimaryReplicaRouter:
     def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
         """The group's primary."""
         group = self._group(hints)
-        return group.primary if group is not None else None
+        if group is None:
+            return None
+        metrics.record_router_decision(group=group.name, operation="write", target="primary")
+        return group.primary
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
         """Objects of the same replication group may be related."""
