@@ -435,3 +435,13 @@ def test_importing_the_settings_loads_no_cluster_tooling() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_kubernetes_pods_get_the_password_in_the_variable_the_topology_names() -> None:
+    from djscale.deploy import kubernetes_manifests
+
+    topo = parse({"project": {"name": "shop"},
+                  "postgres": {"password_env": "PGPASSWORD_PROD"}})
+    text = "\n".join(str(m.__dict__) for m in kubernetes_manifests(topo, topology_text=""))
+    assert "'PGPASSWORD_PROD'" in text
+    assert "'DJSCALE_DB_PASSWORD'" not in text

@@ -159,7 +159,8 @@ class _Builder:
     def env(self) -> list[Obj]:
         k = self.k
         return [
-            {"name": "DJSCALE_DB_PASSWORD",
+            # The variable the topology names (postgres.password_env), else djscale's default.
+            {"name": self.t.postgres.password_env or "DJSCALE_DB_PASSWORD",
              "valueFrom": {"secretKeyRef": {"name": k.db_secret, "key": "password"}}},
             {"name": "DJANGO_SECRET_KEY",
              "valueFrom": {"secretKeyRef": {"name": k.app_secret, "key": "DJANGO_SECRET_KEY"}}},
