@@ -15,8 +15,9 @@ class DjscaleConfig(AppConfig):
     def ready(self) -> None:
         """Import the modules that register system checks and signal handlers."""
         # Each component adds its own import here (one line each).
-        import djscale.checks  # noqa: F401  (edge: the scalability checklist)
-        import djscale.settings_checks  # noqa: F401  (W200: settings from_topology replaced)
-        from djscale import queries, storage  # noqa: F401  (query hooks; media checks)
-        from djscale.db import checks, signals  # noqa: F401  (replicas: checks, write detection, Celery)
-        from djscale.db import engines  # noqa: F401  (E300/E301: what needs PostgreSQL)
+        # edge: the scalability checklist; query hooks; W200/E200 (settings_checks); media
+        import djscale.checks  # noqa: F401
+        from djscale import queries, settings_checks, storage  # noqa: F401
+
+        # replicas: checks, write detection, Celery; E300/E301: what needs PostgreSQL
+        from djscale.db import checks, engines, signals  # noqa: F401
