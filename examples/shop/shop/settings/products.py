@@ -3,4 +3,4 @@
 from shop.settings.base import build
 
 globals().update(build("products", ["shop.products"]))
-DJSCALE_CACHE_WARMERS = ["shop.products.warmers"]
+DJSCALE = {"CACHE_WARMERS": ["shop.products.warmers"]}
