@@ -15,7 +15,7 @@ sent to the key's master followed by ``WAIT <replicas> <ms>`` on the same connec
 (:meth:`djscale.cache.l2.RedisL2.write_acked`), and retried with bounded back-off while a
 failover is in progress, so the copy a promoted replica serves is the newest one.
 
-Settings (``DJSCALE["SESSIONS"]``, all optional; ``settings.DJSCALE_SESSIONS`` is the
+Settings (``DJSCALE["SESSIONS"]``, all optional; the top-level ``DJSCALE_SESSIONS`` is the
 deprecated name):
 
 ``REPLICA_ACKS``  replicas that must hold a write before it counts (default: 1 when the
