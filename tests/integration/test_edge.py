@@ -24,6 +24,7 @@ from djscale.cluster.local import http_ok
 from djscale.cluster.supervisor import free_port, wait_until
 from djscale.testing import ClusterFactory
 from djscale.topology import LoadBalancerSpec
+from tests.integration.helpers import request
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples/demo/djscale.toml"
@@ -45,19 +46,6 @@ TOPOLOGY = {
 def edge(djscale_cluster_factory: ClusterFactory) -> LocalCluster:
     return djscale_cluster_factory(TOPOLOGY, parts=("postgres", "redis", "migrate", "app", "lb"),
                                    name="edge", source=DEMO)
-
-
-def request(cluster: LocalCluster, service: str, path: str, *, method: str = "GET",
-            headers: dict[str, str] | None = None, timeout: float = 5.0,
-            ) -> tuple[int, dict[str, str], bytes]:
-    host, port = cluster.address(service)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, path, headers={"Host": "localhost", **(headers or {})})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def _urls_and_session(cluster: LocalCluster) -> tuple[list[str], str]:
@@ -103,7 +91,7 @@ def test_no_demo_url_is_public_with_a_session_or_a_cookie(edge: LocalCluster) ->
         for method in ("GET", "HEAD", "POST"):
             for cookie in ("", f"sessionid={session}"):
                 headers = {"Cookie": cookie} if cookie else {}
-                status, got, _ = request(edge, "app-1", url, method=method, headers=headers)
+                status, got, _ = request(edge, method, url, service="app-1", headers=headers)
                 assert status < 500 or url == "/health/ready", (url, method, status)
                 if cookie or "set-cookie" in got:
                     assert "public" not in _directives(got), (url, method, cookie, got)
@@ -113,24 +101,24 @@ def test_no_demo_url_is_public_with_a_session_or_a_cookie(edge: LocalCluster) ->
 
 
 def test_request_id_is_created_or_kept_through_haproxy(edge: LocalCluster) -> None:
-    _, headers, _ = request(edge, "lb", "/whoami", headers={"X-Request-ID": "edge-test-1"})
+    _, headers, _ = request(edge, "GET", "/whoami", headers={"X-Request-ID": "edge-test-1"})
     assert headers["x-request-id"] == "edge-test-1"
-    _, headers, _ = request(edge, "lb", "/whoami")
+    _, headers, _ = request(edge, "GET", "/whoami")
     assert len(headers["x-request-id"]) >= 16
-    _, headers, _ = request(edge, "lb", "/whoami", headers={"X-Request-ID": "bad id;"})
+    _, headers, _ = request(edge, "GET", "/whoami", headers={"X-Request-ID": "bad id;"})
     assert headers["x-request-id"] != "bad id;"
 
 
 def test_metrics_are_not_served_through_the_load_balancer(edge: LocalCluster) -> None:
-    assert request(edge, "lb", "/metrics")[0] == 404
-    assert request(edge, "app-1", "/metrics")[0] == 200
+    assert request(edge, "GET", "/metrics")[0] == 404
+    assert request(edge, "GET", "/metrics", service="app-1")[0] == 200
 
 
 def test_metrics_pass_promtool_and_count_every_worker(edge: LocalCluster) -> None:
     for _ in range(30):
-        assert request(edge, "app-1", "/whoami")[0] == 200
-    request(edge, "app-1", "/health/ready")
-    status, headers, body = request(edge, "app-1", "/metrics")
+        assert request(edge, "GET", "/whoami", service="app-1")[0] == 200
+    request(edge, "GET", "/health/ready", service="app-1")
+    status, headers, body = request(edge, "GET", "/metrics", service="app-1")
     assert status == 200
     assert headers["content-type"].startswith("text/plain")
     text = body.decode()
@@ -159,7 +147,8 @@ def test_scalability_checks_are_silent_on_the_demo_project(edge: LocalCluster) -
 
 
 def _upstreams(cluster: LocalCluster, n: int) -> list[str]:
-    return [request(cluster, "lb", "/health/live")[1].get("x-upstream", "?") for _ in range(n)]
+    return [request(cluster, "GET", "/health/live").headers.get("x-upstream", "?")
+            for _ in range(n)]
 
 
 def test_haproxy_takes_an_unready_server_out_and_back(edge: LocalCluster) -> None:
@@ -168,10 +157,10 @@ def test_haproxy_takes_an_unready_server_out_and_back(edge: LocalCluster) -> Non
     drain.parent.mkdir(parents=True, exist_ok=True)
     drain.touch()
     try:
-        assert request(edge, "app-1", "/health/ready")[0] == 503
+        assert request(edge, "GET", "/health/ready", service="app-1")[0] == 503
         assert wait_until(lambda: set(_upstreams(edge, 10)) == {"app-2"}, 10, interval=0.2)
         # out of rotation, and every request still succeeds
-        statuses = [request(edge, "lb", "/whoami")[0] for _ in range(20)]
+        statuses = [request(edge, "GET", "/whoami")[0] for _ in range(20)]
         assert statuses == [200] * 20
     finally:
         drain.unlink()
@@ -220,7 +209,7 @@ def test_nginx_ejects_a_crashed_app_server_without_failed_gets(
 
 def _ready(cluster: LocalCluster) -> tuple[int, dict[str, Any], float]:
     started = time.monotonic()
-    status, _, body = request(cluster, "app-1", "/health/ready", timeout=10)
+    status, _, body = request(cluster, "GET", "/health/ready", service="app-1", timeout=10)
     return status, json.loads(body), time.monotonic() - started
 
 

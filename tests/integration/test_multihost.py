@@ -12,16 +12,11 @@ still assumed "every service is on localhost" fails here.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from djscale.cluster import LocalCluster
@@ -30,6 +25,7 @@ from djscale.errors import ClusterError
 from djscale.testing import ClusterFactory
 from djscale.testing.netns import HostNetwork, unavailable_reason
 from djscale.topology import parse
+from tests.integration.helpers import replay_paused, request, sql
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ("db", "db-replica1", "db-replica2", "cache", "app1", "app2", "lb")
@@ -86,30 +82,6 @@ def cluster(net: HostNetwork, djscale_cluster_factory: ClusterFactory,
         booted.down(purge=True)  # before the namespaces go
 
 
-def request(cluster: LocalCluster, method: str, path: str, body: Any = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    """One HTTP request to the load balancer's address (on the lb host)."""
-    host, port = cluster.address("lb")
-    conn = http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=payload, headers={
-            "Host": "localhost", "Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, dict(resp.getheaders()), json.loads(data) if data else None
-    finally:
-        conn.close()
-
-
-def _sql(cluster: LocalCluster, service: str, query: str) -> list[tuple[Any, ...]]:
-    host, port = cluster.address(service)
-    spec = cluster.topology.postgres
-    with psycopg.connect(host=host, port=port, user=spec.user, dbname=spec.database,
-                         autocommit=True, connect_timeout=2) as conn:
-        return conn.execute(query).fetchall()
-
-
 def test_every_service_runs_in_its_hosts_namespace_on_its_address(
         net: HostNetwork, cluster: LocalCluster) -> None:
     records = {p.name: p for p in cluster.processes()}
@@ -134,26 +106,28 @@ def test_a_client_reads_its_own_write_across_hosts_while_the_replicas_are_paused
     db = f"{net.address('db')}:"
     replicas = {"default_replica1": f"{net.address('db-replica1')}:",
                 "default_replica2": f"{net.address('db-replica2')}:"}
-    # Let every app process measure the replica while it is caught up (see
-    # test_replicas_http: a replica first seen while behind is rightly skipped).
-    for _ in range(16):
-        assert request(cluster, "GET", "/mh/notes/0")[0] == 200
-    time.sleep(1.5)
-    for replica in REPLICAS:
-        _sql(cluster, replica, "SELECT pg_wal_replay_pause()")
-    try:
-        status, headers, created = request(cluster, "POST", "/mh/notes", {"text": "mine"})
-        assert status == 201, created
-        assert created["db_address"].startswith(db)
-        cookie = headers["Set-Cookie"].split(";")[0]
+    # Every app process (2 servers x 2 workers) must have measured the replicas while
+    # they were caught up, i.e. served a read from one (see test_replicas_http: a replica
+    # first seen while behind is rightly skipped).
+    on_replicas: set[tuple[str, int]] = set()
+
+    def all_processes_read_from_replicas() -> bool:
+        answer = request(cluster, "GET", "/mh/notes/0")
+        assert answer.status == 200
+        if answer.json()["db"] in replicas:
+            on_replicas.add((answer.json()["server"], answer.json()["pid"]))
+        return len(on_replicas) == 4
+
+    assert wait_until(all_processes_read_from_replicas, 30, interval=0.01), on_replicas
+    with replay_paused(cluster, REPLICAS):
+        created = request(cluster, "POST", "/mh/notes", body={"text": "mine"})
+        assert created.status == 201, created
+        assert created.json()["db_address"].startswith(db)
+        cookie = created.headers["set-cookie"].split(";")[0]
         assert cookie.startswith("djscale_lsn=")
-        path = f"/mh/notes/{created['id']}"
-        status, _, mine = request(cluster, "GET", path, headers={"Cookie": cookie})
-        status2, _, theirs = request(cluster, "GET", path)
-    finally:
-        for replica in REPLICAS:
-            _sql(cluster, replica, "SELECT pg_wal_replay_resume()")
-    assert status == status2 == 200
+        path = f"/mh/notes/{created.json()['id']}"
+        mine = request(cluster, "GET", path, headers={"Cookie": cookie}).json()
+        theirs = request(cluster, "GET", path).json()
     assert mine["found"] and mine["db"] == "default" and mine["db_address"].startswith(db)
     # Another client reads from a paused replica on its own host: the row is not there.
     assert theirs["db_address"].startswith(replicas[theirs["db"]])
@@ -164,38 +138,40 @@ def test_rows_land_on_their_shard_database_over_the_network(
         net: HostNetwork, cluster: LocalCluster) -> None:
     placed: dict[str, set[int]] = {"shard1": set(), "shard2": set()}
     for user_id in range(1001, 1021):
-        status, _, body = request(cluster, "POST", "/mh/users", {"user_id": user_id})
-        assert status == 201, body
+        answer = request(cluster, "POST", "/mh/users", body={"user_id": user_id})
+        body = answer.json()
+        assert answer.status == 201, body
         assert body["db"] == body["expected"]
         assert body["db_address"].startswith(f"{net.address('db')}:")
         placed[body["db"]].add(user_id)
     assert placed["shard1"] and placed["shard2"]  # 20 keys spread over both
     for alias, expected in placed.items():
-        rows = _sql(cluster, f"pg-{alias}",
+        rows = sql(cluster, f"pg-{alias}",
                     "SELECT user_id FROM shardapp_shardeduser WHERE user_id > 1000")
         assert {r[0] for r in rows} == expected, alias
 
 
 def test_a_write_on_one_app_host_evicts_the_value_from_the_other_hosts_l1(
         cluster: LocalCluster) -> None:
-    assert request(cluster, "POST", "/mh/cache/colour", {"value": "red"})[0] == 201
+    assert request(cluster, "POST", "/mh/cache/colour", body={"value": "red"}).status == 201
     seen: set[str] = set()
     for _ in range(12):  # fill the L1 of every app process with "red"
-        status, _, body = request(cluster, "GET", "/mh/cache/colour")
-        assert status == 200 and body["value"] == "red"
+        answer = request(cluster, "GET", "/mh/cache/colour")
+        body = answer.json()
+        assert answer.status == 200 and body["value"] == "red"
         seen.add(body["server"])
     assert seen == {"app-1", "app-2"}
 
-    status, _, body = request(cluster, "POST", "/mh/cache/colour", {"value": "blue"})
-    assert status == 201
-    writer = body["server"]
+    answer = request(cluster, "POST", "/mh/cache/colour", body={"value": "blue"})
+    assert answer.status == 201
+    writer = answer.json()["server"]
 
     # L1 entries live 300 s here: only the invalidation bus (through Redis on the cache
     # host) can make the other host answer "blue" now.
     answers: list[tuple[str, str]] = []
 
     def all_blue() -> bool:
-        batch = [request(cluster, "GET", "/mh/cache/colour")[2] for _ in range(8)]
+        batch = [request(cluster, "GET", "/mh/cache/colour").json() for _ in range(8)]
         answers[:] = [(b["server"], b["value"]) for b in batch]
         return all(v == "blue" for _, v in answers) and len({s for s, _ in answers}) == 2
 
@@ -207,10 +183,12 @@ def test_an_event_published_on_app1_is_consumed_by_the_worker_on_app2(
         cluster: LocalCluster) -> None:
     closed: list[int] = []
     for _ in range(6):  # the LB alternates: find a close served by app-1
-        status, _, created = request(cluster, "POST", "/mh/accounts")
-        assert status == 201
-        status, _, body = request(cluster, "POST", f"/mh/accounts/{created['id']}/close")
-        assert status == 202, body
+        opened = request(cluster, "POST", "/mh/accounts")
+        assert opened.status == 201
+        created = opened.json()
+        closing = request(cluster, "POST", f"/mh/accounts/{created['id']}/close")
+        body = closing.json()
+        assert closing.status == 202, body
         closed.append(created["id"])
         if body["server"] == "app-1":
             break
@@ -219,7 +197,7 @@ def test_an_event_published_on_app1_is_consumed_by_the_worker_on_app2(
         pytest.fail("no close was served by app-1")
 
     def consumed() -> bool:
-        counts = [request(cluster, "GET", f"/mh/accounts/{pk}")[2]["account"]["closed_count"]
+        counts = [request(cluster, "GET", f"/mh/accounts/{pk}").json()["account"]["closed_count"]
                   for pk in closed]
         return all(c == 1 for c in counts)
 

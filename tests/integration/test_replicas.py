@@ -8,7 +8,6 @@ aliases when it groups statements.)
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from djscale.cluster.supervisor import wait_until
 from djscale.db import consistency, failover, read_alias, use_primary, use_replica
 from djscale.db.failover import failover_reads
 from djscale.db.pool import ReplicaHealth, get_pool
+from tests.integration.helpers import connect, replay_paused, wait_replayed
 from tests.testapp.models import Note
 
 pytestmark = [pytest.mark.integration,
@@ -54,20 +54,13 @@ urlpatterns = [path("notes/<str:marker>", notes_view)]
 # ---------------------------------------------------------------------- helpers
 
 
-def _server(cluster: LocalCluster, service: str) -> psycopg.Connection[Any]:
-    host, port = cluster.address(service)
-    topo = cluster.topology.postgres
-    return psycopg.connect(host=host, port=port, user=topo.user, dbname=topo.database,
-                           autocommit=True, connect_timeout=2)
-
-
 READS = 'SELECT "testapp_note"."text"%FROM "testapp_note"%'
 INSERTS = 'INSERT INTO "testapp_note"%'
 
 
 def reset_stats(cluster: LocalCluster) -> None:
     for service in SERVERS:
-        with _server(cluster, service) as conn:
+        with connect(cluster, service) as conn:
             conn.execute("SELECT pg_stat_statements_reset()")
 
 
@@ -76,43 +69,11 @@ def calls(cluster: LocalCluster, pattern: str = READS,
     """How many statements like ``pattern`` each server executed since reset_stats()."""
     seen = {}
     for service in services:
-        with _server(cluster, service) as conn:
+        with connect(cluster, service) as conn:
             row = conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
                                "WHERE query LIKE %s", (pattern,)).fetchone()
         seen[service] = int(row[0]) if row else 0
     return seen
-
-
-def primary_lsn(cluster: LocalCluster) -> str:
-    with _server(cluster, "pg-default") as conn:
-        row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def wait_replayed(cluster: LocalCluster, services: tuple[str, ...] = REPLICAS) -> None:
-    """Wait until the replicas replayed everything the primary has now."""
-    target = primary_lsn(cluster)
-    for service in services:
-        def caught_up(service: str = service) -> bool:
-            with _server(cluster, service) as conn:
-                row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
-                                   (target,)).fetchone()
-            return bool(row and row[0])
-        assert wait_until(caught_up, timeout=10), f"{service} did not catch up"
-
-
-@contextlib.contextmanager
-def replay_paused(cluster: LocalCluster, services: tuple[str, ...] = REPLICAS) -> Iterator[None]:
-    for service in services:
-        with _server(cluster, service) as conn:
-            conn.execute("SELECT pg_wal_replay_pause()")
-    try:
-        yield
-    finally:
-        for service in services:
-            with _server(cluster, service) as conn:
-                conn.execute("SELECT pg_wal_replay_resume()")
 
 
 def usable_replicas() -> list[str]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-import psycopg
 import pytest
 import redis
 from asgiref.sync import sync_to_async
@@ -23,12 +21,12 @@ from djscale.db import consistency
 from djscale.db.pool import get_pool
 from djscale.sessions import CACHE_WRITES, SessionStore
 from djscale.testing import ClusterFactory
+from tests.integration.helpers import replay_paused
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.django_db(transaction=True, databases="__all__"),
               pytest.mark.usefixtures("sessions_engine")]
 
-REPLICAS = ("pg-default-replica1", "pg-default-replica2")
 T = TypeVar("T")
 
 
@@ -36,25 +34,6 @@ T = TypeVar("T")
 def sessions_engine() -> Iterator[None]:
     with override_settings(SESSION_ENGINE="djscale.sessions"):
         yield
-
-
-@contextlib.contextmanager
-def replay_paused(cluster: LocalCluster) -> Iterator[None]:
-    """The replicas stop replaying WAL: they lag behind the primary until the block ends."""
-    conns = []
-    for service in REPLICAS:
-        host, port = cluster.address(service)
-        group = cluster.topology.database_groups[0]
-        conns.append(psycopg.connect(host=host, port=port, user=group.user,
-                                     dbname=group.database, autocommit=True))
-    try:
-        for conn in conns:
-            conn.execute("SELECT pg_wal_replay_pause()")
-        yield
-    finally:
-        for conn in conns:
-            conn.execute("SELECT pg_wal_replay_resume()")
-            conn.close()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -36,7 +36,7 @@ def _db_address(alias: str) -> str:
 
 
 def _answer(status: int = 200, **data: Any) -> JsonResponse:
-    return JsonResponse({"server": _server(), **data}, status=status)
+    return JsonResponse({"server": _server(), "pid": os.getpid(), **data}, status=status)
 
 
 def _body(request: HttpRequest) -> dict[str, Any]:

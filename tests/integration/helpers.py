@@ -1,0 +1,148 @@
+"""Helpers the integration tests share: SQL on a cluster's servers, replication, HTTP.
+
+Plain functions (fixtures live in ``conftest.py``). Every wait here waits on a condition
+and says what it saw when it gives up; none sleeps for a fixed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import psycopg
+
+from djscale.cluster import LocalCluster
+from djscale.cluster.supervisor import wait_until
+
+__all__ = ["Reply", "connect", "frozen", "process_tree", "replay_paused", "replica_services",
+           "request", "sql", "wait_replayed", "wal_flushed"]
+
+
+def connect(cluster: LocalCluster, service: str = "pg-default") -> psycopg.Connection[Any]:
+    """An autocommit connection to a PostgreSQL service of ``cluster`` (its main database)."""
+    host, port = cluster.address(service)
+    pg = cluster.topology.postgres
+    return psycopg.connect(host=host, port=port, user=pg.user, dbname=pg.database,
+                           autocommit=True, connect_timeout=2)
+
+
+def sql(cluster: LocalCluster, service: str, query: str,
+        params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on ``service`` and return its rows (none for a statement)."""
+    with connect(cluster, service) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def replica_services(cluster: LocalCluster) -> tuple[str, ...]:
+    """The service names of the main group's replicas (``pg-default-replica1``, ...)."""
+    return tuple(f"pg-{alias.replace('_', '-')}"
+                 for alias in cluster.topology.postgres.replica_aliases)
+
+
+def wal_flushed(cluster: LocalCluster, service: str = "pg-default") -> str:
+    """The primary's flushed WAL position: what its replicas can receive and replay.
+
+    Not ``pg_current_wal_insert_lsn()``: when the last record ends on a page boundary
+    (after a WAL segment switch, for one) the insert position points past the next
+    page's header, which no replica ever replays until something else is written.
+    """
+    ((lsn,),) = sql(cluster, service, "SELECT pg_current_wal_flush_lsn()::text")
+    return str(lsn)
+
+
+def wait_replayed(cluster: LocalCluster, replicas: Sequence[str] | None = None, *,
+                  primary: str = "pg-default", timeout: float = 30) -> None:
+    """Wait until ``replicas`` (default: all of the main group) replayed the primary's WAL."""
+    target = wal_flushed(cluster, primary)
+    for service in replicas if replicas is not None else replica_services(cluster):
+        def replayed(service: str = service) -> bool:
+            ((done,),) = sql(cluster, service,
+                             "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))
+            return bool(done)
+
+        if not wait_until(replayed, timeout=timeout, interval=0.05):
+            seen = sql(cluster, service, "SELECT pg_last_wal_receive_lsn()::text, "
+                       "pg_last_wal_replay_lsn()::text, pg_is_wal_replay_paused()")
+            raise AssertionError(f"{service} did not replay {target} within {timeout} s "
+                                 f"(received, replayed, paused: {seen})")
+
+
+@contextlib.contextmanager
+def replay_paused(cluster: LocalCluster,
+                  replicas: Sequence[str] | None = None) -> Iterator[None]:
+    """The replicas stop replaying WAL (they lag) until the block ends, even on failure."""
+    services = replicas if replicas is not None else replica_services(cluster)
+    conns = [connect(cluster, service) for service in services]
+    try:
+        for conn in conns:
+            conn.execute("SELECT pg_wal_replay_pause()")
+        yield
+    finally:
+        for conn in conns:
+            with conn:
+                conn.execute("SELECT pg_wal_replay_resume()")
+
+
+class Reply(NamedTuple):
+    """An HTTP answer: status, headers (lower-case names) and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON (None when it is empty)."""
+        return json.loads(self.body) if self.body else None
+
+
+def request(cluster: LocalCluster, method: str, path: str, *, service: str = "lb",
+            body: Any = None, headers: dict[str, str] | None = None,
+            timeout: float = 30.0) -> Reply:
+    """One HTTP request to ``service`` of ``cluster`` (``body``, if given, sent as JSON)."""
+    host, port = cluster.address(service)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    sent = {"Host": "localhost", **(headers or {})}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=payload, headers=sent)
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its direct children (a postmaster's backends are not in its group)."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def frozen(cluster: LocalCluster, service: str) -> Iterator[None]:
+    """SIGSTOP a service and its children (a hung server) until the block ends, then SIGCONT."""
+    top = cluster.process(service).pid
+    stopped = process_tree(top)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in {*stopped, *process_tree(top)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
