@@ -14,10 +14,11 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connections
 from django.test.utils import CaptureQueriesContext
 
+from djscale.cluster.supervisor import wait_until
 from djscale.errors import ShardMoveError
 from djscale.sharding import shard_for, shard_of, shardmap
 from djscale.sharding.models import MOVED_RETRIES, MOVED_SQLSTATE
-from djscale.sharding.move import ShardMove, TableCheck, _connect
+from djscale.sharding.move import ADVISORY_KEY, ShardMove, TableCheck, _connect
 from tests.shardapp.models import Order, ShardedUser
 
 pytestmark = [pytest.mark.integration,
@@ -103,6 +104,44 @@ class Writer(threading.Thread):
             connections.close_all()
 
 
+class FrozenWrite(threading.Thread):
+    """A write into the freeze window: started by ``ShardMove(on_frozen=...)``.
+
+    ``start()`` returns once the write waits in the fence trigger on the source (its
+    advisory lock request is in ``pg_locks``, not granted), so it is in the window
+    whatever the machine's speed; the move then refuses it and ``save()`` retries it on
+    the target.
+    """
+
+    def __init__(self, user: int, source: str, logical: int) -> None:
+        super().__init__(name="frozen-write", daemon=True)
+        self.user, self.source, self.logical = user, source, logical
+        self.row: tuple[int, int, int, str] | None = None
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        try:
+            order = Order.objects.create(user_id=self.user, amount=-1, note="frozen")
+            self.row = (order.id, self.user, -1, "frozen")
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.errors.append(repr(exc))
+        finally:
+            connections.close_all()
+
+    def _waiting(self) -> bool:
+        with connections[self.source].cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted AND classid = %s AND objid = %s",
+                        [ADVISORY_KEY, self.logical])
+            row = cur.fetchone()
+        return bool(row and row[0])
+
+    def start(self) -> None:
+        super().start()
+        assert wait_until(lambda: self._waiting() or not self.is_alive(), timeout=30)
+        assert self.is_alive(), f"the write did not wait for the frozen shard: {self.errors}"
+
+
 def test_moving_a_logical_shard_under_write_load_loses_and_duplicates_nothing() -> None:
     logical = shard_for(1)
     keys = [k for k in range(1, 60000) if shard_for(k) == logical][:12]
@@ -132,23 +171,26 @@ def test_moving_a_logical_shard_under_write_load_loses_and_duplicates_nothing() 
         out.write(message + "\n")
         ops_at[message.split()[0]] = sum(w.ops for w in writers)
 
+    in_window = FrozenWrite(keys[0], source, logical)
     try:
-        ShardMove(logical, target, grace_seconds=1.5, log=log).run()
+        ShardMove(logical, target, grace_seconds=1.5, log=log, on_frozen=in_window.start).run()
     finally:
         stop.set()
-        for w in writers:
+        for w in [*writers, in_window]:
             w.join(timeout=60)
     assert not any(w.errors for w in writers), [w.errors for w in writers]
+    assert in_window.row is not None, in_window.errors
     assert sum(w.ops for w in writers) > 100
     report = out.getvalue()
     assert f"flipped logical shard {logical} to {target}" in report, report
     # The load really ran through every step: copy/catch-up, and after the flip.
     assert 0 < ops_at["copied"] < ops_at["caught"] < ops_at["verified"], ops_at
     assert ops_at["verified"] < ops_at["deleted"] <= sum(w.ops for w in writers), ops_at
-    # Writes that waited out the freeze were refused by the old database and retried.
+    # The write that waited out the freeze was refused by the old database and retried.
+    assert in_window.row[0] is not None and shard_of(in_window.row[0]) == logical
     assert MOVED_RETRIES.labels("shardapp.Order")._value.get() > retried
 
-    expected: dict[int, tuple[int, int, int, str]] = {}
+    expected: dict[int, tuple[int, int, int, str]] = {in_window.row[0]: in_window.row}
     for w in writers:
         expected.update(w.live)
 

@@ -131,11 +131,19 @@ class MoveReport:
 
 
 class ShardMove:
-    """Move logical shard ``logical`` to database ``target``; see the module docstring."""
+    """Move logical shard ``logical`` to database ``target``; see the module docstring.
+
+    ``on_frozen``, when given, is called once the shard is frozen and before the last
+    catch-up pass: writes to the shard are waiting in the fence trigger then, and will be
+    refused after the flip. It is the one place where the freeze window can be observed
+    without timing (tests put a write into the window there); the writes pause while it
+    runs, so it must return promptly.
+    """
 
     def __init__(self, logical: int, target: str, *, grace_seconds: float | None = None,
                  max_passes: int = 20, settle_rows: int = 20,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 on_frozen: Callable[[], None] | None = None) -> None:
         cfg = get_config()
         if not 0 <= logical < cfg.logical_shards:
             raise ShardMoveError(
@@ -150,6 +158,7 @@ class ShardMove:
         self.max_passes = max_passes
         self.settle_rows = settle_rows
         self.log = log or (lambda message: None)
+        self.on_frozen = on_frozen
         self.tables = sharded_tables()
         if not self.tables:
             raise ShardMoveError("no sharded models are installed: there is nothing to move")
@@ -188,6 +197,8 @@ class ShardMove:
                 self.log(f"caught up {report.caught_up} changed rows in {report.passes} passes")
                 frozen_at = time.monotonic()
                 self._freeze(src)
+                if self.on_frozen is not None:
+                    self.on_frozen()
                 report.caught_up += self._catch_up(src, dst, until_empty=True)
                 report.checks = self._verify(src, dst)
                 bad = [c for c in report.checks if not c.ok]
