@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from djscale.cache import AtomicCounter
 from djscale.cluster import LocalCluster
+from djscale.cluster.supervisor import wait_until
 from djscale.errors import CacheUnavailable
 from tests.integration.cache_support import views
 
@@ -38,15 +38,6 @@ def dedicated(djscale_cluster_factory: Any) -> Iterator[tuple[LocalCluster, str]
 def _dropped(location: str) -> float:
     return REGISTRY.get_sample_value("djscale_cache_writes_dropped_total",
                                      {"location": location}) or 0.0
-
-
-def _wait(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
@@ -85,9 +76,9 @@ def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
         cluster.start_service("redis")
 
     # The breaker closes and the listener resubscribes by themselves.
-    assert _wait(lambda: client.get("/cache/square/6/").status_code == 200
-                 and raw.exists(cache.make_key(views.square.key(6))) == 1)
-    assert _wait(lambda: cache.bus.connected.is_set())
+    assert wait_until(lambda: client.get("/cache/square/6/").status_code == 200
+                      and raw.exists(cache.make_key(views.square.key(6))) == 1, 10)
+    assert wait_until(lambda: cache.bus.connected.is_set(), 10)
     assert cache.l2.breaker.state == "closed"
     assert cache.ping() is True
     assert client.get("/cache/square/7/").status_code == 200
@@ -114,4 +105,5 @@ def test_a_dead_redis_costs_no_connect_timeout_per_call(
         assert skipped - skipped_before >= 15  # refused by the breaker, not tried
     finally:
         cluster.start_service("redis")
-    assert _wait(lambda: cache.get("x", "d") == "d" and cache.l2.breaker.state == "closed")
+    assert wait_until(lambda: cache.get("x", "d") == "d" and cache.l2.breaker.state == "closed",
+                      10)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 from djscale import conf
+from djscale.cluster.supervisor import wait_until
 from tests.queryapp.models import Author, Book
 
 BOOKS = 50
@@ -21,12 +21,10 @@ def create_library() -> None:
         [Author(name=f"author {i}") for i in range(BOOKS)])
     Book.objects.using("default").bulk_create(
         [Book(title=f"book {i}", author=a) for i, a in enumerate(authors)])
-    deadline = time.monotonic() + 15
     for alias in _replicas():
-        while Book.objects.using(alias).count() < BOOKS:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replica {alias} did not receive the test books")
-            time.sleep(0.02)
+        if not wait_until(lambda alias=alias: Book.objects.using(alias).count() >= BOOKS, 15,
+                          interval=0.02):
+            raise RuntimeError(f"replica {alias} did not receive the test books")
 
 
 def delete_library() -> None:
