@@ -728,6 +728,7 @@ class _State:
     settings: DjscaleSettings
     problems: tuple[Problem, ...]
     raw: Mapping[str, Any]
+    error: str | None  # what get() raises: the first error, and how many more there are
 
 
 _lock = threading.Lock()
@@ -748,7 +749,11 @@ def _load() -> _State:
                                  debug=bool(django_settings.DEBUG), legacy=legacy)
             raw = merge(derived if isinstance(derived, Mapping) else {},
                         user if isinstance(user, Mapping) else {})
-            _state = _State(built, tuple(found), raw)
+            errors = [p.message for p in found if p.error]
+            error = None if not errors else errors[0] + (
+                f" (and {len(errors) - 1} more problem(s): manage.py check lists them)"
+                if len(errors) > 1 else "")
+            _state = _State(built, tuple(found), raw, error)
         return _state
 
 
@@ -759,12 +764,8 @@ def get(*, validate: bool = True) -> DjscaleSettings:
     ``validate=False`` (for system checks) unusable values are replaced by defaults.
     """
     state = _state if _state is not None else _load()
-    if validate:
-        errors = [p for p in state.problems if p.error]
-        if errors:
-            more = f" (and {len(errors) - 1} more problem(s): manage.py check lists them)" \
-                if len(errors) > 1 else ""
-            raise ConfigurationError(errors[0].message + more)
+    if validate and state.error is not None:
+        raise ConfigurationError(state.error)
     return state.settings
 
 
