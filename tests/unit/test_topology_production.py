@@ -445,3 +445,23 @@ def test_kubernetes_pods_get_the_password_in_the_variable_the_topology_names() -
     text = "\n".join(str(m.__dict__) for m in kubernetes_manifests(topo, topology_text=""))
     assert "'PGPASSWORD_PROD'" in text
     assert "'DJSCALE_DB_PASSWORD'" not in text
+
+
+def test_the_old_call_finds_the_file_beside_the_calling_settings_module(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.delenv("DJSCALE_TOPOLOGY", raising=False)
+    monkeypatch.chdir("/")
+    (tmp_path / "djscale.toml").write_text(
+        '[project]\nname = "beside"\n[postgres]\nport = 5432\n[redis]\nport = 6379\n',
+        encoding="utf-8")
+    (tmp_path / "mysite").mkdir()
+    module_file = tmp_path / "mysite" / "settings.py"
+    module_file.write_text("from djscale.settings import from_topology\n"
+                           "globals().update(from_topology())\n", encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("beside_settings", module_file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.CACHES["default"]["KEY_PREFIX"] == "beside"
