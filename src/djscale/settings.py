@@ -255,7 +255,7 @@ def from_topology(topology: Topology | str | Path | Mapping[str, Any] | None = N
     if namespace is None:
         derived["DJSCALE_OVERRIDDEN"] = []
         return derived
-    return _merge(namespace, derived, topo)
+    return _merge(namespace, derived)
 
 
 def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
@@ -370,8 +370,7 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
     }
 
 
-def _merge(namespace: Mapping[str, Any], derived: dict[str, Any],
-           topo: Topology) -> dict[str, Any]:
+def _merge(namespace: Mapping[str, Any], derived: dict[str, Any]) -> dict[str, Any]:
     """``derived`` merged with the user's settings; overrides listed in DJSCALE_OVERRIDDEN."""
     overridden: list[dict[str, str]] = []
     result = dict(derived)
