@@ -38,7 +38,7 @@ PG = "[postgres] and each [[shards]]"
 MEANINGS: dict[str, str] = {
     "extends": "path of a base topology file this one is layered over (relative to this "
                "file); see Profiles and override files",
-    "hosts.<name>.address": "IP address of the machine",
+    "hosts.<name>.address": "required: IP address of the machine",
     "hosts.<name>.netns": "local cluster only: run this host's processes in that Linux "
                           "network namespace",
     "project.name": "project name: cache key prefix, names of generated things",
@@ -111,7 +111,7 @@ MEANINGS: dict[str, str] = {
     "celery.hosts": "host per worker; the relay runs on the first",
     "celery.broker_password_env": "environment variable with celery.broker's password",
     "celery.broker_password_file": "file with celery.broker's password",
-    "services.<name>.urls": "base URLs of the upstream service",
+    "services.<name>.urls": "required: base URLs of the upstream service",
     "services.<name>.timeout": "budget of one call, retries included (seconds)",
     "services.<name>.connect_timeout": "connect timeout of one attempt (seconds)",
     "services.<name>.retries": "extra attempts, idempotent requests only",
