@@ -23,6 +23,7 @@ from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from djscale.cache import TieredCache
 from djscale.cluster.supervisor import free_port, wait_until
 from djscale.db import use_replica
 from djscale.errors import ServiceUnavailable
@@ -62,9 +63,15 @@ def library(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
     yield from fixtures.library(django_db_blocker)
 
 
+def _tiered() -> TieredCache:
+    cache = caches["default"]
+    assert isinstance(cache, TieredCache), cache
+    return cache
+
+
 def _stampede_wait() -> None:
     """Wait behind another process's recompute lock, as a miss during its computation."""
-    cache = caches["default"]
+    cache = _tiered()
     key = f"metrics-stampede-{uuid.uuid4().hex}"
     full = cache.make_and_validate_key(key)
     other = redis.Redis.from_url(cache.l2.servers[0])
@@ -86,9 +93,9 @@ def _stampede_wait() -> None:
 
 
 def _invalidation_from_another_process() -> None:
-    cache = caches["default"]
+    cache = _tiered()
     cache.get("metrics-warm-up")  # starts this process's invalidation listener
-    assert cache.bus.wait_connected(10)
+    assert cache.bus is not None and cache.bus.wait_connected(10)
     before = _value("djscale_cache_invalidations_total", direction="received")
     worker = Worker(cache.l2.servers[0])
     try:
