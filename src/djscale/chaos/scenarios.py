@@ -13,6 +13,10 @@ sent again because their delivery was not confirmed (a message the broker lost).
 expectation of each scenario is part of its definition, so the CLI and the integration
 tests judge a run the same way.
 
+When the cluster runs its watchdog (:mod:`djscale.cluster.watchdog`), a service the
+scenario SIGKILLed is restarted by the watchdog and the heal step waits for that restart
+(``LocalCluster.recover_service``); without one, the scenario restarts it itself.
+
 This module must not change the cluster's configuration: it only stops and starts the
 processes the cluster recorded, and runs read-only SQL (plus replay pause/resume) and
 read-only broker commands (:mod:`djscale.chaos.events`).
@@ -161,6 +165,8 @@ class _Fault:
     in_flight: list[str] = field(default_factory=list)
     killed: set[str] = field(default_factory=set)
     """Services the scenario killed itself and restarts in its heal step."""
+    restarts: dict[str, int] = field(default_factory=dict)
+    """Watchdog restart counts when the scenario last looked (crashes of its own)."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,8 @@ def _kill(prefix: str) -> Callable[[_Fault], None]:
 
 
 def _start(prefix: str) -> Callable[[_Fault], None]:
-    return lambda f: f.cluster.start_service(_first(f.cluster, prefix))
+    # With a watchdog the crashed service comes back by itself: wait for it.
+    return lambda f: f.cluster.recover_service(_first(f.cluster, prefix))
 
 
 def _broker(cluster: LocalCluster) -> str:
@@ -267,8 +274,15 @@ def _kill_worker_mid_task(fault: _Fault) -> None:
 
 
 def _start_worker(fault: _Fault, name: str = "") -> None:
-    """Start a (killed) worker again and wait until it consumes (its log says "ready.")."""
+    """Start a (killed) worker again and wait until it consumes (its log says "ready.").
+
+    When the cluster's watchdog restarts workers, wait for its restart instead (it counts
+    the worker as running once its log said "ready." again).
+    """
     name = name or _first(fault.cluster, "celery-")
+    if fault.cluster.supervised(name):
+        fault.cluster.recover_service(name)
+        return
     log = Path(fault.cluster.process(name).log)
     offset = log.stat().st_size if log.exists() else 0
     fault.cluster.start_service(name)
@@ -286,11 +300,21 @@ def _revive_workers(fault: _Fault) -> None:
     """Restart a worker that died on its own during the fault, as its supervisor would.
 
     The scenario keeps running (a production worker runs under systemd or Kubernetes,
-    which restart it) but the report names the crash and the worker's last words.
+    which restart it) but the report names the crash and the worker's last words. With
+    the cluster's watchdog, the watchdog restarts it and its restart count tells the crash.
     """
     for proc in fault.cluster.processes():
+        restarts = int(proc.supervision.get("restarts", 0))
+        if proc.kind == "celery" and proc.name not in fault.killed and \
+                restarts > fault.restarts.get(proc.name, restarts):
+            fault.report.crashed.append(
+                f"{proc.name} exited on its own during the fault ({_last_error(Path(proc.log))}"
+                f"; {proc.supervision.get('last_exit', '')}); restarted by the watchdog")
+        fault.restarts[proc.name] = restarts
         if proc.kind != "celery" or proc.alive() or proc.name in fault.killed:
             continue
+        if fault.cluster.supervised(proc.name):
+            continue  # the watchdog restarts it (and the next look reports it)
         reason = _last_error(Path(proc.log))
         fault.report.crashed.append(f"{proc.name} exited on its own during the fault "
                                     f"({reason}); restarted, as a process supervisor would")
@@ -328,12 +352,13 @@ def _events_delivered(report: ChaosReport, load: LoadResult, t0: float, t1: floa
 
 SCENARIOS: dict[str, _Scenario] = {
     "kill-app-server": _Scenario(
-        "SIGKILL one app server, restart it", "zero failed idempotent requests",
+        "SIGKILL one app server; the watchdog restarts it (the scenario does without one)",
+        "zero failed idempotent requests",
         _kill("app-"), _start("app-"), False, _no_failed_reads),
     "kill-replica": _Scenario(
         "SIGKILL one replica, restart it", "zero failed idempotent requests",
         _on(lambda c: c.stop_service(_replicas(c)[0], crash=True)),
-        _on(lambda c: c.start_service(_replicas(c)[0])), False, _no_failed_reads),
+        _on(lambda c: c.recover_service(_replicas(c)[0])), False, _no_failed_reads),
     "pause-replication": _Scenario(
         "pause WAL replay on every replica past max_lag, resume it",
         "zero failed requests; reads fall back to the primary while replicas lag",
@@ -355,7 +380,8 @@ SCENARIOS: dict[str, _Scenario] = {
         "every event is consumed exactly once (zero lost, none applied twice)",
         _stop_broker, _start_broker, True, _events_delivered, events=True),
     "kill-worker": _Scenario(
-        "SIGKILL the Celery worker while a consumer is mid-task, restart it",
+        "SIGKILL the Celery worker while a consumer is mid-task; the watchdog restarts it "
+        "(the scenario does without one)",
         "zero failed requests; the unacknowledged messages come back (acks_late) and every "
         "event is consumed exactly once (zero lost, none applied twice)",
         _kill_worker_mid_task, _start_worker, True, _events_delivered, events=True),
@@ -396,6 +422,7 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     ledger = (EventLedger(cluster, topic=opts.event_topic, consumer=opts.event_consumer,
                           effect_sql=opts.effect_sql) if scenario.events else None)
     fault = _Fault(cluster, report, ledger)
+    fault.restarts = {p.name: int(p.supervision.get("restarts", 0)) for p in cluster.processes()}
 
     def plan(i: int) -> tuple[str, str]:
         if writes and i % opts.write_every == 0:
@@ -452,6 +479,8 @@ def _reconcile_events(fault: _Fault, ledger: EventLedger, opts: ChaosOptions, *,
     """Wait for the events of the run to be consumed, then count lost and duplicates."""
     report = fault.report
     fault.killed.clear()  # healed: from now on a dead worker died on its own
+    fault.restarts = {p.name: int(p.supervision.get("restarts", 0))
+                      for p in fault.cluster.processes()}
     tally, consumed_after, _ = ledger.drain(timeout=opts.drain_seconds,
                                             tick=lambda: _revive_workers(fault))
     report.events_published = tally.published
