@@ -288,10 +288,16 @@ def _print_status(cluster: object) -> bool:
 
     assert isinstance(cluster, LocalCluster)
     rows = cluster.status()
-    header = ("SERVICE", "KIND", "PID", "ADDRESS", "HEALTHY", "DETAIL")
+    header = ("SERVICE", "KIND", "PID", "ADDRESS", "HEALTHY", "RESTARTS", "DETAIL")
+    # The watchdog's view wins when it explains a down service (backoff, crash-loop).
     table = [header] + [
         (r.name, r.kind, str(r.pid or "-"), r.address,
-         "yes" if r.healthy else ("no" if r.running else "stopped"), r.detail)
+         "yes" if r.healthy else (r.supervision if r.supervision in ("backoff", "starting",
+                                                                       "crash-loop")
+                                  else "no" if r.running else "stopped"),
+         str(r.restarts) if r.supervision else "-",
+         "; ".join(filter(None, [r.detail, f"last exit: {r.last_exit}" if r.last_exit
+                                 else ""])))
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

@@ -304,6 +304,11 @@ class Collector:
                 "address": f"{rec.get('host')}:{rec.get('port')}" if rec.get("port") else "",
                 "pid": rec.get("pid") or 0, "running": probe["running"],
                 "health": probe["health"], "detail": probe.get("detail", ""),
+                # What the watchdog noted (djscale.cluster.watchdog): restarts, crash loop.
+                "restarts": (rec.get("supervision") or {}).get("restarts", 0),
+                "supervision": (rec.get("supervision") or {}).get("state", "")
+                if rec.get("restart") else "",
+                "last_exit": (rec.get("supervision") or {}).get("last_exit", ""),
             })
         backlog_known = [o["backlog"] for o in outbox if o["backlog"] is not None]
         return {
