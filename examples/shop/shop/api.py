@@ -68,10 +68,16 @@ def body(request: HttpRequest) -> dict[str, Any]:
 
 
 def validated(form_class: type[forms.Form], data: dict[str, Any]) -> dict[str, Any]:
-    """Cleaned data of ``form_class`` over ``data``; 400 naming each bad field otherwise."""
+    """Cleaned data of ``form_class`` over ``data``; 400 naming each bad field otherwise.
+
+    Fields the form does not know are bad too: the schemas say which fields there are
+    (``additionalProperties: false``), and a misspelt optional field should not vanish.
+    """
     form = form_class(data)
-    if not form.is_valid():
+    unknown = [key for key in data if key not in form.fields]
+    if not form.is_valid() or unknown:
         fields = {k: [str(m) for m in v] for k, v in form.errors.items()}
+        fields.update({key: ["unknown field"] for key in unknown})
         raise ApiError(400, "invalid_request", "some fields are invalid", fields)
     return dict(form.cleaned_data)
 
@@ -111,12 +117,98 @@ def require_staff(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
-def openapi(title: str, paths: dict[str, Any]) -> View:
-    """A view serving a small OpenAPI 3.1 document."""
+MAX_ID = 2**63 - 1
+"""The largest id a ``bigint`` column holds; larger ids name nothing (404), never a 500."""
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """``handler404`` of every service: a JSON 404 like the other errors."""
+    return JsonResponse({"error": "not_found", "detail": f"no route for {request.path}"},
+                        status=404)
+
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+GATEWAY_ERROR = {"$ref": "#/components/schemas/GatewayError"}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+TEXT = {"type": "string", "pattern": "^[^\\x00]*$"}
+"""Any text: djscale.http.input refuses NUL bytes (400)."""
+NON_BLANK = "^[^\\x00]*[^\\s\\x00][^\\x00]*$"
+"""The pattern of text that a Django form field (which strips it) finds not empty."""
+# What the gateway in front of every service may answer for any operation.
+_GATEWAY_RESPONSES = {
+    "429": "rate limited (the gateway)",
+    "502": "the service is unreachable (the gateway)",
+    "503": "the service's circuit is open (the gateway; see Retry-After)",
+    "504": "the service answered too slowly (the gateway)",
+}
+
+
+def reply(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response: ``description`` with a JSON body (an API error by default)."""
+    return {"description": description,
+            "content": {"application/json": {"schema": schema or ERROR}}}
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI required JSON request body of ``schema`` (no other fields allowed)."""
+    schema = {**schema, "additionalProperties": False}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _complete(operation: dict[str, Any], path: str) -> dict[str, Any]:
+    """Add the answers every operation can get: bad input, bad tokens, the gateway's."""
+    responses = operation.setdefault("responses", {})
+    takes_input = "{" in path or operation.get("parameters") or operation.get("requestBody")
+    if takes_input:
+        # djscale.http.input answers 400 for NUL bytes or undecodable text in any input.
+        responses.setdefault("400", reply("invalid input: the fields are named"))
+    if "{" in path:
+        responses.setdefault("404", reply("no such resource"))
+    if operation.get("requestBody"):
+        responses.setdefault("413", reply("body too large (the gateway)", GATEWAY_ERROR))
+        responses.setdefault("415", reply("the body is not JSON (application/json)"))
+    if operation.get("security"):
+        responses.setdefault("401", reply("no token, or an invalid or expired one"))
+    for status, description in _GATEWAY_RESPONSES.items():
+        responses.setdefault(status, reply(description, GATEWAY_ERROR))
+    return operation
+
+
+def openapi(title: str, paths: dict[str, Any],
+            schemas: dict[str, Any] | None = None) -> View:
+    """A view serving the service's OpenAPI 3.1 document.
+
+    Every operation gets the answers it can get without the view saying so: 400 (bad
+    input, :mod:`djscale.http.input`), 401 when it needs a token, 404 with a path
+    parameter, 413/415 with a body, and the gateway's 429/502/503/504.
+    """
+    paths = {path: {method: _complete(op, path) if method != "parameters" else op
+                    for method, op in item.items()}
+             for path, item in paths.items()}
     doc = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "1.0.0"},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error", "detail"],
+                    "properties": {
+                        "error": {"type": "string"}, "detail": {"type": "string"},
+                        "fields": {"type": "object", "additionalProperties": {
+                            "type": "array", "items": {"type": "string"}}}}},
+                "GatewayError": {
+                    "type": "object", "required": ["error"],
+                    "properties": {"error": {
+                        "type": "object", "required": ["status", "code", "message"],
+                        "properties": {"status": {"type": "integer"},
+                                       "code": {"type": "string"},
+                                       "message": {"type": "string"},
+                                       "service": {"type": "string"},
+                                       "request_id": {"type": "string"}}}}},
+                **(schemas or {}),
+            },
+        },
         "paths": paths,
     }
 

@@ -7,12 +7,26 @@ from django.http import HttpRequest, JsonResponse
 
 from djscale.errors import ServiceError
 from djscale.services import service_client
-from shop.api import ApiError, api, body, claims, openapi, require_user, validated
+from shop.api import (
+    ERROR,
+    GATEWAY_ERROR,
+    ID,
+    MAX_ID,
+    ApiError,
+    api,
+    body,
+    claims,
+    json_body,
+    openapi,
+    reply,
+    require_user,
+    validated,
+)
 from shop.orders.models import Order
 
 
 class NewOrder(forms.Form):
-    product_id = forms.IntegerField(min_value=1)
+    product_id = forms.IntegerField(min_value=1, max_value=MAX_ID)
     quantity = forms.IntegerField(min_value=1, max_value=100)
 
 
@@ -42,7 +56,8 @@ def orders(request: HttpRequest) -> JsonResponse:
             total_cents=int(str(product["price_cents"])) * data["quantity"])
         return JsonResponse(order.as_json(), status=201)
     raw = request.GET.get("user", "")
-    if not raw.isdigit():
+    # Only ASCII digits ("²".isdigit() is true, int("²") fails) and a bigint's range.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and 1 <= int(raw) <= MAX_ID):
         raise ApiError(400, "invalid_request", "give ?user=<user id>",
                        {"user": ["a positive integer is required"]})
     user_id = int(raw)
@@ -51,14 +66,39 @@ def orders(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"results": [o.as_json() for o in rows]})
 
 
+ORDER = {"type": "object",
+         "required": ["id", "user_id", "product_id", "quantity", "total_cents", "status",
+                      "created", "shard"],
+         "properties": {"id": {"type": "integer"}, "user_id": {"type": "integer"},
+                        "product_id": {"type": "integer"}, "quantity": {"type": "integer"},
+                        "total_cents": {"type": "integer"}, "status": {"type": "string"},
+                        "created": {"type": "string"}, "shard": {"type": "string"}}}
+ORDER_REF = {"$ref": "#/components/schemas/Order"}
+# The orders service calls products itself: its own 502/503 look like the other errors.
+EITHER = {"anyOf": [ERROR, GATEWAY_ERROR]}
+
 schema = openapi("shop orders", {
     "/api/orders/": {
-        "post": {"security": [{"bearer": []}],
-                 "responses": {"201": {"description": "placed"},
-                               "400": {"description": "invalid fields or unknown product"},
-                               "401": {"description": "no token"}}},
-        "get": {"security": [{"bearer": []}],
+        "post": {"summary": "place an order for the token's user",
+                 "security": [{"bearer": []}],
+                 "requestBody": json_body({
+                     "type": "object", "required": ["product_id", "quantity"],
+                     "properties": {"product_id": ID,
+                                    "quantity": {"type": "integer", "minimum": 1,
+                                                 "maximum": 100}}}),
+                 "responses": {"201": reply("placed", ORDER_REF),
+                               "400": reply("invalid fields or unknown product (named)"),
+                               "502": reply("products answered an error, or the gateway "
+                                            "cannot reach orders", EITHER),
+                               "503": reply("products cannot answer, or the orders "
+                                            "circuit is open", EITHER)}},
+        "get": {"summary": "a user's recent orders (own token or staff)",
+                "security": [{"bearer": []}],
                 "parameters": [{"name": "user", "in": "query", "required": True,
-                                "schema": {"type": "integer"}}],
-                "responses": {"200": {"description": "the user's recent orders"}}}},
-})
+                                "schema": ID}],
+                "responses": {"200": reply("the user's recent orders", {
+                    "type": "object", "required": ["results"],
+                    "properties": {"results": {"type": "array", "items": ORDER_REF}}}),
+                              "400": reply("user is not a valid id"),
+                              "403": reply("the token belongs to another user")}}},
+}, {"Order": ORDER})

@@ -7,7 +7,20 @@ from django.http import HttpRequest, JsonResponse
 
 from djscale.cache import cached
 from djscale.http.cache_control import public_cache
-from shop.api import ApiError, api, body, openapi, require_staff, validated
+from shop.api import (
+    ID,
+    MAX_ID,
+    NON_BLANK,
+    TEXT,
+    ApiError,
+    api,
+    body,
+    json_body,
+    openapi,
+    reply,
+    require_staff,
+    validated,
+)
 from shop.products.models import Category, Product
 
 
@@ -73,7 +86,7 @@ def products(request: HttpRequest) -> JsonResponse:
 @api("GET")
 def product(request: HttpRequest, product_id: int) -> JsonResponse:
     """One product."""
-    card = product_card(product_id)
+    card = product_card(product_id) if product_id <= MAX_ID else None
     if card is None:
         raise ApiError(404, "not_found", f"no product {product_id}")
     return JsonResponse(card)
@@ -86,15 +99,45 @@ def categories(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"results": categories_list()})
 
 
+PRODUCT = {"type": "object", "required": ["id", "name", "price_cents", "featured", "category"],
+           "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                          "price_cents": {"type": "integer"}, "featured": {"type": "boolean"},
+                          "category": {"type": "string"}}}
+PRODUCTS = {"type": "object", "required": ["results"],
+            "properties": {"results": {"type": "array",
+                                       "items": {"$ref": "#/components/schemas/Product"}}}}
+
+# What NewProduct accepts (Django strips the name before checking its length).
 schema = openapi("shop products", {
-    "/api/products/": {"get": {"parameters": [{"name": "category", "in": "query",
-                                           "schema": {"type": "string"}}],
-                           "responses": {"200": {"description": "products"}}},
-                   "post": {"security": [{"bearer": []}],
-                            "responses": {"201": {"description": "created"},
-                                          "400": {"description": "invalid fields"},
-                                          "403": {"description": "staff only"}}}},
-    "/api/products/{product_id}": {"get": {"responses": {"200": {"description": "product"},
-                                                     "404": {"description": "none"}}}},
-    "/api/products/categories/": {"get": {"responses": {"200": {"description": "categories"}}}},
-})
+    "/api/products/": {
+        "get": {"summary": "the products of a category, else the featured ones",
+                "parameters": [{"name": "category", "in": "query", "required": False,
+                                "schema": TEXT}],
+                "responses": {"200": reply("products", PRODUCTS)}},
+        "post": {"summary": "add a product (staff)", "security": [{"bearer": []}],
+                 "requestBody": json_body({
+                     "type": "object", "required": ["category", "name", "price_cents"],
+                     "properties": {
+                         "category": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$",
+                                      "maxLength": 50},
+                         "name": {"type": "string", "minLength": 1, "maxLength": 200,
+                                  "pattern": NON_BLANK},
+                         "price_cents": {"type": "integer", "minimum": 0,
+                                         "maximum": 10_000_000},
+                         "featured": {"type": "boolean"}}}),
+                 "responses": {"201": reply("created", {"$ref": "#/components/schemas/Product"}),
+                               "400": reply("invalid fields, or no such category (named)"),
+                               "403": reply("staff only")}}},
+    "/api/products/{product_id}": {
+        "parameters": [{"name": "product_id", "in": "path", "required": True, "schema": ID}],
+        "get": {"summary": "one product",
+                "responses": {"200": reply("the product",
+                                           {"$ref": "#/components/schemas/Product"})}}},
+    "/api/products/categories/": {"get": {
+        "summary": "every category",
+        "responses": {"200": reply("categories", {
+            "type": "object", "required": ["results"],
+            "properties": {"results": {"type": "array", "items": {
+                "type": "object", "required": ["slug", "name"],
+                "properties": {"slug": {"type": "string"}, "name": {"type": "string"}}}}}})}}},
+}, {"Product": PRODUCT})

@@ -31,6 +31,8 @@ def build(service: str, apps: list[str]) -> dict[str, Any]:
             "djscale.http.request_id.RequestIdMiddleware",
             "djscale.http.metrics.MetricsMiddleware",
             "djscale.http.health.HealthCheckMiddleware",
+            # NUL bytes and undecodable text answer 400 before PostgreSQL sees them.
+            "djscale.http.input.InputValidationMiddleware",
             "djscale.http.cache_control.CacheControlMiddleware",
             "djscale.services.context.PropagationMiddleware",
             "django.middleware.common.CommonMiddleware",

@@ -8,7 +8,21 @@ from django.http import HttpRequest, JsonResponse
 
 from djscale.events.outbox import publish
 from djscale.sharding.lookups import GlobalLookup
-from shop.api import ApiError, api, body, issue_token, openapi, require_user, validated
+from shop.api import (
+    ERROR,
+    ID,
+    MAX_ID,
+    NON_BLANK,
+    ApiError,
+    api,
+    body,
+    issue_token,
+    json_body,
+    openapi,
+    reply,
+    require_user,
+    validated,
+)
 from shop.users.models import User, UserDirectory
 
 directory = GlobalLookup(UserDirectory, User, source="pk", target="user_id")
@@ -32,6 +46,8 @@ def users(request: HttpRequest) -> JsonResponse:
 
 
 def _get(user_id: int) -> User:
+    if user_id > MAX_ID:
+        raise ApiError(404, "not_found", f"no user {user_id}")
     try:
         return User.objects.get_by_shard_key(user_id)
     except User.DoesNotExist:
@@ -56,18 +72,36 @@ def user(request: HttpRequest, user_id: int) -> JsonResponse:
     return JsonResponse({"deleted": user_id})
 
 
+USER = {"type": "object", "required": ["id", "email", "name", "created", "shard"],
+        "properties": {"id": {"type": "integer"}, "email": {"type": "string"},
+                       "name": {"type": "string"}, "created": {"type": "string"},
+                       "shard": {"type": "string"}}}
+USER_REF = {"$ref": "#/components/schemas/User"}
+
+# What NewUser accepts: Django strips surrounding whitespace before checking lengths.
 schema = openapi("shop users", {
-    "/api/users/": {"post": {"summary": "create a user", "requestBody": {"content": {
-        "application/json": {"schema": {"type": "object", "required": ["email", "name"],
-                                        "properties": {"email": {"type": "string"},
-                                                       "name": {"type": "string"}}}}}},
-        "responses": {"201": {"description": "created, with its token"},
-                      "400": {"description": "invalid fields"},
-                      "409": {"description": "e-mail taken"}}}},
+    "/api/users/": {"post": {
+        "summary": "create a user",
+        "requestBody": json_body({
+            "type": "object", "required": ["email", "name"],
+            "properties": {"email": {"type": "string", "format": "email", "maxLength": 254},
+                           "name": {"type": "string", "minLength": 1, "maxLength": 100,
+                                    "pattern": NON_BLANK}}}),
+        "responses": {
+            "201": reply("created, with its token (shown once)", {"allOf": [USER_REF, {
+                "type": "object", "required": ["token"],
+                "properties": {"token": {"type": "string"}}}]}),
+            "400": reply("invalid fields (named)"),
+            "409": reply("e-mail taken", ERROR)}}},
     "/api/users/{user_id}": {
-        "get": {"security": [{"bearer": []}], "responses": {"200": {"description": "user"},
-                                                            "401": {"description": "no token"},
-                                                            "404": {"description": "none"}}},
-        "delete": {"security": [{"bearer": []}],
-                   "responses": {"200": {"description": "deleted; user_deleted published"}}}},
-})
+        "parameters": [{"name": "user_id", "in": "path", "required": True, "schema": ID}],
+        "get": {"summary": "a user (own token or staff)", "security": [{"bearer": []}],
+                "responses": {"200": reply("the user", USER_REF),
+                              "403": reply("the token belongs to another user")}},
+        "delete": {"summary": "delete a user; publishes user_deleted",
+                   "security": [{"bearer": []}],
+                   "responses": {"200": reply("deleted; user_deleted published", {
+                       "type": "object", "required": ["deleted"],
+                       "properties": {"deleted": {"type": "integer"}}}),
+                                 "403": reply("the token belongs to another user")}}},
+}, {"User": USER})
