@@ -9,17 +9,21 @@ app servers, Celery workers, relay, gateway, load balancer, dashboard):
 
 - a process that died (``kill -9``, an exit) is restarted on the same port, command and
   environment after a back-off of ``0.5 s * 2**n`` (at most 30 s), ``n`` being the number
-  of restarts within the last :attr:`RestartPolicy.window` seconds;
-- after :attr:`RestartPolicy.limit` restarts in that window, the next death is a
+  of restarts since the service last stayed up :attr:`RestartPolicy.window` (60) seconds;
+- when :attr:`RestartPolicy.limit` (5) such restarts did not hold, the next death is a
   **crash loop**: the watchdog gives up on that service (state ``crash-loop``) until
-  someone starts it again (``djscale cluster up`` or ``LocalCluster.start_service``);
+  someone starts it again (``djscale cluster up`` or ``LocalCluster.start_service``).
+  Counting restarts since the last stable run, not within a sliding window, makes a
+  service that needs long to crash (a slow boot, then an exit) give up too, instead of
+  restarting forever once its early restarts age out of the window;
 - a restarted process counts as started once its kind's readiness probe passes
   (:func:`djscale.cluster.local.service_ready`); one that dies before, or is not ready
   within :attr:`RestartPolicy.start_timeout`, has crashed again.
 
 What it knows is kept in each record's ``supervision`` entry: ``state`` (``running``,
 ``backoff``, ``starting``, ``crash-loop``, ``stopped``), ``restarts`` (total),
-``recent`` (times of the restarts in the window), ``last_exit`` (``killed by SIGKILL``,
+``recent`` (times of the restarts since the last stable run), ``started_at`` (time of
+the last restart), ``last_exit`` (``killed by SIGKILL``,
 ``exit status 3``; the status is known for processes this watchdog started, and for a
 zombie of another parent) and ``last_exit_at``. ``djscale cluster status`` and the
 dashboard show it; ``/metrics`` on the watchdog's port exports
@@ -73,18 +77,20 @@ class RestartPolicy:
     """Delay before the first restart in a window; doubles with each further one."""
     max_backoff: float = 30.0
     limit: int = 5
-    """Restarts allowed within ``window`` seconds; the next death is a crash loop."""
+    """Restarts that may fail to hold (die within ``window``); the next death is a crash loop."""
     window: float = 60.0
+    """Seconds a restarted service must stay up for its restart to count as a success."""
     start_timeout: float = 60.0
     """Seconds a restarted service has to become ready."""
 
-    def recent(self, times: Sequence[float], now: float) -> list[float]:
-        """The restart times still inside the window."""
-        return [t for t in times if now - t < self.window]
+    def recent(self, times: Sequence[float], started_at: float, now: float) -> list[float]:
+        """The restarts that did not hold: all of ``times``, unless the last one (at
+        ``started_at``) has been up ``window`` seconds by ``now``."""
+        return [] if now - started_at >= self.window else list(times)
 
-    def delay(self, times: Sequence[float], now: float) -> float | None:
+    def delay(self, recent: Sequence[float]) -> float | None:
         """Seconds to wait before the next restart, or None: crash loop, give up."""
-        n = len(self.recent(times, now))
+        n = len(recent)
         if n >= self.limit:
             return None
         return min(self.max_backoff, self.backoff * (1 << n))
@@ -156,14 +162,15 @@ class Watchdog:
             sup = dict(record.get("supervision") or {})
             if sup.get("state", "running") in ("stopped", "crash-loop"):
                 return
-            recent = self.policy.recent(sup.get("recent", []), now)
-            delay = self.policy.delay(recent, now)
+            recent = self.policy.recent(sup.get("recent", []),
+                                        float(sup.get("started_at", 0)), now)
+            delay = self.policy.delay(recent)
             sup.update(last_exit=reason, last_exit_at=_now_iso(), recent=recent)
             if delay is None:
                 sup["state"] = "crash-loop"
                 metrics.record_crash_loop(service=name, looping=True)
-                message = (f"{name} died ({reason}) after {len(recent)} restarts in "
-                           f"{self.policy.window:.0f} s: crash loop, giving up")
+                message = (f"{name} died ({reason}) after {len(recent)} restarts that did "
+                           f"not stay up {self.policy.window:.0f} s: crash loop, giving up")
             else:
                 sup.update(state="backoff", next_start=now + delay)
                 message = f"{name} died ({reason}); restart in {delay:.1f} s"
@@ -195,7 +202,7 @@ class Watchdog:
                 proc.pid = 0
             restarts = int(sup.get("restarts", 0)) + 1
             sup.update(state="starting", restarts=restarts,
-                       recent=[*self.policy.recent(sup.get("recent", []), now), now],
+                       recent=[*sup.get("recent", []), now], started_at=now,
                        last_restart_at=_now_iso())
             sup.pop("next_start", None)
             record["pid"] = proc.pid or record.get("pid")
