@@ -19,12 +19,16 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src tests benchmarks
+	$(VENV)/bin/mypy examples/demo  # each example is a project of its own
+	$(VENV)/bin/mypy examples/shop
 
 test: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src tests benchmarks
+	$(VENV)/bin/mypy examples/demo  # each example is a project of its own
+	$(VENV)/bin/mypy examples/shop
 	$(VENV)/bin/pytest -q
 
 unit: setup

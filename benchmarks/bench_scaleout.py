@@ -38,7 +38,7 @@ def run(ctx: Context) -> list[Result]:
         seconds = 2 if ctx.quick else 4
         rounds = 1 if ctx.quick else 3
         direct = f"http://{ups[0].host}:{ups[0].port}/whoami"
-        urls = {"direct": direct, **{n: f"http://{p.host}:{p.port}/whoami"
+        urls: dict[object, str] = {"direct": direct, **{n: f"http://{p.host}:{p.port}/whoami"
                                      for n, p in procs.items()}}
         rps: dict[object, list[float]] = {k: [] for k in urls}
         p99: dict[object, list[float]] = {k: [] for k in urls}

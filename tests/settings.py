@@ -9,12 +9,16 @@ run collects tests outside ``tests/unit``; unit tests use ``tests.unit.settings`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from djscale.settings import from_topology
 from djscale.testing import shared_cluster
 from tests.base_settings import *  # noqa: F403
 
 HERE = Path(__file__).resolve().parent
+# Set by from_topology() below; declared for the modules that import them from here.
+DATABASES: dict[str, dict[str, Any]]
+CACHES: dict[str, dict[str, Any]]
 
 _cluster = shared_cluster(HERE / "topology.toml")
 globals().update(from_topology(_cluster.topology, state_dir=_cluster.state_dir))

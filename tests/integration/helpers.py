@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
+from django.core.cache import caches
 
+from djscale.cache import TieredCache
 from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 
 __all__ = ["Reply", "connect", "frozen", "process_tree", "replay_paused", "replica_services",
-           "request", "sql", "wait_replayed", "wal_flushed"]
+           "request", "sql", "tiered", "wait_replayed", "wal_flushed"]
 
 
 def connect(cluster: LocalCluster, service: str = "pg-default") -> psycopg.Connection[Any]:
@@ -146,3 +148,10 @@ def frozen(cluster: LocalCluster, service: str) -> Iterator[None]:
         for pid in {*stopped, *process_tree(top)}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+def tiered(alias: str = "default") -> TieredCache:
+    """The cache ``alias`` of the test settings, which is a :class:`TieredCache`."""
+    cache = caches[alias]
+    assert isinstance(cache, TieredCache), f"CACHES[{alias!r}] is {type(cache).__name__}"
+    return cache

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import redis
-from django.core.cache import caches
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
@@ -16,6 +15,7 @@ from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 from djscale.errors import CacheUnavailable
 from tests.integration.cache_support import views
+from tests.integration.helpers import tiered
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +44,8 @@ def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
         dedicated: tuple[LocalCluster, str]) -> None:
     cluster, url = dedicated
     raw = redis.Redis.from_url(url)
-    cache = caches["default"]
-    assert cache.bus.wait_connected(5)
+    cache = tiered()
+    assert cache.bus is not None and cache.bus.wait_connected(5)
     client = Client()
 
     assert client.get("/cache/square/3/").json() == {"n": 3, "square": 9}
@@ -78,7 +78,9 @@ def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
     # The breaker closes and the listener resubscribes by themselves.
     assert wait_until(lambda: client.get("/cache/square/6/").status_code == 200
                       and raw.exists(cache.make_key(views.square.key(6))) == 1, 10)
-    assert wait_until(lambda: cache.bus.connected.is_set(), 10)
+    bus = cache.bus
+    assert bus is not None
+    assert wait_until(lambda: bus.connected.is_set(), 10)
     assert cache.l2.breaker.state == "closed"
     assert cache.ping() is True
     assert client.get("/cache/square/7/").status_code == 200
@@ -90,7 +92,7 @@ def test_cached_views_answer_while_redis_is_down_and_l2_is_used_again_after(
 def test_a_dead_redis_costs_no_connect_timeout_per_call(
         dedicated: tuple[LocalCluster, str]) -> None:
     cluster, _ = dedicated
-    cache = caches["default"]
+    cache = tiered()
     cluster.stop_service("redis")
     try:
         cache.get("warm-up-failure-1")

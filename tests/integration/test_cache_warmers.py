@@ -15,6 +15,7 @@ from django.core.management.base import CommandError
 
 from djscale.cache import AtomicCounter, cached, warmer
 from djscale.cache.warmers import _registry, warm_call
+from tests.integration.helpers import tiered
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +85,7 @@ def test_atomic_counter_loses_no_increment_under_concurrency() -> None:
 
 def test_sessions_live_in_redis_without_l1_and_in_the_database() -> None:
     assert settings.SESSION_ENGINE == "djscale.sessions"  # cached_db, failover-safe
-    sessions = caches[settings.SESSION_CACHE_ALIAS]
+    sessions = tiered(settings.SESSION_CACHE_ALIAS)
     assert sessions.l1.enabled is False  # every app server reads the same copy
     assert sessions.bus is None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_ready_stays_200_degraded_while_redis_is_down(demo: LocalCluster) -> Non
     host, port = demo.address("app-1")
     url = f"http://{host}:{port}/health/ready"
 
-    def ready() -> tuple[int, dict]:
+    def ready() -> tuple[int, dict[str, Any]]:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, json.loads(resp.read())
 

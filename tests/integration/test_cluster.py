@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
+from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import group_members, pid_alive, wait_until
 from djscale.testing import ClusterFactory
 from djscale.topology import load
@@ -19,9 +21,10 @@ DEMO = ROOT / "examples/demo/djscale.toml"
 pytestmark = pytest.mark.integration
 
 
-def _get(url: str) -> dict:
+def _get(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
 
 
 def test_demo_cluster_up_status_down_leaves_no_process(
@@ -53,7 +56,8 @@ def test_demo_cluster_up_status_down_leaves_no_process(
         assert group_members(proc.pid) == [], proc.name
 
 
-def test_a_row_written_on_the_primary_appears_on_the_replicas(djscale_cluster) -> None:
+def test_a_row_written_on_the_primary_appears_on_the_replicas(
+        djscale_cluster: LocalCluster) -> None:
     topo = djscale_cluster.topology
     user, db = topo.postgres.user, topo.postgres.database
     host, port = djscale_cluster.address("pg-default")
@@ -95,11 +99,12 @@ def test_a_redis_cluster_of_three_masters_with_replicas_forms(
                                       parts=("redis",), name="rediscluster")
     nodes = [p for p in cluster.processes() if p.kind == "redis"]
     assert len(nodes) == 6
-    client = redis.RedisCluster(host=nodes[0].host, port=nodes[0].port)
+    client: redis.RedisCluster[bytes] = redis.RedisCluster(host=nodes[0].host,
+                                                           port=nodes[0].port)
     try:
         for i in range(20):
             client.set(f"k{i}", i)
-        assert [int(client.get(f"k{i}")) for i in range(20)] == list(range(20))
+        assert [int(client.get(f"k{i}") or -1) for i in range(20)] == list(range(20))
         masters = [n for n in client.get_nodes() if n.server_type == "primary"]
         assert len(masters) == 3
     finally:

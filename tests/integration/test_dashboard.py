@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -28,6 +28,7 @@ import redis
 from djscale.cluster import PARTS, LocalCluster
 from djscale.cluster.supervisor import wait_until
 from djscale.testing import ClusterFactory
+from tests.integration.helpers import connect, replay_paused, sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +85,8 @@ def _url(cluster: LocalCluster, path: str = "/") -> str:
 
 def _state(cluster: LocalCluster) -> dict[str, Any]:
     with urllib.request.urlopen(_url(cluster, "/api/state"), timeout=10) as resp:
-        return json.loads(resp.read())
+        state: dict[str, Any] = json.loads(resp.read())
+    return state
 
 
 def _health(cluster: LocalCluster) -> dict[str, str]:
@@ -133,7 +135,8 @@ def _colours(png: Path) -> list[tuple[int, tuple[int, int, int]]]:
 
     with Image.open(png) as img:
         assert img.size == (1280, 900)
-        return img.convert("RGB").getcolors(maxcolors=1 << 24) or []
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 24) or []
+    return cast("list[tuple[int, tuple[int, int, int]]]", colours)  # RGB: 3 bands
 
 
 def _reddish(colours: list[tuple[int, tuple[int, int, int]]]) -> int:
@@ -168,27 +171,18 @@ def test_cluster_up_starts_the_dashboard_and_it_reports_every_service(
 
 def test_a_replica_whose_replay_is_paused_shows_its_lag_in_bytes_and_seconds_and_degrades(
         cluster: LocalCluster) -> None:
-    topo = cluster.topology.postgres
-    conninfo = {"user": topo.user, "dbname": topo.database, "autocommit": True}
-    rhost, rport = cluster.address("pg-default-replica2")
-    phost, pport = cluster.address("pg-default")
-    with psycopg.connect(host=rhost, port=rport, **conninfo) as replica:
-        replica.execute("SELECT pg_wal_replay_pause()")
-        try:
-            with psycopg.connect(host=phost, port=pport, **conninfo) as primary:
-                primary.execute("CREATE TABLE IF NOT EXISTS dashboard_lag (v text)")
-                primary.execute("INSERT INTO dashboard_lag "
-                                "SELECT repeat('x', 100) FROM generate_series(1, 2000)")
+    with replay_paused(cluster, ["pg-default-replica2"]):
+        sql(cluster, "pg-default", "CREATE TABLE IF NOT EXISTS dashboard_lag (v text)")
+        sql(cluster, "pg-default", "INSERT INTO dashboard_lag "
+            "SELECT repeat('x', 100) FROM generate_series(1, 2000)")
 
-            def lagging() -> bool:
-                (rep,) = [r for r in _state(cluster)["replicas"]
-                          if r["name"] == "pg-default-replica2"]
-                return rep["health"] == "degraded" and rep["lag_bytes"] > 100_000 \
-                    and rep["lag_seconds"] > rep["max_lag_seconds"]
+        def lagging() -> bool:
+            (rep,) = [r for r in _state(cluster)["replicas"]
+                      if r["name"] == "pg-default-replica2"]
+            return bool(rep["health"] == "degraded" and rep["lag_bytes"] > 100_000
+                        and rep["lag_seconds"] > rep["max_lag_seconds"])
 
-            assert wait_until(lagging, 15, interval=0.3), _state(cluster)["replicas"]
-        finally:
-            replica.execute("SELECT pg_wal_replay_resume()")
+        assert wait_until(lagging, 15, interval=0.3), _state(cluster)["replicas"]
     assert wait_until(lambda: _health(cluster)["pg-default-replica2"] == "healthy", 30), \
         _state(cluster)["replicas"]
 
@@ -300,10 +294,7 @@ def test_cache_hit_ratio_comes_from_redis_keyspace_hits_and_misses(
 def test_outbox_backlog_counts_unpublished_rows_of_an_outbox_table(
         cluster: LocalCluster) -> None:
     baseline = _state(cluster)["outbox_backlog"]  # None: no outbox table (yet)
-    host, port = cluster.address("pg-default")
-    topo = cluster.topology.postgres
-    with psycopg.connect(host=host, port=port, user=topo.user, dbname=topo.database,
-                         autocommit=True) as conn:
+    with connect(cluster) as conn:
         conn.execute("CREATE TABLE dashboard_test_outbox "
                      "(id bigserial PRIMARY KEY, published_at timestamptz)")
         try:

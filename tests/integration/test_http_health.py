@@ -21,7 +21,7 @@ def _fresh() -> None:
     health.reset()
 
 
-def _health(**extra: object) -> object:
+def _health(**extra: object) -> override_settings:
     return override_settings(DJSCALE={"HEALTH": extra})
 
 

@@ -17,6 +17,7 @@ from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
 from djscale.errors import NPlusOneDetected
+from djscale.queries import Finding
 from tests.queryapp import fixtures
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(databases="__all__")]
@@ -44,6 +45,7 @@ def test_lazy_loop_over_50_books_is_flagged_with_model_field_and_line(library: N
     with policy(N_PLUS_ONE="raise"), pytest.raises(NPlusOneDetected) as info:
         Client().get("/queryapp/books/lazy")
     finding = info.value.finding
+    assert isinstance(finding, Finding) and finding.site is not None
     assert (finding.model, finding.field) == ("Book", "author")
     assert finding.site.filename == str(VIEWS)
     assert finding.site.lineno == _line("# LAZY-FORWARD")
@@ -82,6 +84,7 @@ def test_reverse_relation_in_a_loop_is_flagged_with_prefetch_related(library: No
     with policy(N_PLUS_ONE="raise"), pytest.raises(NPlusOneDetected) as info:
         Client().get("/queryapp/authors/lazy")
     finding = info.value.finding
+    assert isinstance(finding, Finding) and finding.site is not None
     assert (finding.model, finding.field) == ("Author", "book_set")
     assert finding.site.lineno == _line("# LAZY-REVERSE")
     assert "prefetch_related('book_set')" in str(info.value)
@@ -100,7 +103,9 @@ def test_two_deliberate_queries_in_a_loop_marked_allowed_are_not_flagged(
 def test_the_same_loop_without_the_mark_is_flagged(library: None) -> None:
     with policy(N_PLUS_ONE="raise"), pytest.raises(NPlusOneDetected) as info:
         Client().get("/queryapp/authors/unmarked")
-    assert (info.value.finding.model, info.value.finding.field) == ("Author", "id")
+    finding = info.value.finding
+    assert isinstance(finding, Finding) and finding.site is not None
+    assert (finding.model, finding.field) == ("Author", "id")
     assert "Author.id queried 3 times" in str(info.value)
     assert "_two_queries_per_author" in str(info.value)
     assert "in_bulk" in str(info.value)
@@ -113,6 +118,7 @@ def test_the_detector_guards_any_block_of_code(library: None) -> None:
     with NPlusOneDetector(mode="log", threshold=3) as detector:
         titles = [(b.title, b.author.name) for b in Book.objects.order_by("id")[:7]]
     [finding] = detector.findings()
+    assert finding.site is not None
     assert len(titles) == 7
     assert (str(finding.relation), finding.count) == ("Book.author", 7)
     assert finding.site.function == "<listcomp>"  # the comprehension line is the loop
@@ -137,7 +143,7 @@ def test_a_celery_task_with_a_lazy_loop_is_flagged(
     app = Celery("queries-test", set_as_current=False)
     app.conf.task_always_eager = True
 
-    @app.task(name="queryapp.author_names")
+    @app.task(name="queryapp.author_names")  # type: ignore[untyped-decorator]  # celery: no types
     def author_names() -> list[str]:
         return [b.author.name for b in Book.objects.order_by("id")[:20]]
 

@@ -39,7 +39,8 @@ import pytest
 import redis
 from django.db import connections
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.cluster import RedisCluster, key_slot
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from djscale.cache import TieredCache
 from djscale.cluster import LocalCluster
@@ -63,7 +64,7 @@ Get = Callable[[Any, str], tuple[int, Any]]
 
 # ---------------------------------------------------------------------- Redis helpers
 
-def _node(url: str) -> redis.Redis:
+def _node(url: str) -> redis.Redis[bytes]:
     host, port = url.removeprefix("redis://").split(":")
     return redis.Redis(host=host, port=int(port), socket_timeout=2, socket_connect_timeout=1)
 
@@ -327,7 +328,7 @@ def test_master_failover_under_http_load_on_gunicorn_loses_no_session_and_fails_
                 client.close()
         _sessions_on_victim(outcome, list(keys), "failover:sess:1:")
         # In Redis (what the promoted replica serves) and in the database.
-        rc = RedisCluster.from_url(urls[1])
+        rc: RedisCluster[bytes] = RedisCluster.from_url(urls[1])
         try:
             for key, (user, n) in keys.items():
                 raw = rc.get(f"failover:sess:1:{SESSION_KEY}{key}")

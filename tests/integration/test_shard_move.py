@@ -43,7 +43,7 @@ def _rows(alias: str, logical: int) -> list[tuple[int, int, int, str]]:
     with connections[alias].cursor() as cur:
         cur.execute("SELECT id, user_id, amount, note FROM shardapp_order "
                     "WHERE ((id >> 10) & 8191) = %s ORDER BY id", [logical])
-        return [tuple(r) for r in cur.fetchall()]  # type: ignore[misc]
+        return [tuple(r) for r in cur.fetchall()]
 
 
 def _digest(rows: list[tuple[int, int, int, str]]) -> str:
@@ -176,8 +176,8 @@ def test_moving_a_logical_shard_under_write_load_loses_and_duplicates_nothing() 
         ShardMove(logical, target, grace_seconds=1.5, log=log, on_frozen=in_window.start).run()
     finally:
         stop.set()
-        for w in [*writers, in_window]:
-            w.join(timeout=60)
+        for thread in [*writers, in_window]:
+            thread.join(timeout=60)
     assert not any(w.errors for w in writers), [w.errors for w in writers]
     assert in_window.row is not None, in_window.errors
     assert sum(w.ops for w in writers) > 100
@@ -215,7 +215,7 @@ def test_moving_a_logical_shard_under_write_load_loses_and_duplicates_nothing() 
 def _all_rows(alias: str) -> list[tuple[int, int, int, str]]:
     with connections[alias].cursor() as cur:
         cur.execute("SELECT id, user_id, amount, note FROM shardapp_order")
-        return [tuple(r) for r in cur.fetchall()]  # type: ignore[misc]
+        return [tuple(r) for r in cur.fetchall()]
 
 
 def _seed_shard() -> tuple[int, list[int], str, str]:

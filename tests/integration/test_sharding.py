@@ -67,6 +67,7 @@ def test_ids_are_generated_in_postgres_unique_and_roughly_time_ordered() -> None
     assert first.id is not None and second.id is not None
     assert second.id > first.id
     assert shard_of(first.id) == shard_of(user.id) == shard_for(7)
+    assert user._state.db is not None
     with connections[user._state.db].cursor() as cur:
         cur.execute("SELECT id FROM shardapp_order ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == [first.id, second.id]
@@ -126,7 +127,8 @@ def test_scatter_gather_matches_the_same_query_on_one_database() -> None:
     want = list(single.order_by("-amount", "id").values_list("id", "user_id", "amount")[5:30])
     assert got == want
 
-    rows = Order.objects.filter(note="n3").values("id", "note", "amount").all_shards().fetch(
+    # django-stubs types values() as a plain QuerySet; it is still the sharded queryset.
+    rows = Order.objects.filter(note="n3").values("id", "note", "amount").all_shards().fetch(  # type: ignore[attr-defined]
         order_by=["note", "-id"])
     assert rows == list(UnshardedOrder.objects.filter(note="n3").order_by("note", "-id")
                         .values("id", "note", "amount"))

@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -42,7 +43,7 @@ def _png() -> bytes:
     return buf.getvalue()
 
 
-def _upload(host: str, port: int, filename: str, data: bytes) -> dict:
+def _upload(host: str, port: int, filename: str, data: bytes) -> dict[str, Any]:
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
             f"filename=\"{filename}\"\r\nContent-Type: image/png\r\n\r\n").encode() + data + \
@@ -52,7 +53,8 @@ def _upload(host: str, port: int, filename: str, data: bytes) -> dict:
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 201
-        return json.loads(response.read())
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
 
 
 def _get(host: str, port: int, path: str) -> tuple[int, bytes, str]:

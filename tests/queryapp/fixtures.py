@@ -22,8 +22,10 @@ def create_library() -> None:
     Book.objects.using("default").bulk_create(
         [Book(title=f"book {i}", author=a) for i, a in enumerate(authors)])
     for alias in _replicas():
-        if not wait_until(lambda alias=alias: Book.objects.using(alias).count() >= BOOKS, 15,
-                          interval=0.02):
+        def received(alias: str = alias) -> bool:
+            return Book.objects.using(alias).count() >= BOOKS
+
+        if not wait_until(received, 15, interval=0.02):
             raise RuntimeError(f"replica {alias} did not receive the test books")
 
 

@@ -14,7 +14,7 @@ from djscale.errors import ConfigurationError
 from djscale.topology import REDIS_MODES, REPLICA_POLICIES, SHARDING_MODES
 
 ROOT = Path(__file__).resolve().parents[2]
-DATABASES = {"default": {}, "default_replica1": {}, "shard1": {}}
+DATABASES: dict[str, dict[str, Any]] = {"default": {}, "default_replica1": {}, "shard1": {}}
 DERIVED: dict[str, Any] = {
     "REPLICATION_GROUPS": {"default": {"PRIMARY": "default", "REPLICAS": ["default_replica1"],
                                        "MAX_LAG_SECONDS": 5.0}},
@@ -152,7 +152,8 @@ def test_get_raises_the_first_error_and_the_check_lists_them() -> None:
         with pytest.raises(ConfigurationError, match=r'HEALTH.*1 more problem'):
             conf.get()
         assert conf.get(validate=False).health.timeout == 1.0   # the default stands in
-        assert sorted(m.id for m in conf.check_settings()) == ["djscale.E002", "djscale.E110"]
+        assert sorted(str(m.id) for m in conf.check_settings()) == ["djscale.E002",
+                                                                  "djscale.E110"]
 
 
 def test_the_view_is_rebuilt_when_a_watched_setting_changes() -> None:

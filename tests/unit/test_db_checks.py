@@ -12,7 +12,7 @@ SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
 
 def ids(settings: Any, middleware: list[str]) -> list[str]:
     settings.MIDDLEWARE = middleware
-    return [m.id for m in check_replica_middleware()]
+    return [str(m.id) for m in check_replica_middleware()]
 
 
 def test_replicas_without_the_middleware_warn(settings: Any) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from pytest_django import Settings
 
 from djscale.errors import ConfigurationError
 from djscale.queries.config import query_config
@@ -54,13 +57,14 @@ def test_only_reads_are_selects() -> None:
     ({"BUDGETS": {"x": -1}}, "BUDGETS"),
     ({"IGNORE_PATHS": "src"}, "IGNORE_PATHS"),
 ])
-def test_bad_query_settings_name_the_key(settings, raw: dict, key: str) -> None:
+def test_bad_query_settings_name_the_key(settings: Settings, raw: dict[str, Any],
+                                         key: str) -> None:
     settings.DJSCALE = {"QUERIES": raw}
     with pytest.raises(ConfigurationError, match=key):
         query_config()
 
 
-def test_defaults_raise_in_debug_and_log_sampled_otherwise(settings) -> None:
+def test_defaults_raise_in_debug_and_log_sampled_otherwise(settings: Settings) -> None:
     settings.DJSCALE = {"QUERIES": {}}
     settings.DEBUG = True
     assert (query_config().n_plus_one, query_config().sample_rate) == ("raise", 1.0)
@@ -68,7 +72,7 @@ def test_defaults_raise_in_debug_and_log_sampled_otherwise(settings) -> None:
     assert (query_config().n_plus_one, query_config().sample_rate) == ("log", 0.1)
 
 
-def test_bad_query_settings_are_a_system_check_error(settings) -> None:
+def test_bad_query_settings_are_a_system_check_error(settings: Settings) -> None:
     from djscale.conf import check_settings
 
     settings.DJSCALE = {"QUERIES": {"BUDGET": "sometimes"}}

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,8 @@ def test_pool_turns_off_persistent_connections() -> None:
     ({"postgres": "big"}, "postgres = 'big' is invalid: expected a table"),
     ({"databases": {}}, "unknown key 'databases'"),
 ])
-def test_invalid_values_name_key_value_and_what_is_allowed(data: dict, message: str) -> None:
+def test_invalid_values_name_key_value_and_what_is_allowed(
+        data: dict[str, Any], message: str) -> None:
     with pytest.raises(TopologyError) as info:
         parse(data, source="t.toml")
     text = str(info.value)
@@ -178,7 +180,8 @@ def test_unknown_service_lookup_names_the_configured_ones() -> None:
      "gateway.compositions[0].optional = ['z'] is invalid: expected keys of"),
     ({"gateway": {"routes": "x"}}, "gateway.routes = 'x' is invalid: expected an array"),
 ])
-def test_invalid_services_and_gateway_name_key_and_value(data: dict, message: str) -> None:
+def test_invalid_services_and_gateway_name_key_and_value(
+        data: dict[str, Any], message: str) -> None:
     with pytest.raises(TopologyError) as info:
         parse(data)
     assert message in str(info.value)
@@ -215,7 +218,8 @@ def test_kubernetes_defaults_derive_from_the_project_and_app_servers() -> None:
     ({"kubernetes": {"ingress_host": "Shop Example"}}, "kubernetes.ingress_host"),
     ({"kubernetes": {"image": "bad image"}}, "kubernetes.image = 'bad image' is invalid"),
 ])
-def test_invalid_pgbouncer_and_kubernetes_values_name_the_key(data: dict, message: str) -> None:
+def test_invalid_pgbouncer_and_kubernetes_values_name_the_key(
+        data: dict[str, Any], message: str) -> None:
     with pytest.raises(TopologyError) as info:
         parse(data)
     assert message in str(info.value)
@@ -318,7 +322,7 @@ def test_hosts_may_still_be_plain_addresses_next_to_names() -> None:
                 "b": {"address": "10.77.0.3", "netns": "n"}}},
      "hosts.b.netns = 'n' is invalid: hosts.a has the same namespace"),
 ])
-def test_invalid_hosts_are_reported_on_one_line(change: dict, message: str) -> None:
+def test_invalid_hosts_are_reported_on_one_line(change: dict[str, Any], message: str) -> None:
     with pytest.raises(TopologyError) as info:
         parse({**MULTIHOST, **change})
     text = str(info.value)

@@ -19,7 +19,12 @@ Names are imported lazily so that importing this package never touches settings.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on first use
+    from djscale.db.consistency import use_primary, use_replica
+    from djscale.db.failover import failover_reads
+    from djscale.db.replicas import read_alias, record_write, write_alias
 
 __all__ = ["failover_reads", "read_alias", "record_write", "use_primary", "use_replica",
            "write_alias"]

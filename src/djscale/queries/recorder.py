@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -99,7 +99,7 @@ class QueryRecorder:
         if len(self.queries) < self.keep:
             self.queries.append(query)
 
-    def __enter__(self) -> QueryRecorder:
+    def __enter__(self) -> Self:
         install()
         self._token = _active.set((*_active.get(), self))
         return self
