@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+
+from djscale.cluster.supervisor import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,11 +55,9 @@ def test_app_servers_answer_while_redis_is_down_and_use_it_again_after(
         cluster.start_service("redis")
 
     raw = redis.Redis(host=rhost, port=rport)  # Redis came back empty (no persistence)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def written_again() -> bool:
         assert _get(host, port, "/cache/square/11/")[0] == 200
-        if any(b"square" in k for k in raw.keys("*")):
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the app servers did not write to Redis again within 15 s")
+        return any(b"square" in k for k in raw.keys("*"))
+
+    assert wait_until(written_again, 15, interval=0.2), \
+        "the app servers did not write to Redis again within 15 s"

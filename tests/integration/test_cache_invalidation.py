@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from djscale.cluster.supervisor import wait_until
 from tests.integration.cache_support.procs import Worker
 from tests.integration.cache_support.redis_cluster import boot_redis_cluster
 
@@ -55,7 +56,7 @@ def test_other_processes_delete_evicts_l1_within_100ms(pair: tuple[Worker, Worke
     hits_before = a.call("get", key="product:1")["l1_hits"]
 
     a.send("watch", key="product:1", timeout=3.0)  # A polls its own cache every 0.5 ms
-    time.sleep(0.2)
+    assert a.receive() == {"watching": True}
     deleted_at = b.call("delete", key="product:1")["t"]
     watched = a.receive()
 
@@ -76,7 +77,12 @@ def test_without_the_invalidation_message_l1_would_serve_stale(
     b.call("set", key="product:2", value="v2")
     _until_l1_hit(a, "product:2", "v2")
     assert b.call("raw_delete", key="product:2")["deleted"] == 1
-    time.sleep(0.2)
+    # A barrier instead of a pause: once A saw an invalidation published after the raw
+    # delete, a message about product:2 (had there been one) would have reached it too.
+    b.call("set", key="barrier:2", value="x")
+    _until_l1_hit(a, "barrier:2", "x")
+    b.call("delete", key="barrier:2")
+    assert wait_until(lambda: a.call("get", key="barrier:2")["value"] is None, 5)
     assert a.call("get", key="product:2")["value"] == "v2"
 
 

@@ -104,7 +104,8 @@ def test_request_id_of_the_current_request_is_sent_on(upstream: Upstream) -> Non
 def test_propagation_middleware_forwards_the_callers_authorization(upstream: Upstream) -> None:
     with ServiceClient(name="echo", urls=[upstream.url]) as client:
         def view(request: object) -> dict[str, str]:
-            return client.get("/x").json()["headers"]
+            headers: dict[str, str] = client.get("/x").json()["headers"]
+            return headers
 
         request = RequestFactory().get("/", HTTP_AUTHORIZATION="Token caller")
         seen = PropagationMiddleware(view)(request)
@@ -236,9 +237,11 @@ def test_async_slow_service_raises_service_timeout_at_the_call_budget(
 
 
 def test_a_cancelled_trial_call_frees_the_half_open_breaker(upstream: Upstream) -> None:
-    breaker = CircuitBreaker("echo", minimum_calls=1, failure_rate=1.0, reset_timeout=0.01)
-    breaker.on_failure()                        # open; half-open 10 ms later
-    time.sleep(0.02)
+    now = [0.0]
+    breaker = CircuitBreaker("echo", minimum_calls=1, failure_rate=1.0, reset_timeout=10,
+                             clock=lambda: now[0])
+    breaker.on_failure()                        # open; half-open 10 s later
+    now[0] += 10
 
     async def cancel_then_call() -> int:
         client = AsyncServiceClient(name="echo", urls=[upstream.url], breaker=breaker)

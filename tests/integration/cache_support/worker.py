@@ -7,6 +7,7 @@ subscribed, prints ``{"ready": pid}`` and then answers one JSON line per command
 - ``{"op": "set", "key": k, "value": v}`` / ``get`` / ``delete`` / ``stats``
 - ``{"op": "raw_delete", "key": k}``: delete in Redis *without* publishing (a control)
 - ``{"op": "watch", "key": k, "timeout": s}``: get every 0.5 ms until it misses; answer
+  ``{"watching": true}`` after the first :data:`WATCHING_AFTER` hits, and at the miss
   ``{"t": monotonic time of the first miss, "polls": n, "l1_hits": h}``
 - ``{"op": "stampede", "key": k, "threads": n, "counter": c, "start_at": t}``: n threads
   call one ``@cached`` function at monotonic time t; each computation INCRs Redis key c
@@ -21,6 +22,9 @@ import threading
 import time
 from typing import Any
 
+WATCHING_AFTER = 20
+"""``watch`` says it is watching once this many gets in a row found the key."""
+
 
 def main() -> None:
     url = sys.argv[1]
@@ -33,9 +37,12 @@ def main() -> None:
                             "KEY_PREFIX": "xproc", "OPTIONS": {"L1_TIMEOUT": l1_timeout}}},
         INSTALLED_APPS=[], USE_TZ=True)
     django.setup()
-    from django.core.cache import cache
+    from django.core.cache import caches
 
-    from djscale.cache import cached
+    from djscale.cache import TieredCache, cached
+
+    cache = caches["default"]
+    assert isinstance(cache, TieredCache)
 
     bus = cache.bus
     assert bus is not None and bus.wait_connected(10), "listener did not subscribe"
@@ -74,6 +81,8 @@ def main() -> None:
                 if cache.get(cmd["key"]) is None:
                     reply({"t": time.monotonic(), "polls": polls, "l1_hits": cache.l1.hits})
                     break
+                if polls == WATCHING_AFTER:
+                    reply({"watching": True})
                 time.sleep(0.0005)
             else:
                 reply({"t": None, "polls": polls, "l1_hits": cache.l1.hits})
