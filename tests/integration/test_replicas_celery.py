@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ app = Celery("replicas_test", broker=f"{redis_url}/3", backend=f"{redis_url}/4")
 app.conf.task_default_queue = "djscale-replicas-test"
 
 
-@app.task(name="tests.replicas.where_reads_go")
+@app.task(name="tests.replicas.where_reads_go")  # type: ignore[untyped-decorator]  # celery
 def where_reads_go(author: str) -> tuple[str, int]:
     """Where this task's reads go, and whether it sees ``author``'s notes."""
     try:
@@ -39,8 +40,17 @@ def where_reads_go(author: str) -> tuple[str, int]:
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Any]:
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10) as w:
-        yield w
+    # start_worker sets up Celery's logging: it sets the root logger to ERROR and replaces
+    # its handlers, which silences every later test's warnings (caplog saw nothing).
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False,
+                          shutdown_timeout=10) as w:
+            yield w
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def test_a_task_sent_after_a_write_reads_it_while_other_tasks_use_replicas(
