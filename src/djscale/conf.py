@@ -181,6 +181,14 @@ class ReplicationGroup:
                              topology=True)
     fallback: Fallback = setting("primary", "With no usable replica: read the primary, or "
                                  "raise NoReplicaAvailable.")
+    query_deadline_ms: int = setting(2000, "Deadline of one statement on the primary inside "
+                                     "a request (djscale.db.deadline); past it the "
+                                     "connection is abandoned and the request gets a 503. "
+                                     "0: none.", topology=True, minimum=0)
+    replica_query_deadline_ms: int = setting(500, "Deadline of one statement on a replica "
+                                             "inside a request; past it the replica is "
+                                             "marked down and a GET runs again elsewhere. "
+                                             "0: none.", topology=True, minimum=0)
     weights: Mapping[str, float] = setting(doc="Replica alias -> weight under the "
                                            "'weighted' policy (1 when missing).",
                                            factory=dict, check=_check_weights)

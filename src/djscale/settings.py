@@ -169,6 +169,15 @@ def database_settings(group: DatabaseGroup, host: str, port: int, *,
     statements would be lost between them, so both are turned off.
     """
     options: dict[str, Any] = {"connect_timeout": 2}
+    # A dead peer across a network (dropped packets) is noticed by TCP within about
+    # idle + interval * count seconds, and unacknowledged writes give up after
+    # tcp_user_timeout. A frozen server on a live host is not: djscale.db.deadline bounds that.
+    if group.keepalives_idle:
+        options.update(keepalives=1, keepalives_idle=group.keepalives_idle,
+                       keepalives_interval=group.keepalives_interval,
+                       keepalives_count=group.keepalives_count)
+    if group.tcp_user_timeout_ms:
+        options["tcp_user_timeout"] = group.tcp_user_timeout_ms
     options.update(group.options)
     for name in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
         value = getattr(group, name)
@@ -288,6 +297,8 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
             "MAX_LAG_SECONDS": group.max_lag_seconds,
             "MAX_LAG_BYTES": group.max_lag_bytes,
             "POLICY": group.replica_policy,
+            "QUERY_DEADLINE_MS": group.query_deadline_ms,
+            "REPLICA_QUERY_DEADLINE_MS": group.replica_query_deadline_ms,
         }
 
     redis_urls, broker_url, connection = _redis(topo, addr)

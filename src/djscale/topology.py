@@ -187,6 +187,16 @@ class DatabaseGroup:
     replica_policy: str = "random"
     conn_max_age: int = 60
     pool: bool = False
+    query_deadline_ms: int = 2000
+    """Application-side deadline of one statement on the primary, in a request (0: none)."""
+    replica_query_deadline_ms: int = 500
+    """The same on a replica; past it the replica is marked down and the read retried."""
+    keepalives_idle: int = 10
+    """libpq TCP keepalives: seconds idle before the first probe (0: keepalives off)."""
+    keepalives_interval: int = 5
+    keepalives_count: int = 3
+    tcp_user_timeout_ms: int = 10000
+    """libpq ``tcp_user_timeout``: unacknowledged data gives up after this (0: kernel's)."""
     password_env: str = ""
     """Environment variable holding the password (never the password itself)."""
     password_file: str = ""
@@ -764,7 +774,9 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         "database", "user", "host", "port", "replicas", "replica_ports",
         "replica_hosts", "max_lag_seconds", "max_lag_bytes", "replica_policy", "conn_max_age",
         "pool", "password_env", "password_file", "sslmode", "sslrootcert", "sslcert",
-        "sslkey", "options", *(("enabled",) if defaults is None else ("name",)),
+        "sslkey", "options", "query_deadline_ms", "replica_query_deadline_ms",
+        "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout_ms",
+        *(("enabled",) if defaults is None else ("name",)),
     ))
     if defaults is not None:
         s._note("name", name, "a lowercase alias (letters, digits, _) other than 'default'")
@@ -787,6 +799,14 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         replica_policy=s.get_str("replica_policy", base.replica_policy, choices=REPLICA_POLICIES),
         conn_max_age=s.get_int("conn_max_age", base.conn_max_age),
         pool=s.get_bool("pool", base.pool),
+        query_deadline_ms=s.get_int("query_deadline_ms", base.query_deadline_ms),
+        replica_query_deadline_ms=s.get_int("replica_query_deadline_ms",
+                                            base.replica_query_deadline_ms),
+        keepalives_idle=s.get_int("keepalives_idle", base.keepalives_idle),
+        keepalives_interval=s.get_int("keepalives_interval", base.keepalives_interval,
+                                      minimum=1),
+        keepalives_count=s.get_int("keepalives_count", base.keepalives_count, minimum=1),
+        tcp_user_timeout_ms=s.get_int("tcp_user_timeout_ms", base.tcp_user_timeout_ms),
         password_env=password_env,
         password_file=password_file,
         sslmode=s.get_str("sslmode", base.sslmode, choices=("", *SSL_MODES)),

@@ -59,6 +59,19 @@ MEANINGS: dict[str, str] = {
     "postgres.replica_policy": "how a usable replica is chosen",
     "postgres.conn_max_age": "persistent connections (CONN_MAX_AGE, seconds; 0 with pool)",
     "postgres.pool": "Django's native psycopg pool instead of persistent connections",
+    "postgres.query_deadline_ms": "deadline of one statement on the primary in a request: "
+                                  "past it the connection is abandoned, the request gets a "
+                                  "503 (0: none; docs/reliability.md)",
+    "postgres.replica_query_deadline_ms": "deadline of one statement on a replica in a "
+                                          "request: past it the replica is marked down and "
+                                          "a GET runs again elsewhere (0: none)",
+    "postgres.keepalives_idle": "libpq TCP keepalives: idle seconds before the first probe "
+                                "(0: keepalives off)",
+    "postgres.keepalives_interval": "libpq keepalives_interval (seconds between probes)",
+    "postgres.keepalives_count": "libpq keepalives_count (lost probes before the "
+                                 "connection is dead)",
+    "postgres.tcp_user_timeout_ms": "libpq tcp_user_timeout: unacknowledged data gives the "
+                                    "connection up after this (0: the kernel's default)",
     "postgres.password_env": "environment variable holding the password (else "
                              "$DJSCALE_DB_PASSWORD); never the password itself",
     "postgres.password_file": "file holding the password (a mounted secret); trailing "

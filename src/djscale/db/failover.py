@@ -53,10 +53,16 @@ def failed_replicas(exc: BaseException) -> list[str]:
     if not isinstance(exc, OperationalError | InterfaceError):
         return []
     failed = []
+    # A deadline (djscale.db.deadline) names its alias: the connection may not have
+    # errored at all (the server was already known to be silent).
+    alias = getattr(exc, "alias", None)
+    group = config.group_of(alias) if isinstance(alias, str) else None
+    if group is not None and alias in group.replicas:
+        failed.append(alias)
     for conn in connections.all(initialized_only=True):
         group = config.group_of(conn.alias)
         if (group is not None and conn.alias in group.replicas and conn.errors_occurred
-                and _broken(conn)):
+                and _broken(conn) and conn.alias not in failed):
             failed.append(conn.alias)
     return failed
 

@@ -23,6 +23,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
 from djscale.db import config, consistency
+from djscale.db import deadline as _deadline  # noqa: F401 - connects the request hooks
 from djscale.db.replicas import record_write
 
 __all__ = ["TASK_HEADER", "detect_writes"]

@@ -12,6 +12,7 @@ Other exceptions pass through untouched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -48,8 +49,13 @@ class DatabaseUnavailableMiddleware:
         if not isinstance(exception, DatabaseError) or not _is_unavailable(exception):
             return None
         for conn in connections.all(initialized_only=True):
-            if conn.connection is not None and not conn.is_usable():
-                conn.close()
+            try:
+                usable = conn.connection is None or conn.is_usable()
+            except DatabaseError:  # a server that does not answer (djscale.db.deadline)
+                usable = False
+            if not usable:
+                with contextlib.suppress(DatabaseError):
+                    conn.close()
         logger.warning("database unavailable for %s %s: %s", request.method, request.path,
                        type(exception).__name__)
         response = JsonResponse(
