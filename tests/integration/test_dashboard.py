@@ -44,7 +44,7 @@ TOPOLOGY = {
     "celery": {"workers": 1, "concurrency": 1, "app": "demo.celery:app"},
 }
 EXPECTED = {"pg-default", "pg-default-replica1", "pg-default-replica2", "redis", "app-1", "app-2",
-            "lb", "celery-1", "dashboard"}
+            "lb", "celery-1", "dashboard", "watchdog"}
 # Shards get a cluster of their own, without Django: only databases and the dashboard.
 SHARDED = {
     "project": {"name": "dashshards"},
@@ -233,8 +233,9 @@ def test_page_rendered_in_chromium_names_each_running_service_with_its_health(
     dom, png = _render(cluster, tmp_path, "healthy")
     nodes = _nodes(dom)
     assert nodes.table == dict.fromkeys(EXPECTED, "healthy"), nodes.table
-    # The picture holds every service but the dashboard itself.
-    assert nodes.svg == dict.fromkeys(EXPECTED - {"dashboard"}, "healthy"), nodes.svg
+    # The picture holds every service but the tooling (the dashboard itself, the watchdog).
+    assert nodes.svg == dict.fromkeys(EXPECTED - {"dashboard", "watchdog"}, "healthy"), \
+        nodes.svg
     assert "<svg" in dom and "dashdemo" in dom
     colours = _colours(png)
     assert len(colours) > 50, "the screenshot is blank"
