@@ -9,6 +9,7 @@
     djscale cluster down   [--topology FILE] [--state-dir DIR] [--purge]
     djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
                   [--event-topic T --event-consumer C [--effect-sql SQL]]
+    djscale chaos freeze SERVICE [--seconds N] [--fault-after N] [--requests N]
     djscale doctor [--settings MODULE] [--no-deploy]
     djscale init [--settings MODULE] [--output FILE] [--force]
     djscale topology check [FILE | --topology FILE]
@@ -70,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
 
     chaos = sub.add_parser("chaos", help="break one component of a running cluster under load")
     chaos.add_argument("scenario", help="kill-app-server, kill-replica, pause-replication, "
-                                        "stop-redis, restart-primary, stop-broker, kill-worker")
+                                        "stop-redis, restart-primary, stop-broker, kill-worker, "
+                                        "freeze")
+    chaos.add_argument("target", nargs="?", default="",
+                       help="the service a targeted scenario acts on (freeze SERVICE, e.g. "
+                            "pg-default-replica1; see `djscale cluster status`)")
     chaos.add_argument("--topology", "-t", default="djscale.toml")
     chaos.add_argument("--state-dir", default=None)
     chaos.add_argument("--read-path", default="/whoami", help="GET path of the load")
@@ -78,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--count-sql", default="",
                        help="SQL counting the rows the writes add (for reconciliation)")
     chaos.add_argument("--requests", type=int, default=20000, help="upper bound of requests")
-    chaos.add_argument("--fault-seconds", type=float, default=3.0)
+    chaos.add_argument("--fault-seconds", "--seconds", type=float, default=3.0,
+                       help="how long the fault lasts (default 3)")
+    chaos.add_argument("--fault-after", type=float, default=1.5,
+                       help="seconds of load before the fault (the 'before' measurements)")
     chaos.add_argument("--write-every", type=int, default=4,
                        help="every Nth request is a write (default 4)")
     chaos.add_argument("--event-topic", default="",
@@ -257,7 +265,9 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
                            count_sql=args.count_sql, requests=args.requests,
                            fault_seconds=args.fault_seconds, write_every=args.write_every,
                            event_topic=args.event_topic, event_consumer=args.event_consumer,
-                           effect_sql=args.effect_sql, drain_seconds=args.drain_seconds)
+                           effect_sql=args.effect_sql, drain_seconds=args.drain_seconds,
+                           target=args.target, fault_after=args.fault_after,
+                           max_seconds=max(60.0, args.fault_after + args.fault_seconds + 30))
     report = run_scenario(cluster, args.scenario, options)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0 if report.passed else 1

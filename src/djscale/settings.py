@@ -48,7 +48,14 @@ PASSWORD_VARIABLE = "DJSCALE_DB_PASSWORD"
 
 # Settings a user may set themselves and from_topology() then leaves alone (with a namespace).
 USER_OWNED = ("SESSION_ENGINE", "SESSION_CACHE_ALIAS", "CELERY_RESULT_BACKEND",
-              "CELERY_TASK_IGNORE_RESULT")
+              "CELERY_TASK_IGNORE_RESULT", "CELERY_BROKER_TRANSPORT_OPTIONS",
+              "CELERY_REDIS_SOCKET_TIMEOUT", "CELERY_REDIS_SOCKET_CONNECT_TIMEOUT")
+
+BROKER_SOCKET_TIMEOUT = 5.0
+"""Seconds a Redis broker / result backend command may wait: kombu and Celery default to
+no timeout, so a silent broker (frozen, or behind dropped packets) would hold a publish,
+and the relay with it, until TCP gives up."""
+BROKER_CONNECT_TIMEOUT = 2.0
 
 
 def find_topology(namespace: Mapping[str, Any] | None = None) -> Path:
@@ -343,6 +350,12 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
         "CELERY_RESULT_BACKEND": (broker_url if broker_url.startswith(("redis://", "rediss://"))
                                   else None),
         "CELERY_TASK_IGNORE_RESULT": True,
+        **({"CELERY_BROKER_TRANSPORT_OPTIONS": {
+                "socket_timeout": BROKER_SOCKET_TIMEOUT,
+                "socket_connect_timeout": BROKER_CONNECT_TIMEOUT},
+            "CELERY_REDIS_SOCKET_TIMEOUT": BROKER_SOCKET_TIMEOUT,
+            "CELERY_REDIS_SOCKET_CONNECT_TIMEOUT": BROKER_CONNECT_TIMEOUT}
+           if broker_url.startswith(("redis://", "rediss://")) else {}),
         # djscale.conf merges the project's own DJSCALE over this (the project wins per
         # key), so DJSCALE = {...} may come before or after from_topology().
         "DJSCALE_DERIVED": {

@@ -41,6 +41,7 @@ from djscale.chaos.events import (
     restore_lock_ttl,
     unacked_task_ids,
 )
+from djscale.chaos.freeze import Freezer
 from djscale.chaos.load import LoadResult, run_load
 from djscale.cluster import LocalCluster
 from djscale.cluster import postgres as pg
@@ -71,6 +72,8 @@ class ChaosOptions:
     """Optional SQL selecting ``event_id`` of every effect row (duplicate check)."""
     drain_seconds: float = 45.0
     """How long to wait, after the fault, for every event to be consumed."""
+    target: str = ""
+    """The service a targeted scenario (``freeze``) acts on, e.g. ``pg-default-replica1``."""
 
 
 @dataclass
@@ -86,7 +89,18 @@ class ChaosReport:
     writes_ok: int = 0
     p99_before_ms: float = 0.0
     p99_fault_ms: float = 0.0
+    throughput_before: float = 0.0
+    """Requests per second answered before the fault."""
+    throughput_fault: float = 0.0
+    """Requests per second answered while the fault lasted."""
+    throughput_after: float = 0.0
+    """Requests per second answered after the fault (a check on the machine's noise)."""
     recovery_seconds: float = 0.0
+    target: str = ""
+    slowest_write_ms: float | None = None
+    """Slowest write started during the fault (freeze of a primary)."""
+    writes_back_seconds: float | None = None
+    """From the end of the fault to the first write answered 2xx (freeze of a primary)."""
     rows_added: int | None = None
     lost: int | None = None
     duplicated: int | None = None
@@ -123,8 +137,16 @@ class ChaosReport:
             f"failed     reads {self.reads_failed}, writes {self.writes_failed}",
             f"p99        {self.p99_before_ms:.1f} ms before the fault, "
             f"{self.p99_fault_ms:.1f} ms during it",
+            f"throughput {self.throughput_before:.0f} req/s before the fault, "
+            f"{self.throughput_fault:.0f} req/s during it, {self.throughput_after:.0f} req/s "
+            "after it",
             f"recovery   {self.recovery_seconds:.2f} s from restart to healthy",
         ]
+        if self.slowest_write_ms is not None:
+            back = ("never" if self.writes_back_seconds is None
+                    else f"{self.writes_back_seconds:.2f} s after the fault ended")
+            lines.append(f"writes     slowest during the fault {self.slowest_write_ms:.0f} ms; "
+                         f"first success {back}")
         if self.rows_added is not None:
             lines.append(f"writes     {self.writes_ok} acknowledged, {self.rows_added} rows added: "
                          f"lost {self.lost}, duplicated {self.duplicated}, committed but "
@@ -167,6 +189,8 @@ class _Fault:
     """Services the scenario killed itself and restarts in its heal step."""
     restarts: dict[str, int] = field(default_factory=dict)
     """Watchdog restart counts when the scenario last looked (crashes of its own)."""
+    target: str = ""
+    freezer: Freezer | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +244,70 @@ def _primary_restart(report: ChaosReport, load: LoadResult, t0: float, t1: float
         report.notes.append("no write succeeded after the primary came back")
     return (report.reads_failed == 0 and not slow and recovered
             and report.lost == 0 and report.duplicated == 0)
+
+
+def _freeze(fault: _Fault) -> None:
+    cluster, name = fault.cluster, fault.target
+    try:
+        proc = cluster.process(name)
+    except KeyError:
+        raise ClusterError(f"this cluster has no service {name!r}; `djscale cluster status` "
+                           "lists them") from None
+    if not proc.pid:
+        raise ClusterError(f"service {name!r} is not running")
+    fault.report.target = name
+    fault.freezer = Freezer(proc.pid)
+    stopped = fault.freezer.freeze()
+    fault.report.notes.append(f"froze {name}: {len(stopped)} processes stopped (SIGSTOP)")
+
+
+def _thaw(fault: _Fault) -> None:
+    if fault.freezer is not None:
+        fault.freezer.thaw()
+
+
+def _target_role(report: ChaosReport) -> str:
+    name = report.target
+    if name.startswith("pg-") and "-replica" in name:
+        return "replica"
+    if name.startswith("pg-"):
+        return "primary"
+    return "other"
+
+
+def _frozen(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool:
+    role = _target_role(report)
+    writes = [s for s in load.window(t0, t1) if s.method == "POST"]
+    if writes:
+        report.slowest_write_ms = max(s.latency for s in writes) * 1000
+    back = sorted(s.started + s.latency for s in load.samples
+                  if s.method == "POST" and 200 <= s.status < 300 and s.started >= t1)
+    if back:
+        report.writes_back_seconds = back[0] - t1
+    if role == "replica":
+        # Reads and writes go on; the frozen replica costs each process one deadline.
+        ok = (report.reads_failed == 0 and report.writes_failed == 0 and report.requests > 0
+              and report.throughput_fault >= 0.8 * report.throughput_before
+              and report.p99_fault_ms < 1000)
+        if report.throughput_fault < 0.8 * report.throughput_before:
+            report.notes.append("throughput during the freeze is below 0.8x of before")
+        return ok
+    if role == "primary":
+        # Reads go on; writes fail fast (503 within 1 s, none hangs) and succeed within
+        # 2 s of the thaw.
+        hung = [s for s in load.samples if s.method == "POST" and s.latency >= 1.0
+                and t0 - 1.0 <= s.started < t1]
+        not_503 = [s for s in load.failed("POST") if s.status != 503]
+        if hung:
+            report.notes.append(f"{len(hung)} writes took 1 s or more during the freeze")
+        if not_503:
+            report.notes.append(f"{len(not_503)} failed writes were not a 503")
+        recovered = report.writes_back_seconds is not None and report.writes_back_seconds <= 2.0
+        if not recovered:
+            report.notes.append("no write succeeded within 2 s of the end of the freeze")
+        return (report.reads_failed == 0 and not hung and not not_503 and recovered
+                and report.lost in (None, 0) and report.duplicated in (None, 0))
+    return _no_failed_reads(report, load, t0, t1)
 
 
 def _kill(prefix: str) -> Callable[[_Fault], None]:
@@ -385,7 +473,23 @@ SCENARIOS: dict[str, _Scenario] = {
         "zero failed requests; the unacknowledged messages come back (acks_late) and every "
         "event is consumed exactly once (zero lost, none applied twice)",
         _kill_worker_mid_task, _start_worker, True, _events_delivered, events=True),
+    "freeze": _Scenario(
+        "SIGSTOP the whole process tree of one service (a silent peer), SIGCONT it after",
+        "a replica: zero failed requests, throughput during the freeze >= 0.8x of before, "
+        "p99 under 1 s; the primary: zero failed reads, writes answered 503 within 1 s "
+        "(none hangs) and succeeding again within 2 s of the thaw; else zero failed reads",
+        _freeze, _thaw, True, _frozen),
 }
+
+TARGETED = frozenset({"freeze"})
+"""Scenarios that need a target service (``ChaosOptions.target``)."""
+
+
+def _rate(load: LoadResult, since: float, until: float) -> float:
+    """Requests per second answered (any status) among those started in [since, until)."""
+    if until <= since:
+        return 0.0
+    return len(load.window(since, until)) / (until - since)
 
 
 def _count(cluster: LocalCluster, sql: str) -> int:
@@ -415,13 +519,16 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
         raise ClusterError(f"scenario {name!r} needs writes that publish events: give "
                            "--write-path, --event-topic and --event-consumer (see "
                            "docs/reliability.md)")
+    if name in TARGETED and not opts.target:
+        raise ClusterError(f"scenario {name!r} needs the service to act on, e.g. "
+                           f"`djscale chaos {name} pg-default-replica1`")
     writes = scenario.writes and bool(opts.write_path)
     report = ChaosReport(name, scenario.fault, scenario.expectation)
     host, port = cluster.address("lb")
     before_rows = _count(cluster, opts.count_sql) if writes and opts.count_sql else None
     ledger = (EventLedger(cluster, topic=opts.event_topic, consumer=opts.event_consumer,
                           effect_sql=opts.effect_sql) if scenario.events else None)
-    fault = _Fault(cluster, report, ledger)
+    fault = _Fault(cluster, report, ledger, target=opts.target)
     fault.restarts = {p.name: int(p.supervision.get("restarts", 0)) for p in cluster.processes()}
 
     def plan(i: int) -> tuple[str, str]:
@@ -438,12 +545,16 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     loader.start()
     time.sleep(opts.fault_after)
     fault_at = heal_at = time.monotonic()
+    healing = False
     try:
         scenario.inject(fault)
         time.sleep(opts.fault_seconds)
         heal_at = time.monotonic()
+        healing = True
         scenario.heal(fault)
     finally:
+        if not healing and fault.freezer is not None:
+            fault.freezer.thaw()  # interrupted (Ctrl-C) or failed: never leave it stopped
         healed_at = time.monotonic()
         time.sleep(opts.tail_seconds)
         stop.set()
@@ -457,6 +568,9 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     report.writes_ok = load.ok("POST")
     report.p99_before_ms = load.p99(started, fault_at) * 1000
     report.p99_fault_ms = load.p99(fault_at, healed_at) * 1000
+    report.throughput_before = _rate(load, started, fault_at)
+    report.throughput_fault = _rate(load, fault_at, heal_at)
+    report.throughput_after = _rate(load, healed_at, healed_at + opts.tail_seconds)
     report.recovery_seconds = healed_at - heal_at
     if before_rows is not None:
         added = _count(cluster, opts.count_sql) - before_rows

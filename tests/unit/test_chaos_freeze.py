@@ -1,0 +1,66 @@
+"""djscale.chaos.freeze: a whole process tree stopped, and continued, even on an error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from djscale.chaos.freeze import Freezer, children, descendants
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2:].split()[0]
+
+
+@pytest.fixture
+def tree() -> Iterator[subprocess.Popen[bytes]]:
+    # A parent with two children, like a postmaster with its backends.
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+    deadline = time.monotonic() + 10
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield proc
+    finally:
+        for pid in [*descendants(proc.pid), proc.pid]:
+            subprocess.run(["kill", "-CONT", str(pid)], check=False)
+            subprocess.run(["kill", "-KILL", str(pid)], check=False)
+        proc.wait()
+
+
+def test_descendants_lists_the_children_of_a_process(tree: subprocess.Popen[bytes]) -> None:
+    assert len(descendants(tree.pid)) == 2
+
+
+def test_freeze_stops_the_parent_and_every_child(tree: subprocess.Popen[bytes]) -> None:
+    freezer = Freezer(tree.pid)
+    stopped = freezer.freeze()
+    try:
+        assert stopped[0] == tree.pid
+        assert set(stopped) == {tree.pid, *descendants(tree.pid)}
+        assert all(_state(pid) == "T" for pid in stopped)
+    finally:
+        freezer.thaw()
+    assert all(_state(pid) != "T" for pid in stopped)
+    assert freezer.stopped == []
+
+
+def test_the_context_manager_thaws_on_an_interrupt(tree: subprocess.Popen[bytes]) -> None:
+    pids = [tree.pid, *descendants(tree.pid)]
+    with pytest.raises(KeyboardInterrupt), Freezer(tree.pid):
+        assert all(_state(pid) == "T" for pid in pids)
+        raise KeyboardInterrupt
+    assert all(_state(pid) != "T" for pid in pids)
+
+
+def test_freezing_no_process_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no process"):
+        Freezer(0)
