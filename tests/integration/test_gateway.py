@@ -262,9 +262,9 @@ def _raw_get(port: int, target: str, host: str = "127.0.0.1") -> tuple[int, byte
     return int(head.split()[1]), body
 
 
+# Dot segments answer 400 (test_gateway_abuse.py).
 @pytest.mark.parametrize("path", ["/", "/admin", "/api/user/7", "/api/usersX/1",
-                                  "//127.0.0.1/api/users/1", "/api/users/../../admin",
-                                  "/api/users/%2e%2e/x"])
+                                  "//127.0.0.1/api/users/1"])
 def test_a_path_matching_no_route_is_404_json_and_calls_no_upstream(
         gateway: GatewayServer, upstreams: dict[str, Upstream], path: str) -> None:
     before = {name: len(u.hits) for name, u in upstreams.items()}

@@ -417,7 +417,7 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "uvicorn", "--factory",
                "djscale.services.gateway:create_app", "--host", spec.host, "--port", str(port),
                "--workers", "2", "--no-proxy-headers", "--no-access-log", "--log-level",
-               "warning"]
+               "warning", "--http", "djscale.gateway_server:GatewayHttpProtocol"]
         proc = ManagedProcess(name="gateway", kind="gateway", role="gateway", host=spec.host,
                               port=port, cmd=cmd, log=str(self._log("gateway")),
                               env=self.env("gateway"), stop_signal=signal.SIGTERM)

@@ -3,7 +3,8 @@
 Built from the topology (``[services.*]`` and ``[gateway]``; see :mod:`djscale.topology`)
 and run by any ASGI server::
 
-    uvicorn --factory --no-proxy-headers djscale.services.gateway:create_app
+    uvicorn --factory --no-proxy-headers djscale.services.gateway:create_app \
+        --http djscale.gateway_server:GatewayHttpProtocol
 
 (``$DJSCALE_TOPOLOGY`` names the topology file; ``--no-proxy-headers`` because the gateway
 handles ``X-Forwarded-*`` itself and uvicorn's rewriting would hide the real peer.)
@@ -24,8 +25,15 @@ What it guarantees:
   the retries.
 - **Rate limit per client** (``gateway.rate_limit`` requests per ``rate_window``) in
   Redis, shared by every gateway process (:mod:`djscale.services.ratelimit`).
-- **JSON errors**: 404 no route, 413 body too large, 429 rate limited, 502 upstream
-  unreachable, 503 circuit open (with ``Retry-After``), 504 upstream too slow.
+- **Bad targets stop here.** A path with ``.`` or ``..`` segments (also percent-encoded),
+  a NUL byte, bytes that are not UTF-8, or a target that is not a path (absolute-form)
+  answers 400 before any rate limit, route or upstream is involved.
+- **A budget for slow bodies**: a body that has not fully arrived after ``body_timeout``
+  seconds answers 408 (and the connection closes). Head size and head deadline are the
+  HTTP server's: :mod:`djscale.gateway_server` (431, 408) for uvicorn.
+- **JSON errors**: 400 bad target, 404 no route, 408 body too slow, 413 body too large,
+  429 rate limited, 502 upstream unreachable, 503 circuit open (with ``Retry-After``),
+  504 upstream too slow.
 - **Aggregated endpoints** (``[[gateway.compositions]]``): a GET on the composition's path
   calls every part concurrently (``asyncio.gather``) and answers
   ``{"data": {part: body}, "errors": {part: error}}``; a failed optional part is ``null``
@@ -86,6 +94,29 @@ class _Disconnected(Exception):
     pass
 
 
+class _BodyTooSlow(Exception):
+    pass
+
+
+def _bad_target(scope: Scope) -> str | None:
+    """Why the request target may not be forwarded (None when it may)."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    raw = raw.split(b"?", 1)[0]
+    if not raw.startswith(b"/"):
+        return "the request target must be a path (origin-form)"
+    decoded = urllib.parse.unquote_to_bytes(raw)
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the path is not valid UTF-8"
+    if "\x00" in text:
+        return "the path contains a NUL byte"
+    # Segments as the upstream will see them: %2e%2e and %2F..%2F are dot segments too.
+    if any(segment in (".", "..") for segment in text.replace("\\", "/").split("/")):
+        return "the path contains '.' or '..' segments"
+    return None
+
+
 @dataclass(frozen=True)
 class _Route:
     prefix: str
@@ -126,7 +157,7 @@ class Gateway:
     def __init__(self, *, services: Sequence[ServiceSpec], routes: Sequence[RouteSpec] = (),
                  compositions: Sequence[CompositionSpec] = (),
                  limiter: RateLimiter | None = None, trusted_proxies: Iterable[str] = (),
-                 max_body_bytes: int = 1024 * 1024,
+                 max_body_bytes: int = 1024 * 1024, body_timeout: float = 30.0,
                  registry: BreakerRegistry | None = None) -> None:
         self.services = {s.name: s for s in services}
         used = [r.service for r in routes] + [p[1] for c in compositions for p in c.parts]
@@ -141,6 +172,7 @@ class Gateway:
         self.limiter = limiter
         self.trusted_proxies = frozenset(trusted_proxies)
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.registry = registry or BreakerRegistry()
         self._clients: dict[str, AsyncServiceClient] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,6 +249,10 @@ class Gateway:
         reply = _Replier(send, request_id)
         service = ""
         try:
+            problem = _bad_target(scope)
+            if problem is not None:
+                await reply.error(400, "bad_target", problem)
+                return
             if self.limiter is not None:
                 decision = await self.limiter.hit(self._client_id(peer, headers))
                 if not decision.allowed:
@@ -227,7 +263,7 @@ class Gateway:
                     return
             path: str = scope["path"]
             method: str = scope["method"]
-            if path.startswith("//") or any(s in (".", "..") for s in path.split("/")):
+            if path.startswith("//"):
                 await reply.error(404, "no_route", f"no route for {path!r}")
                 return
             if method in ("GET", "HEAD"):
@@ -245,6 +281,9 @@ class Gateway:
             service = route.service
             body = await self._read_body(receive)
             await self._forward(route, scope, headers, peer, body, reply)
+        except _BodyTooSlow:
+            await reply.error(408, "body_timeout", "the request body did not arrive within "
+                              f"{self.body_timeout:g}s", headers=[(b"connection", b"close")])
         except _BodyTooLarge:
             await reply.error(413, "body_too_large",
                               f"request body exceeds {self.max_body_bytes} bytes")
@@ -297,6 +336,13 @@ class Gateway:
         return out
 
     async def _read_body(self, receive: Receive) -> bytes:
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await self._receive_body(receive)
+        except TimeoutError:
+            raise _BodyTooSlow from None
+
+    async def _receive_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
