@@ -6,6 +6,7 @@ Middleware, in the order they belong in ``MIDDLEWARE`` (see :data:`MIDDLEWARE`):
     djscale.http.request_id.RequestIdMiddleware      X-Request-ID in, out and in the logs
     djscale.http.metrics.MetricsMiddleware           request counts and latency
     djscale.http.health.HealthCheckMiddleware        /health/* before host checks/sessions
+    djscale.http.input.InputValidationMiddleware     (optional) NUL/undecodable input -> 400
     djscale.http.static.StaticFilesMiddleware        (optional) whitenoise, immutable statics
     djscale.http.cache_control.CacheControlMiddleware   safe Cache-Control, Vary, ETag
     ... SessionMiddleware, CommonMiddleware, AuthenticationMiddleware, ...
