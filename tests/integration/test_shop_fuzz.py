@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.test_shop import call, shop  # noqa: F401 - shop: the fixture
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # boots the shop
 
 import shopctl  # noqa: E402 - importable once test_shop put the shop on sys.path
 
