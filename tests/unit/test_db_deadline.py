@@ -93,3 +93,32 @@ def test_one_thread_serves_every_timer() -> None:
     names = [t.name for t in threading.enumerate() if t.name == "djscale-deadlines"]
     assert len(names) >= 1
     assert dog._thread is not None and dog._thread.is_alive()
+
+
+def test_deadlines_apply_only_inside_a_scope_and_come_from_the_group() -> None:
+    from djscale.db import config
+    from djscale.db.deadline import deadline_for, query_deadlines
+
+    group = next(g for g in config.groups().values() if g.replicas)
+    assert deadline_for(group.primary) is None  # outside requests: migrations, commands
+    with query_deadlines():
+        assert deadline_for(group.primary) == group.query_deadline_ms / 1000
+        assert deadline_for(group.replicas[0]) == group.replica_query_deadline_ms / 1000
+        assert deadline_for("not-a-group-member") is None
+        with query_deadlines(None):
+            assert deadline_for(group.primary) is None
+        with query_deadlines(7.5):
+            assert deadline_for(group.replicas[0]) == 7.5
+    assert deadline_for(group.primary) is None
+
+
+def test_a_deadline_names_its_replica_for_failover() -> None:
+    from djscale.db import config
+    from djscale.db.deadline import QueryDeadlineExceeded
+    from djscale.db.failover import failed_replicas
+
+    group = next(g for g in config.groups().values() if g.replicas)
+    exc = QueryDeadlineExceeded(group.replicas[0], 0.5)
+    assert failed_replicas(exc) == [group.replicas[0]]
+    assert failed_replicas(QueryDeadlineExceeded(group.primary, 0.5)) == []
+    assert "500 ms" in str(exc)
