@@ -292,7 +292,15 @@ class ManagedProcess:
         another parent; else only that it is gone.
         """
         child = _children.get(self.pid)
-        code = child.poll() if child is not None else _zombie_exit_code(self.pid)
+        if child is None:
+            code = _zombie_exit_code(self.pid)
+        else:
+            # A multi-threaded process (a Celery worker) shows as a zombie before its last
+            # thread is gone, and only then can it be reaped: give it a moment.
+            try:
+                code = child.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
         if code is None:
             return "exited (status unknown)"
         if code < 0:
