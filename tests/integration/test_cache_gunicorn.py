@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
+from tests.integration.helpers import Reply, request
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _get(host: str, port: int, path: str) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Host": "localhost"})
-        response = conn.getresponse()
-        body = response.read()
-        return response.status, json.loads(body) if response.status == 200 else body
-    finally:
-        conn.close()
+def get(cluster: LocalCluster, path: str) -> Reply:
+    return request(cluster, "GET", path, service="app-1", timeout=10)
 
 
 def test_app_servers_answer_while_redis_is_down_and_use_it_again_after(
@@ -38,25 +31,26 @@ def test_app_servers_answer_while_redis_is_down_and_use_it_again_after(
          "postgres": {"database": "cacheapp", "port": 9}, "redis": {},
          "app": {"servers": 1, "workers": 2}},
         parts=("redis", "app"), name="cache-gunicorn")
-    host, port = cluster.address("app-1")
     rhost, rport = cluster.address("redis")
     raw = redis.Redis(host=rhost, port=rport)
 
-    assert _get(host, port, "/cache/square/3/") == (200, {"n": 3, "square": 9})
+    first = get(cluster, "/cache/square/3/")
+    assert (first.status, first.json()) == (200, {"n": 3, "square": 9})
     assert any(b"square" in k for k in raw.keys("*"))  # the app servers wrote to L2
 
     cluster.stop_service("redis")
     try:
         for n in (3, 4, 5, 4, 3):
-            status, body = _get(host, port, f"/cache/square/{n}/")
-            assert status == 200 and body["square"] == n * n
-            assert _get(host, port, "/cache/page/")[0] == 200
+            answer = get(cluster, f"/cache/square/{n}/")
+            assert answer.status == 200 and answer.json()["square"] == n * n
+            assert get(cluster, "/cache/page/").status == 200
     finally:
         cluster.start_service("redis")
 
     raw = redis.Redis(host=rhost, port=rport)  # Redis came back empty (no persistence)
+
     def written_again() -> bool:
-        assert _get(host, port, "/cache/square/11/")[0] == 200
+        assert get(cluster, "/cache/square/11/").status == 200
         return any(b"square" in k for k in raw.keys("*"))
 
     assert wait_until(written_again, 15, interval=0.2), \

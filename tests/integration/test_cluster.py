@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -14,17 +11,12 @@ from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import group_members, pid_alive, wait_until
 from djscale.testing import ClusterFactory
 from djscale.topology import load
+from tests.integration.helpers import request
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples/demo/djscale.toml"
 
 pytestmark = pytest.mark.integration
-
-
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        answer: dict[str, Any] = json.loads(resp.read())
-    return answer
 
 
 def test_demo_cluster_up_status_down_leaves_no_process(
@@ -38,8 +30,7 @@ def test_demo_cluster_up_status_down_leaves_no_process(
     assert all(r.healthy for r in rows.values()), rows
     assert rows["pg-default-replica1"].detail.startswith("lag ")
 
-    host, port = cluster.address("lb")
-    answers = [_get(f"http://{host}:{port}/whoami") for _ in range(8)]
+    answers = [request(cluster, "GET", "/whoami").json() for _ in range(8)]
     assert {a["app_server"] for a in answers} == {"app-1", "app-2"}
     replica_ports = {cluster.address(n)[1] for n in ("pg-default-replica1", "pg-default-replica2")}
     assert {a["read_db_port"] for a in answers} <= replica_ports

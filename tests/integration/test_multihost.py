@@ -209,6 +209,9 @@ def test_an_event_published_on_app1_is_consumed_by_the_worker_on_app2(
 def test_app_hosts_talk_only_to_hosts_of_the_private_network(
         net: HostNetwork, cluster: LocalCluster) -> None:
     subnet = net.gateway.rsplit(".", 1)[0] + "."
+    # Traffic first (tests run in any order): app processes connect on their first requests.
+    for _ in range(8):
+        assert request(cluster, "GET", "/mh/notes/0").status == 200
     for host in ("app1", "app2", "lb"):
         out = subprocess.run([*in_netns(net.netns(host)), "ss", "-Htn"],
                              capture_output=True, text=True, check=True).stdout
