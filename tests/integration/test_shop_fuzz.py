@@ -3,8 +3,9 @@
 schemathesis (its CLI, in a subprocess) reads each service's ``openapi.json`` from the
 gateway and sends generated requests, valid and invalid, through the gateway:
 anonymous, with a user's token and with a staff token. No answer may be a 5xx of the
-service, every status must be documented for its operation and every JSON body must
-match its documented schema. Runs are bounded in examples per operation and in time.
+service, every status must be documented for its operation, and every content type,
+JSON body and documented header must match the schema. Runs are bounded in examples per
+operation and in time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import shopctl  # noqa: E402 - importable once test_shop put the shop on sys.pat
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 SERVICES = ("users", "products", "orders")
-CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance"
+CHECKS = ",".join([
+    "not_a_server_error", "response_schema_conformance", "status_code_conformance",
+    "content_type_conformance", "response_headers_conformance",
+])
 MAX_EXAMPLES = 20
 """Generated test cases per operation and phase."""
 HANG_SECONDS = 300
