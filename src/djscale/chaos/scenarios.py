@@ -97,6 +97,8 @@ class ChaosReport:
     """Requests per second answered after the fault (a check on the machine's noise)."""
     recovery_seconds: float = 0.0
     target: str = ""
+    target_role: str = ""
+    """What the target is: ``primary``, ``replica`` (PostgreSQL) or ``other``."""
     slowest_write_ms: float | None = None
     """Slowest write started during the fault (freeze of a primary)."""
     writes_back_seconds: float | None = None
@@ -256,6 +258,8 @@ def _freeze(fault: _Fault) -> None:
     if not proc.pid:
         raise ClusterError(f"service {name!r} is not running")
     fault.report.target = name
+    fault.report.target_role = (proc.role if proc.kind == "postgres"
+                                and proc.role in ("primary", "replica") else "other")
     fault.freezer = Freezer(proc.pid)
     stopped = fault.freezer.freeze()
     fault.report.notes.append(f"froze {name}: {len(stopped)} processes stopped (SIGSTOP)")
@@ -266,17 +270,8 @@ def _thaw(fault: _Fault) -> None:
         fault.freezer.thaw()
 
 
-def _target_role(report: ChaosReport) -> str:
-    name = report.target
-    if name.startswith("pg-") and "-replica" in name:
-        return "replica"
-    if name.startswith("pg-"):
-        return "primary"
-    return "other"
-
-
 def _frozen(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool:
-    role = _target_role(report)
+    role = report.target_role
     writes = [s for s in load.window(t0, t1) if s.method == "POST"]
     if writes:
         report.slowest_write_ms = max(s.latency for s in writes) * 1000

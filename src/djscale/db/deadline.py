@@ -14,8 +14,10 @@ bounds the wait itself, from the client side:
   failed over (:mod:`djscale.db.failover` marks it down and a GET runs again on another
   replica or the primary); for a primary it becomes a fast 503
   (:mod:`djscale.http.unavailable`).
-- Django's own health check of a persistent connection (``CONN_HEALTH_CHECKS``: a raw
-  ``SELECT 1`` that bypasses execute wrappers) is bounded the same way.
+- What Django sends to the server outside execute wrappers is bounded the same way: the
+  health check of a persistent connection (``CONN_HEALTH_CHECKS``: a raw ``SELECT 1``),
+  ``COMMIT`` and ``ROLLBACK`` (a commit abandoned this way may have committed: the client
+  gets a 503 for it, as for any connection lost after ``COMMIT`` was sent).
 - An alias whose deadline fired is **silent** until a background check (one thread per
   silent alias, a fresh connection and ``SELECT 1``) gets an answer: meanwhile new
   connections to it fail at once instead of waiting ``connect_timeout`` (libpq's minimum is
@@ -337,26 +339,38 @@ def bound_query(execute: Callable[..., Any], sql: Any, params: Any, many: bool,
 _PATCHED = "_djscale_deadlines"
 
 
-def _patch(conn: Any) -> None:
-    """Bound this connection wrapper's health check and fail its connects fast when silent."""
-    if getattr(conn, _PATCHED, False):
-        return
-    is_usable = conn.is_usable
-    connect = conn.connect
+def _bounded(conn: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a method of ``conn`` that talks to the server) under the deadline."""
 
-    def bounded_is_usable() -> bool:
+    def call(*args: Any, **kwargs: Any) -> Any:
         seconds = deadline_for(conn.alias)
         if seconds is None or conn.connection is None:
-            return bool(is_usable())
+            return fn(*args, **kwargs)
         timer = _watchdog.arm(seconds, lambda: _abandon(conn, conn.alias, seconds))
         try:
-            usable = bool(is_usable())
-        finally:
-            fired = not timer.cancel()
-        if fired:
-            # Not "unusable": Django would reconnect and wait connect_timeout on it.
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if timer.cancel():
+                raise
+            raise QueryDeadlineExceeded(conn.alias, seconds) from exc
+        if not timer.cancel():
+            # is_usable() says False when its SELECT 1 fails; raising instead keeps Django
+            # from reconnecting and waiting connect_timeout on a silent server.
             raise QueryDeadlineExceeded(conn.alias, seconds)
-        return usable
+        return result
+
+    return call
+
+
+def _patch(conn: Any) -> None:
+    """Bound what this connection wrapper sends outside execute wrappers.
+
+    Django's health check (``is_usable``), ``COMMIT`` and ``ROLLBACK`` talk to the server
+    without going through execute wrappers; a connect to a silent alias fails at once.
+    """
+    if getattr(conn, _PATCHED, False):
+        return
+    connect = conn.connect
 
     def fast_connect() -> None:
         seconds = deadline_for(conn.alias)
@@ -364,7 +378,9 @@ def _patch(conn: Any) -> None:
             raise QueryDeadlineExceeded(conn.alias, seconds, silent=True)
         connect()
 
-    conn.is_usable = bounded_is_usable
+    conn.is_usable = _bounded(conn, conn.is_usable)
+    conn._commit = _bounded(conn, conn._commit)
+    conn._rollback = _bounded(conn, conn._rollback)
     conn.connect = fast_connect
     setattr(conn, _PATCHED, True)
 
