@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
+
+import pytest
 
 from djscale.db.deadline import Timer, Watchdog
 
@@ -122,3 +125,83 @@ def test_a_deadline_names_its_replica_for_failover() -> None:
     assert failed_replicas(exc) == [group.replicas[0]]
     assert failed_replicas(QueryDeadlineExceeded(group.primary, 0.5)) == []
     assert "500 ms" in str(exc)
+
+
+class _PgConn:
+    def __init__(self, fd: int) -> None:
+        self.socket = fd
+
+
+class _Raw:
+    def __init__(self, fd: int) -> None:
+        self.pgconn = _PgConn(fd)
+
+
+class _FakeWrapper:
+    """A Django connection wrapper whose libpq socket is ``fd`` (-1: none)."""
+
+    def __init__(self, alias: str, fd: int) -> None:
+        self.alias = alias
+        self.connection = _Raw(fd)
+
+
+def _primary() -> str:
+    from djscale.db import config
+
+    return next(g for g in config.groups().values() if g.replicas).primary
+
+
+def test_a_statement_past_its_deadline_is_abandoned_by_shutting_its_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from djscale.db import deadline
+
+    silent: list[str] = []
+    monkeypatch.setattr(deadline, "_mark_silent", silent.append)
+    ours, server = socket.socketpair()
+    conn = _FakeWrapper(_primary(), ours.fileno())
+
+    def frozen_server(sql: str, params: object, many: bool, context: object) -> object:
+        if not ours.recv(1):  # blocks until the watchdog shuts the socket down
+            raise OSError("server closed the connection unexpectedly")
+        return None
+
+    try:
+        with deadline.query_deadlines(0.05), pytest.raises(deadline.QueryDeadlineExceeded,
+                                                            match="did not answer within 50 ms"):
+            deadline.bound_query(frozen_server, "SELECT 1", None, False, {"connection": conn})
+    finally:
+        ours.close()
+        server.close()
+    assert silent == [conn.alias]
+
+
+def test_a_statement_within_its_deadline_runs_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from djscale.db import deadline
+
+    silent: list[str] = []
+    monkeypatch.setattr(deadline, "_mark_silent", silent.append)
+    conn = _FakeWrapper(_primary(), -1)
+    with deadline.query_deadlines(60):
+        result = deadline.bound_query(lambda *a: 42, "SELECT 1", None, False,
+                                      {"connection": conn})
+    assert result == 42
+    assert silent == []
+
+
+def test_a_silent_server_fails_at_once_without_being_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from djscale.db import deadline
+
+    alias = _primary()
+    monkeypatch.setitem(deadline._silent, alias, threading.current_thread())
+    monkeypatch.setattr(deadline, "_silent_pid", os.getpid())
+
+    def never(*args: object) -> object:
+        raise AssertionError("a silent server must not be asked")
+
+    with deadline.query_deadlines(), pytest.raises(deadline.QueryDeadlineExceeded,
+                                                   match="has not answered since"):
+        deadline.bound_query(never, "SELECT 1", None, False,
+                             {"connection": _FakeWrapper(alias, -1)})
