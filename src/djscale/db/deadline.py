@@ -19,9 +19,10 @@ bounds the wait itself, from the client side:
   ``COMMIT`` and ``ROLLBACK`` (a commit abandoned this way may have committed: the client
   gets a 503 for it, as for any connection lost after ``COMMIT`` was sent).
 - An alias whose deadline fired is **silent** until a background check (one thread per
-  silent alias, a fresh connection and ``SELECT 1``) gets an answer: meanwhile new
-  connections to it fail at once instead of waiting ``connect_timeout`` (libpq's minimum is
-  2 s) on a server that accepts TCP but never answers. The check polls every
+  silent alias, a fresh connection and ``SELECT 1``) gets an answer: meanwhile statements
+  and new connections on it (inside deadlines) fail at once instead of waiting a deadline,
+  or ``connect_timeout`` (libpq's minimum is 2 s), on a server that accepts TCP but never
+  answers. The check polls every
   :data:`RECHECK_SECONDS`, so work resumes within a fraction of a second of the server.
 
 Deadlines apply inside HTTP requests (``request_started`` .. ``request_finished``) and
