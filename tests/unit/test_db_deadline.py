@@ -205,3 +205,11 @@ def test_a_silent_server_fails_at_once_without_being_asked(
                                                    match="has not answered since"):
         deadline.bound_query(never, "SELECT 1", None, False,
                              {"connection": _FakeWrapper(alias, -1)})
+
+
+def test_answered_statements_do_not_pile_up_in_the_heap() -> None:
+    dog = Watchdog(FakeClock())
+    dog._thread = threading.current_thread()
+    for _ in range(1000):
+        dog.arm(0.5, lambda: None).cancel()
+    assert dog.pending() == 1  # only the last one, dropped on the next arm

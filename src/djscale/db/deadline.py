@@ -64,6 +64,9 @@ log = logging.getLogger("djscale.db.deadline")
 RECHECK_SECONDS = 0.2
 """Pause between two background checks of a silent server."""
 
+TICK = 0.01
+"""The watchdog's resolution: a deadline fires at most this late."""
+
 _INHERIT: Any = object()
 
 
@@ -142,6 +145,14 @@ class Watchdog:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._wake_at = float("inf")
+
+    def _drop_cancelled(self) -> None:
+        # Most timers are cancelled long before their deadline (the statement answered):
+        # dropping them from the top keeps the heap small and the thread asleep.
+        heap = self._heap
+        while heap and heap[0][2]._state != 0:
+            heapq.heappop(heap)
 
     def arm(self, seconds: float, action: Callable[[], None]) -> Timer:
         """Run ``action`` in ``seconds`` unless the returned timer is cancelled first."""
@@ -149,13 +160,14 @@ class Watchdog:
             self._init()  # the parent's thread did not survive fork()
         timer = Timer(self._clock() + seconds, action)
         with self._cond:
+            self._drop_cancelled()
             heapq.heappush(self._heap, (timer.deadline, next(self._seq), timer))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="djscale-deadlines",
                                                 daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is timer:
-                self._cond.notify()
+            elif timer.deadline < self._wake_at:
+                self._cond.notify()  # wake earlier than planned; else no wake per statement
         return timer
 
     def due(self, now: float | None = None) -> list[Timer]:
@@ -179,9 +191,15 @@ class Watchdog:
             for timer in self.due():
                 timer.fire()
             with self._cond:
-                wait = (self._heap[0][0] - self._clock()) if self._heap else None
-                if wait is None or wait > 0:
-                    self._cond.wait(wait)
+                self._drop_cancelled()
+                now = self._clock()
+                if not self._heap:
+                    self._wake_at = float("inf")
+                    self._cond.wait()
+                else:
+                    # At most TICK late, and never a busy loop on a stream of deadlines.
+                    self._wake_at = max(self._heap[0][0], now + TICK)
+                    self._cond.wait(self._wake_at - now)
 
 
 _watchdog = Watchdog()
