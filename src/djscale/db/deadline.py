@@ -14,12 +14,15 @@ bounds the wait itself, from the client side:
   failed over (:mod:`djscale.db.failover` marks it down and a GET runs again on another
   replica or the primary); for a primary it becomes a fast 503
   (:mod:`djscale.http.unavailable`).
+- Opening a connection is bounded by the same deadline (libpq's ``connect_timeout`` cannot
+  go below 2 s, and a frozen server on a live host accepts TCP and then says nothing).
 - What Django sends to the server outside execute wrappers is bounded the same way: the
   health check of a persistent connection (``CONN_HEALTH_CHECKS``: a raw ``SELECT 1``),
   ``COMMIT`` and ``ROLLBACK`` (a commit abandoned this way may have committed: the client
   gets a 503 for it, as for any connection lost after ``COMMIT`` was sent).
 - An alias whose deadline fired is **silent** until a background check (one thread per
-  silent alias, a fresh connection and ``SELECT 1``) gets an answer: meanwhile statements
+  silent alias, a fresh connection and ``SELECT 1``) or the replica probe gets an answer
+  (:func:`answered`): meanwhile statements
   and new connections on it (inside deadlines) fail at once instead of waiting a deadline,
   or ``connect_timeout`` (libpq's minimum is 2 s), on a server that accepts TCP but never
   answers. The check polls every
@@ -56,8 +59,8 @@ from django.db import OperationalError, connections
 
 from djscale.db import config
 
-__all__ = ["RECHECK_SECONDS", "QueryDeadlineExceeded", "Timer", "Watchdog", "bound_query",
-           "deadline_for", "install", "is_silent", "query_deadlines", "watchdog"]
+__all__ = ["RECHECK_SECONDS", "QueryDeadlineExceeded", "Timer", "Watchdog", "answered",
+           "bound_query", "deadline_for", "install", "is_silent", "query_deadlines", "watchdog"]
 
 log = logging.getLogger("djscale.db.deadline")
 
@@ -303,6 +306,25 @@ def _recheck(alias: str) -> None:
             _silent.pop(alias, None)
 
 
+def answered(alias: str) -> None:
+    """Note that ``alias`` answered (the replica probe saw it): it is no longer silent."""
+    if _silent_pid == os.getpid():
+        with _silent_lock:
+            _silent.pop(alias, None)
+
+
+def _take_out(alias: str, seconds: float) -> None:
+    """A replica is marked down in this process's pool; any alias becomes silent."""
+    group = config.group_of(alias)
+    if group is not None and alias in group.replicas:
+        from djscale.db.pool import get_pool
+
+        pool = get_pool(group.name)
+        if pool is not None:
+            pool.mark_down(alias, f"no answer within {seconds * 1000:.0f} ms")
+    _mark_silent(alias)
+
+
 def _abandon(conn: Any, alias: str, seconds: float) -> None:
     """Watchdog action: free the worker blocked on ``conn`` and take ``alias`` out."""
     raw = getattr(conn, "connection", None)
@@ -320,14 +342,7 @@ def _abandon(conn: Any, alias: str, seconds: float) -> None:
             dup.close()  # only the duplicate: libpq still owns (and later closes) fd
     log.warning("database %s did not answer within %.0f ms: query abandoned", alias,
                 seconds * 1000)
-    group = config.group_of(alias)
-    if group is not None and alias in group.replicas:
-        from djscale.db.pool import get_pool
-
-        pool = get_pool(group.name)
-        if pool is not None:
-            pool.mark_down(alias, f"no answer within {seconds * 1000:.0f} ms")
-    _mark_silent(alias)
+    _take_out(alias, seconds)
 
 
 # ---------------------------------------------------------------------- hooks
@@ -381,6 +396,51 @@ def _bounded(conn: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _bounded_connect(conn: Any, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``get_new_connection`` under the deadline (libpq's ``connect_timeout`` is >= 2 s).
+
+    The connect runs in a short-lived thread (connections are opened rarely: they persist
+    or come from a pool); past the deadline the worker goes on with an error and the
+    thread closes whatever it eventually opens.
+    """
+
+    def call(conn_params: Any) -> Any:
+        seconds = deadline_for(conn.alias)
+        if seconds is None or (conn.settings_dict.get("OPTIONS") or {}).get("pool"):
+            return fn(conn_params)
+        box: dict[str, Any] = {}
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["conn"] = fn(conn_params)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker
+                box["error"] = exc
+            with lock:
+                done.set()
+                late = box.get("abandoned", False)
+            if late and "conn" in box:
+                with contextlib.suppress(Exception):
+                    box["conn"].close()
+
+        threading.Thread(target=run, name=f"djscale-connect-{conn.alias}", daemon=True).start()
+        if not done.wait(seconds):
+            with lock:
+                if not done.is_set():
+                    box["abandoned"] = True
+            if box.get("abandoned"):
+                log.warning("database %s did not accept a connection within %.0f ms",
+                            conn.alias, seconds * 1000)
+                _take_out(conn.alias, seconds)
+                raise QueryDeadlineExceeded(conn.alias, seconds)
+        if "error" in box:
+            raise box["error"]
+        return box["conn"]
+
+    return call
+
+
 def _patch(conn: Any) -> None:
     """Bound what this connection wrapper sends outside execute wrappers.
 
@@ -401,6 +461,7 @@ def _patch(conn: Any) -> None:
     conn._commit = _bounded(conn, conn._commit)
     conn._rollback = _bounded(conn, conn._rollback)
     conn.connect = fast_connect
+    conn.get_new_connection = _bounded_connect(conn, conn.get_new_connection)
     setattr(conn, _PATCHED, True)
 
 

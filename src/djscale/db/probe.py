@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import psycopg
 from django.db import connections
 
-from djscale.db import lag
+from djscale.db import deadline, lag
 from djscale.db.lag import format_lsn, parse_lsn
 from djscale.db.pool import ReplicaHealth, ReplicaPool
 
@@ -129,6 +129,7 @@ class Prober:
         # the only servers that can answer reads at all.
         measured = lag.measure(alias, pool.primary_lsn, position, history=pool.history,
                                now=now)
+        deadline.answered(alias)
         return ReplicaHealth(alias, up=True, replay_lsn=position.replay_lsn,
                              lag_bytes=measured.lag_bytes, lag_seconds=measured.lag_seconds,
                              checked_at=now)
@@ -144,6 +145,8 @@ class Prober:
                         ANSWER_SECONDS)
             lsn = None
         pool.record_primary(lsn)
+        if lsn is not None:
+            deadline.answered(primary)  # before replicas may look behind and send reads here
         started = pool._clock()
         waiting = {self._start(alias, self.replica, alias, pool): alias
                    for alias in pool.group.replicas}
