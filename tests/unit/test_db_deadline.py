@@ -213,3 +213,49 @@ def test_answered_statements_do_not_pile_up_in_the_heap() -> None:
     for _ in range(1000):
         dog.arm(0.5, lambda: None).cancel()
     assert dog.pending() == 1  # only the last one, dropped on the next arm
+
+
+class _Opened:
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _Wrapper:
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.settings_dict: dict[str, object] = {"OPTIONS": {}}
+
+
+def test_a_connect_past_the_deadline_frees_the_worker_and_closes_what_it_opens_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from djscale.db import deadline
+
+    taken_out: list[str] = []
+    monkeypatch.setattr(deadline, "_take_out", lambda alias, seconds: taken_out.append(alias))
+    server_answers = threading.Event()
+    opened = _Opened()
+
+    def connect(params: object) -> _Opened:
+        server_answers.wait(30)  # a frozen server: TCP accepted, no answer
+        return opened
+
+    wrapper = _Wrapper(_primary())
+    bounded = deadline._bounded_connect(wrapper, connect)
+    with deadline.query_deadlines(0.05), pytest.raises(deadline.QueryDeadlineExceeded):
+        bounded({})
+    assert taken_out == [wrapper.alias]
+    server_answers.set()  # the thaw: the late connection is closed, never handed out
+    assert opened.closed.wait(10)
+
+
+def test_a_connect_within_the_deadline_returns_the_connection() -> None:
+    from djscale.db import deadline
+
+    opened = _Opened()
+    bounded = deadline._bounded_connect(_Wrapper(_primary()), lambda params: opened)
+    with deadline.query_deadlines(30):
+        assert bounded({}) is opened
+    assert not opened.closed.is_set()
