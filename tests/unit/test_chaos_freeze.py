@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +18,13 @@ from djscale.chaos.freeze import Freezer, children, descendants
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
+PARENT = ("import subprocess, sys\n"
+          "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+          "        for _ in range(2)]\n"
+          "for kid in kids:\n"
+          "    kid.wait()\n")
+
+
 def _state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rfind(")") + 2:].split()[0]
@@ -22,8 +32,9 @@ def _state(pid: int) -> str:
 
 @pytest.fixture
 def tree() -> Iterator[subprocess.Popen[bytes]]:
-    # A parent with two children, like a postmaster with its backends.
-    proc = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+    # A parent with two children, like a postmaster with its backends (Python only: the unit
+    # tests run with nothing but the virtualenv on PATH).
+    proc = subprocess.Popen([sys.executable, "-c", PARENT])
     deadline = time.monotonic() + 10
     while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -31,8 +42,9 @@ def tree() -> Iterator[subprocess.Popen[bytes]]:
         yield proc
     finally:
         for pid in [*descendants(proc.pid), proc.pid]:
-            subprocess.run(["kill", "-CONT", str(pid)], check=False)
-            subprocess.run(["kill", "-KILL", str(pid)], check=False)
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
         proc.wait()
 
 
