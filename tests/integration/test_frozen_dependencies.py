@@ -11,7 +11,7 @@ issue's bounds:
 - the primary frozen for 10 s: zero failed reads, every write answered (503) within 1 s,
   writes succeeding again within 2 s of the thaw.
 
-The cluster's topology sets ``query_deadline_ms = 600`` so that a write on the frozen
+The cluster's topology sets ``query_deadline_ms = 500`` so that a write on the frozen
 primary is abandoned (and answered 503) inside the 1 s bound; replicas keep the default
 500 ms deadline. The numbers are printed and recorded in docs/reliability.md.
 """
@@ -37,7 +37,7 @@ DEMO = Path(__file__).resolve().parents[2] / "examples/demo/djscale.toml"
 @pytest.fixture(scope="module")
 def demo(djscale_cluster_factory: ClusterFactory) -> LocalCluster:
     topology = tomllib.loads(DEMO.read_text(encoding="utf-8"))
-    topology["postgres"]["query_deadline_ms"] = 600
+    topology["postgres"]["query_deadline_ms"] = 500
     return djscale_cluster_factory(topology, source=DEMO, name="frozen",
                                    parts=("postgres", "redis", "migrate", "app", "lb"))
 
