@@ -38,3 +38,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which settings module the run uses (and so whether it boots a cluster)."""
     return f"django settings: {os.environ.get('DJANGO_SETTINGS_MODULE')}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    """Print pytest-randomly's seed at the end, also under ``-q`` (which hides the header).
+
+    The suite runs in random order; a failure that depends on the order is replayed with
+    ``pytest --randomly-seed=<seed>``.
+    """
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"random order: --randomly-seed={seed}")
