@@ -52,6 +52,7 @@ __all__ = [
     "claim",
     "lease_dir",
     "leased",
+    "pid_alive",
     "port_free",
     "reserve",
 ]
@@ -125,7 +126,8 @@ def _locked() -> Iterator[Path]:
             os.close(fd)  # releases the flock
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Return True if ``pid`` is a live (non-zombie) process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -149,7 +151,7 @@ def _lease_owner(folder: Path, port: int) -> int | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         pid, expires = 0, 0  # unreadable: treat as stale
-    if pid > 0 and _pid_alive(pid) and (expires is None or float(expires) > time.time()):
+    if pid > 0 and pid_alive(pid) and (expires is None or float(expires) > time.time()):
         return pid
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

@@ -73,19 +73,8 @@ def in_netns(netns: str) -> list[str]:
     return ["nsenter", f"--net={NETNS_DIR}/{netns}"]
 
 
-def pid_alive(pid: int) -> bool:
-    """Return True if ``pid`` is a live (non-zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+# Lives beside the port reservations (which need it first); re-exported for the cluster.
+pid_alive = ports.pid_alive
 
 
 def tail(path: str | Path, lines: int = 20) -> str:
