@@ -303,7 +303,8 @@ def _recheck(alias: str) -> None:
         log.exception("re-checking database %s failed", alias)
     finally:
         with _silent_lock:
-            _silent.pop(alias, None)
+            if _silent.get(alias) is threading.current_thread():  # not a newer checker's
+                del _silent[alias]
 
 
 def answered(alias: str) -> None:
