@@ -407,6 +407,8 @@ def _bounded_connect(conn: Any, fn: Callable[[Any], Any]) -> Callable[[Any], Any
 
     def call(conn_params: Any) -> Any:
         seconds = deadline_for(conn.alias)
+        if seconds is not None and is_silent(conn.alias):
+            raise QueryDeadlineExceeded(conn.alias, seconds, silent=True)
         if seconds is None or (conn.settings_dict.get("OPTIONS") or {}).get("pool"):
             return fn(conn_params)
         box: dict[str, Any] = {}
@@ -446,22 +448,17 @@ def _patch(conn: Any) -> None:
     """Bound what this connection wrapper sends outside execute wrappers.
 
     Django's health check (``is_usable``), ``COMMIT`` and ``ROLLBACK`` talk to the server
-    without going through execute wrappers; a connect to a silent alias fails at once.
+    without going through execute wrappers; a connect to a silent alias fails at once
+    (in ``get_new_connection``). ``connect`` and ``cursor`` are left alone: Django's test
+    cases wrap and unwrap those on the instance (``_add_databases_failures``), and a patch
+    over their wrapper would make the unwrap fail and leave every later test forbidden
+    to use that database.
     """
     if getattr(conn, _PATCHED, False):
         return
-    connect = conn.connect
-
-    def fast_connect() -> None:
-        seconds = deadline_for(conn.alias)
-        if seconds is not None and is_silent(conn.alias):
-            raise QueryDeadlineExceeded(conn.alias, seconds, silent=True)
-        connect()
-
     conn.is_usable = _bounded(conn, conn.is_usable)
     conn._commit = _bounded(conn, conn._commit)
     conn._rollback = _bounded(conn, conn._rollback)
-    conn.connect = fast_connect
     conn.get_new_connection = _bounded_connect(conn, conn.get_new_connection)
     setattr(conn, _PATCHED, True)
 
