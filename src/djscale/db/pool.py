@@ -6,7 +6,7 @@ Owns, per replication group, the last measured :class:`ReplicaHealth` of every r
 ``max_lag``, and (for read-your-writes) replayed past a given LSN.
 
 Health is refreshed by one daemon thread per process (:mod:`djscale.db.probe` measures),
-every ``settings.DJSCALE["REPLICA_REFRESH_SECONDS"]`` (1 s by default): never a query per
+every ``DJSCALE["REPLICA_REFRESH_SECONDS"]`` (1 s by default): never a query per
 read. A read on the hot path only looks at an immutable snapshot. A failed read marks a
 replica down at once (:meth:`ReplicaPool.mark_down`); the next successful probe brings
 it back. After ``fork()`` (gunicorn workers) the registry notices the new pid and starts
@@ -30,6 +30,7 @@ from typing import Any
 from django.core.signals import setting_changed
 
 from djscale import metrics
+from djscale.conf import WATCHED_SETTINGS
 from djscale.db import config
 from djscale.db.config import GroupConfig
 from djscale.db.lag import PrimaryHistory, lag
@@ -249,7 +250,7 @@ def reset_pools() -> None:
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("DJSCALE", "DATABASES"):
+    if setting in WATCHED_SETTINGS:
         reset_pools()
 
 

@@ -38,6 +38,7 @@ need no allowed ``Host`` header, open no session and are not logged as page view
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import os
 import threading
@@ -54,9 +55,8 @@ from django.core.cache import caches
 from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
-from djscale import metrics
+from djscale import conf, metrics
 from djscale.db import lag
-from djscale.errors import ConfigurationError
 
 __all__ = [
     "Check",
@@ -74,35 +74,14 @@ __all__ = [
 LIVE_PATH = "/health/live"
 READY_PATH = "/health/ready"
 
-_DEFAULTS: dict[str, Any] = {
-    "TIMEOUT": 1.0,
-    "CACHE_SECONDS": 1.0,
-    "TOKEN": None,
-    "DRAIN_FILE": None,
-    "CHECK_REPLICAS": True,
-    "CHECK_BROKER": True,
-}
-
-
 def _config() -> dict[str, Any]:
-    djscale = getattr(settings, "DJSCALE", None) or {}
-    return {**_DEFAULTS, **(djscale.get("HEALTH") or {})}
+    # DJSCALE["HEALTH"] as djscale.conf declares, defaults and validates it.
+    return {k.upper(): v for k, v in dataclasses.asdict(conf.get().health).items()}
 
 
 def validate_config() -> None:
-    """Raise ConfigurationError when ``DJSCALE["HEALTH"]`` holds an unusable value."""
-    cfg = _config()
-    unknown = sorted(set(cfg) - set(_DEFAULTS))
-    if unknown:
-        raise ConfigurationError(f"DJSCALE['HEALTH'] has unknown key {unknown[0]!r}; allowed: "
-                                 + ", ".join(sorted(_DEFAULTS)))
-    for key in ("TIMEOUT", "CACHE_SECONDS"):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or \
-                (key == "TIMEOUT" and value == 0):
-            raise ConfigurationError(
-                f"DJSCALE['HEALTH']['{key}'] = {value!r} is invalid: expected seconds "
-                f"({'> 0' if key == 'TIMEOUT' else '>= 0'}), e.g. 1.0")
+    """Raise ConfigurationError when a djscale setting (``DJSCALE["HEALTH"]``...) is unusable."""
+    conf.get()
 
 
 @dataclass(frozen=True)
@@ -229,18 +208,17 @@ def _broker(url: str, timeout: float) -> Callable[[], dict[str, Any] | None]:
 def checks() -> list[Check]:
     """The readiness checks for the current settings."""
     cfg = _config()
-    djscale = getattr(settings, "DJSCALE", None) or {}
-    groups: dict[str, dict[str, Any]] = djscale.get("REPLICATION_GROUPS") or {}
+    groups = conf.get().replication.groups
     found: list[Check] = []
     if groups:
         for group in groups.values():
-            found.append(Check(f"db:{group['PRIMARY']}", _database(group["PRIMARY"])))
+            found.append(Check(f"db:{group.primary}", _database(group.primary)))
         if cfg["CHECK_REPLICAS"]:
             for group in groups.values():
-                max_lag = float(group.get("MAX_LAG_SECONDS", 5.0))
-                for alias in group.get("REPLICAS", []):
+                max_lag = group.max_lag_seconds
+                for alias in group.replicas:
                     found.append(Check(f"replica:{alias}",
-                                       _replica(alias, group["PRIMARY"], max_lag),
+                                       _replica(alias, group.primary, max_lag),
                                        critical=False))
     else:
         for alias, entry in settings.DATABASES.items():
