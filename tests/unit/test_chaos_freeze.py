@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from djscale.chaos.freeze import Freezer, children, descendants
+from djscale.cluster.supervisor import wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -35,10 +35,9 @@ def tree() -> Iterator[subprocess.Popen[bytes]]:
     # A parent with two children, like a postmaster with its backends (Python only: the unit
     # tests run with nothing but the virtualenv on PATH).
     proc = subprocess.Popen([sys.executable, "-c", PARENT])
-    deadline = time.monotonic() + 10
-    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
     try:
+        assert wait_until(lambda: len(children(proc.pid)) == 2, 10, interval=0.01), \
+            "the test's process tree did not start its two children"
         yield proc
     finally:
         for pid in [*descendants(proc.pid), proc.pid]:
