@@ -358,15 +358,22 @@ def bound_query(execute: Callable[..., Any], sql: Any, params: Any, many: bool,
         return execute(sql, params, many, context)
     if is_silent(conn.alias):
         raise QueryDeadlineExceeded(conn.alias, seconds, silent=True)
+    return _armed(conn, seconds, execute, sql, params, many, context)
+
+
+def _armed(conn: Any, seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with the watchdog armed to abandon ``conn`` after ``seconds``."""
     timer = _watchdog.arm(seconds, lambda: _abandon(conn, conn.alias, seconds))
     try:
-        result = execute(sql, params, many, context)
+        result = fn(*args)
     except Exception as exc:
         if timer.cancel():
             raise
         raise QueryDeadlineExceeded(conn.alias, seconds) from exc
     if not timer.cancel():
-        # It fired as the answer arrived: the socket is gone, the connection with it.
+        # It fired as the answer arrived: the socket is gone, the connection with it. For
+        # is_usable() (False when its SELECT 1 fails) raising also keeps Django from
+        # reconnecting and waiting connect_timeout on a silent server.
         raise QueryDeadlineExceeded(conn.alias, seconds)
     return result
 
@@ -377,22 +384,11 @@ _PATCHED = "_djscale_deadlines"
 def _bounded(conn: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` (a method of ``conn`` that talks to the server) under the deadline."""
 
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def call(*args: Any) -> Any:
         seconds = deadline_for(conn.alias)
         if seconds is None or conn.connection is None:
-            return fn(*args, **kwargs)
-        timer = _watchdog.arm(seconds, lambda: _abandon(conn, conn.alias, seconds))
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:
-            if timer.cancel():
-                raise
-            raise QueryDeadlineExceeded(conn.alias, seconds) from exc
-        if not timer.cancel():
-            # is_usable() says False when its SELECT 1 fails; raising instead keeps Django
-            # from reconnecting and waiting connect_timeout on a silent server.
-            raise QueryDeadlineExceeded(conn.alias, seconds)
-        return result
+            return fn(*args)
+        return _armed(conn, seconds, fn, *args)
 
     return call
 
