@@ -424,26 +424,23 @@ class LocalCluster:
         self._ensure(proc, lambda: http_ok(spec.host, port, "/"), 30)
 
     def _up_dashboard(self) -> None:
-        host = "127.0.0.1"
-        port = self._port("dashboard", host, AUTO)
-        cmd = [sys.executable, "-m", "djscale.cluster.dashboard", "--state-dir",
-               str(self.state_dir), "--host", host, "--port", str(port)]
-        proc = ManagedProcess(name="dashboard", kind="dashboard", role="dashboard", host=host,
-                              port=port, cmd=cmd, log=str(self._log("dashboard")),
-                              cwd=os.getcwd(),  # a relative topology path stays valid
-                              stop_signal=signal.SIGTERM)
-        self._ensure(proc, lambda: http_ok(host, port), 30)
+        self._up_state_daemon("dashboard", role="dashboard", ready_path="/health/live")
 
     def _up_watchdog(self) -> None:
         """The watchdog daemon that restarts crashed services (:mod:`.watchdog`)."""
+        self._up_state_daemon("watchdog", role="supervisor", ready_path="/metrics")
+
+    def _up_state_daemon(self, name: str, *, role: str, ready_path: str) -> None:
+        """A ``djscale.cluster.<name>`` daemon over the state folder, on a local port."""
         host = "127.0.0.1"
-        port = self._port("watchdog", host, AUTO)
-        cmd = [sys.executable, "-m", "djscale.cluster.watchdog", "--state-dir",
+        port = self._port(name, host, AUTO)
+        cmd = [sys.executable, "-m", f"djscale.cluster.{name}", "--state-dir",
                str(self.state_dir), "--host", host, "--port", str(port)]
-        proc = ManagedProcess(name="watchdog", kind="watchdog", role="supervisor", host=host,
-                              port=port, cmd=cmd, log=str(self._log("watchdog")),
-                              cwd=os.getcwd(), stop_signal=signal.SIGTERM)
-        self._ensure(proc, lambda: http_ok(host, port, "/metrics"), 30)
+        proc = ManagedProcess(name=name, kind=name, role=role, host=host, port=port, cmd=cmd,
+                              log=str(self._log(name)),
+                              cwd=os.getcwd(),  # a relative topology path stays valid
+                              stop_signal=signal.SIGTERM)
+        self._ensure(proc, lambda: http_ok(host, port, ready_path), 30)
 
     # ------------------------------------------------------------------ status / down
 
