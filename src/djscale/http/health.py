@@ -38,7 +38,6 @@ need no allowed ``Host`` header, open no session and are not logged as page view
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hmac
 import os
 import threading
@@ -74,9 +73,9 @@ __all__ = [
 LIVE_PATH = "/health/live"
 READY_PATH = "/health/ready"
 
-def _config() -> dict[str, Any]:
+def _config() -> conf.HealthSettings:
     # DJSCALE["HEALTH"] as djscale.conf declares, defaults and validates it.
-    return {k.upper(): v for k, v in dataclasses.asdict(conf.get().health).items()}
+    return conf.get().health
 
 
 def validate_config() -> None:
@@ -213,7 +212,7 @@ def checks() -> list[Check]:
     if groups:
         for group in groups.values():
             found.append(Check(f"db:{group.primary}", _database(group.primary)))
-        if cfg["CHECK_REPLICAS"]:
+        if cfg.check_replicas:
             for group in groups.values():
                 max_lag = group.max_lag_seconds
                 for alias in group.replicas:
@@ -230,8 +229,8 @@ def checks() -> list[Check]:
         degrades = callable(getattr(caches["default"], "ping", None))
         found.append(Check("cache", _cache, critical=not degrades))
     broker = getattr(settings, "CELERY_BROKER_URL", "")
-    if cfg["CHECK_BROKER"] and broker:
-        found.append(Check("broker", _broker(str(broker), float(cfg["TIMEOUT"])),
+    if cfg.check_broker and broker:
+        found.append(Check("broker", _broker(str(broker), cfg.timeout),
                            critical=False))
     return found
 
@@ -283,9 +282,9 @@ def readiness(*, use_cache: bool = True) -> list[CheckResult]:
     cfg = _config()
     with _lock:
         now = time.monotonic()
-        if use_cache and _last is not None and now - _last[0] < float(cfg["CACHE_SECONDS"]):
+        if use_cache and _last is not None and now - _last[0] < cfg.cache_seconds:
             return _last[1]
-        results = _run(checks(), float(cfg["TIMEOUT"]))
+        results = _run(checks(), cfg.timeout)
         _last = (time.monotonic(), results)
         return results
 
@@ -299,7 +298,7 @@ def reset() -> None:
 
 def drain_file() -> Path | None:
     """The file whose existence takes this server out of rotation, if any."""
-    configured = _config()["DRAIN_FILE"]
+    configured = _config().drain_file
     if configured:
         return Path(configured)
     state_dir = os.environ.get("DJSCALE_STATE_DIR")
@@ -323,7 +322,7 @@ def live(request: HttpRequest) -> JsonResponse:
 
 
 def _may_see_details(request: HttpRequest) -> bool:
-    token = _config()["TOKEN"]
+    token = _config().token
     if not token:
         return True
     given = request.META.get("HTTP_AUTHORIZATION", "")
