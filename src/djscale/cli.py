@@ -10,6 +10,8 @@
     djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
                   [--event-topic T --event-consumer C [--effect-sql SQL]]
     djscale chaos freeze SERVICE [--seconds N] [--fault-after N] [--requests N]
+    djscale chaos partition A B [--seconds N]         (hosts in network namespaces)
+    djscale chaos delay HOST MS [JITTER] [LOSS%] [--seconds N]
     djscale doctor [--settings MODULE] [--no-deploy]
     djscale init [--settings MODULE] [--output FILE] [--force]
     djscale topology check [FILE | --topology FILE]
@@ -72,10 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     chaos = sub.add_parser("chaos", help="break one component of a running cluster under load")
     chaos.add_argument("scenario", help="kill-app-server, kill-replica, pause-replication, "
                                         "stop-redis, restart-primary, stop-broker, kill-worker, "
-                                        "freeze")
+                                        "freeze, partition, delay")
     chaos.add_argument("target", nargs="?", default="",
                        help="the service a targeted scenario acts on (freeze SERVICE, e.g. "
-                            "pg-default-replica1; see `djscale cluster status`)")
+                            "pg-default-replica1; see `djscale cluster status`), or the first "
+                            "side of a partition / the host to delay")
+    chaos.add_argument("more", nargs="*", default=[],
+                       help="partition: the other side (hosts or services, comma-separated); "
+                            "delay: MS [JITTER] [LOSS%%]")
     chaos.add_argument("--topology", "-t", default="djscale.toml")
     chaos.add_argument("--state-dir", default=None)
     chaos.add_argument("--read-path", default="/whoami", help="GET path of the load")
@@ -98,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--drain-seconds", type=float, default=45.0,
                        help="how long to wait for every event to be consumed (the relay "
                             "sends again what the broker lost after 10 s)")
+    chaos.add_argument("--probe-seconds", type=float, default=1.0,
+                       help="the app's replica probe interval (REPLICA_REFRESH_SECONDS): a "
+                            "replica cut off or slowed must leave reads within two of them")
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
 
     deploy = sub.add_parser("deploy", help="render the topology for a deployment target")
@@ -252,6 +261,7 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
     import json
 
     from djscale.chaos import ChaosOptions, run_scenario
+    from djscale.chaos.network import terminate_as_interrupt
     from djscale.cluster import LocalCluster
     from djscale.errors import ClusterError
 
@@ -266,9 +276,13 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
                            fault_seconds=args.fault_seconds, write_every=args.write_every,
                            event_topic=args.event_topic, event_consumer=args.event_consumer,
                            effect_sql=args.effect_sql, drain_seconds=args.drain_seconds,
-                           target=args.target, fault_after=args.fault_after,
+                           target=args.target, target_args=tuple(args.more),
+                           probe_seconds=args.probe_seconds, fault_after=args.fault_after,
                            max_seconds=max(60.0, args.fault_after + args.fault_seconds + 30))
-    report = run_scenario(cluster, args.scenario, options)
+    if args.more and args.scenario not in ("partition", "delay"):
+        raise ClusterError(f"unexpected arguments for {args.scenario}: {' '.join(args.more)}")
+    with terminate_as_interrupt():  # SIGTERM, like Ctrl-C, undoes the fault before exiting
+        report = run_scenario(cluster, args.scenario, options)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0 if report.passed else 1
 

@@ -189,6 +189,10 @@ class ReplicationGroup:
                                              "inside a request; past it the replica is "
                                              "marked down and a GET runs again elsewhere. "
                                              "0: none.", topology=True, minimum=0)
+    replica_max_latency_ms: int = setting(250, "A replica whose probe query took longer "
+                                          "than this in two rounds in a row is skipped "
+                                          "until it answers in time. 0: never.",
+                                          topology=True, minimum=0)
     weights: Mapping[str, float] = setting(doc="Replica alias -> weight under the "
                                            "'weighted' policy (1 when missing).",
                                            factory=dict, check=_check_weights)

@@ -306,6 +306,7 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
             "POLICY": group.replica_policy,
             "QUERY_DEADLINE_MS": group.query_deadline_ms,
             "REPLICA_QUERY_DEADLINE_MS": group.replica_query_deadline_ms,
+            "REPLICA_MAX_LATENCY_MS": group.replica_max_latency_ms,
         }
 
     redis_urls, broker_url, connection = _redis(topo, addr)

@@ -191,6 +191,8 @@ class DatabaseGroup:
     """Application-side deadline of one statement on the primary, in a request (0: none)."""
     replica_query_deadline_ms: int = 500
     """The same on a replica; past it the replica is marked down and the read retried."""
+    replica_max_latency_ms: int = 250
+    """A replica whose probe answered slower than this twice in a row gets no reads (0: never)."""
     keepalives_idle: int = 10
     """libpq TCP keepalives: seconds idle before the first probe (0: keepalives off)."""
     keepalives_interval: int = 5
@@ -775,6 +777,7 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         "replica_hosts", "max_lag_seconds", "max_lag_bytes", "replica_policy", "conn_max_age",
         "pool", "password_env", "password_file", "sslmode", "sslrootcert", "sslcert",
         "sslkey", "options", "query_deadline_ms", "replica_query_deadline_ms",
+        "replica_max_latency_ms",
         "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout_ms",
         *(("enabled",) if defaults is None else ("name",)),
     ))
@@ -802,6 +805,8 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         query_deadline_ms=s.get_int("query_deadline_ms", base.query_deadline_ms),
         replica_query_deadline_ms=s.get_int("replica_query_deadline_ms",
                                             base.replica_query_deadline_ms),
+        replica_max_latency_ms=s.get_int("replica_max_latency_ms",
+                                         base.replica_max_latency_ms),
         keepalives_idle=s.get_int("keepalives_idle", base.keepalives_idle),
         keepalives_interval=s.get_int("keepalives_interval", base.keepalives_interval,
                                       minimum=1),

@@ -65,6 +65,9 @@ MEANINGS: dict[str, str] = {
     "postgres.replica_query_deadline_ms": "deadline of one statement on a replica in a "
                                           "request: past it the replica is marked down and "
                                           "a GET runs again elsewhere (0: none)",
+    "postgres.replica_max_latency_ms": "a replica whose probe query answered slower than "
+                                       "this in two rounds in a row gets no reads until "
+                                       "it answers in time (0: never)",
     "postgres.keepalives_idle": "libpq TCP keepalives: idle seconds before the first probe "
                                 "(0: keepalives off)",
     "postgres.keepalives_interval": "libpq keepalives_interval (seconds between probes)",

@@ -91,3 +91,32 @@ def test_lag_in_time_is_bounded_by_the_primary_positions_seen() -> None:
     assert p.bound_lag_seconds(2500) == 5.0
     assert p.bound_lag_seconds(3000) == 0.0
     assert p.bound_lag_seconds(500) is None  # older than the history: cannot say
+
+
+def _timed(alias: str, ms: float) -> ReplicaHealth:
+    return ReplicaHealth(alias, up=True, replay_lsn=100, lag_bytes=0, lag_seconds=0.0,
+                         latency=ms / 1000)
+
+
+def test_a_replica_slower_than_its_limit_in_two_probes_in_a_row_gets_no_reads() -> None:
+    p = pool(group(replica_max_latency_ms=250), _timed(R1, 5), _timed(R2, 5))
+    p.update(_timed(R1, 320))  # one slow probe: a busy machine, not yet a slow replica
+    assert p.usable() == [R1, R2]
+    p.update(_timed(R1, 310))
+    assert p.usable() == [R2]
+    assert p.health()[R1].slow
+    p.update(_timed(R1, 4))  # one probe in time brings it back
+    assert p.usable() == [R1, R2]
+
+
+def test_a_down_probe_between_two_slow_ones_does_not_make_the_replica_slow() -> None:
+    p = pool(group(replica_max_latency_ms=250), _timed(R1, 400), _timed(R2, 5))
+    p.update(ReplicaHealth(R1, up=False, error="no answer"))
+    p.update(_timed(R1, 400))
+    assert p.usable() == [R1, R2]
+
+
+def test_a_latency_limit_of_zero_never_makes_a_replica_slow() -> None:
+    p = pool(group(replica_max_latency_ms=0), _timed(R1, 5000), _timed(R1, 5000),
+             _timed(R2, 5))
+    assert p.usable() == [R1, R2]

@@ -27,6 +27,8 @@ class Sample:
     latency: float
     status: int
     method: str
+    tag: str = ""
+    """What the run's ``tag`` function read from the answer (e.g. the database that served it)."""
 
 
 @dataclass
@@ -63,7 +65,8 @@ class LoadResult:
 
 def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counter: list[int],
             lock: threading.Lock, total: int, deadline: float, timeout: float,
-            result: LoadResult, stop: threading.Event) -> None:
+            result: LoadResult, stop: threading.Event,
+            tag: Callable[[str, bytes], str] | None) -> None:
     conn: http.client.HTTPConnection | None = None
     while True:
         with lock:
@@ -74,6 +77,7 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
         method, path = plan(n)
         started = time.monotonic()
         status = 0
+        label = ""
         # Like browsers and urllib3: an idempotent request that failed on a *reused*
         # keep-alive connection (the server may close an idle or old one at any time) is
         # sent once more on a new connection. A fresh connection's failure counts.
@@ -85,8 +89,10 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
                 conn.request(method, path, body=b"" if method == "POST" else None,
                              headers={"Connection": "keep-alive"})
                 resp = conn.getresponse()
-                resp.read()
+                body = resp.read()
                 status = resp.status
+                if tag is not None and 200 <= status < 300:
+                    label = tag(method, body)
                 if resp.getheader("Connection", "").lower() == "close":
                     conn.close()
                     conn = None
@@ -99,7 +105,7 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
                                    | BrokenPipeError)
                 if not (attempt == 1 and reused and stale and method in ("GET", "HEAD")):
                     break
-        sample = Sample(started, time.monotonic() - started, status, method)
+        sample = Sample(started, time.monotonic() - started, status, method, label)
         with lock:
             result.samples.append(sample)
     if conn is not None:
@@ -108,8 +114,11 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
 
 def run_load(host: str, port: int, plan: Callable[[int], tuple[str, str]], *, requests: int,
              max_seconds: float, concurrency: int = 8, timeout: float = 10.0,
-             stop: threading.Event | None = None) -> LoadResult:
+             stop: threading.Event | None = None,
+             tag: Callable[[str, bytes], str] | None = None) -> LoadResult:
     """Send ``requests`` requests (``plan(i)`` -> (method, path)) from ``concurrency`` threads.
+
+    ``tag(method, body)``, when given, labels each 2xx answer (:attr:`Sample.tag`).
 
     Stops after ``requests`` requests, at ``max_seconds``, or when ``stop`` is set,
     whichever comes first. Blocks until done; run it in a thread to inject faults meanwhile.
@@ -120,7 +129,7 @@ def run_load(host: str, port: int, plan: Callable[[int], tuple[str, str]], *, re
     counter = [0]
     deadline = time.monotonic() + max_seconds
     threads = [threading.Thread(target=_worker, daemon=True, args=(
-        host, port, plan, counter, lock, requests, deadline, timeout, result, stop))
+        host, port, plan, counter, lock, requests, deadline, timeout, result, stop, tag))
         for _ in range(concurrency)]
     for t in threads:
         t.start()

@@ -24,6 +24,7 @@ read-only broker commands (:mod:`djscale.chaos.events`).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,14 @@ from djscale.chaos.events import (
 )
 from djscale.chaos.freeze import Freezer
 from djscale.chaos.load import LoadResult, run_load
+from djscale.chaos.network import (
+    Delay,
+    NetworkFaults,
+    Partition,
+    parse_delay,
+    remove_leftovers,
+    resolve_hosts,
+)
 from djscale.cluster import LocalCluster
 from djscale.cluster import postgres as pg
 from djscale.errors import ClusterError
@@ -74,6 +83,12 @@ class ChaosOptions:
     """How long to wait, after the fault, for every event to be consumed."""
     target: str = ""
     """The service a targeted scenario (``freeze``) acts on, e.g. ``pg-default-replica1``."""
+    target_args: tuple[str, ...] = ()
+    """More arguments of a targeted scenario (``partition A B``, ``delay HOST MS ...``)."""
+    read_tag: str = "read_db"
+    """JSON key of a read's answer naming the database that served it ('' : not recorded)."""
+    probe_seconds: float = 1.0
+    """The app's replica probe interval (``REPLICA_REFRESH_SECONDS``): a probe round."""
 
 
 @dataclass
@@ -99,6 +114,14 @@ class ChaosReport:
     target: str = ""
     target_role: str = ""
     """What the target is: ``primary``, ``replica`` (PostgreSQL) or ``other``."""
+    target_replicas: list[str] = field(default_factory=list)
+    """Replica aliases a network fault cuts off from the app hosts, or slows down."""
+    target_reads_stopped_seconds: float | None = None
+    """From the start of the fault to the last read a target replica served during it."""
+    target_reads_back_seconds: float | None = None
+    """From the end of the fault to the first read a target replica served again."""
+    probe_seconds: float = 1.0
+    """The app's replica probe interval the run was judged with (a probe round)."""
     slowest_write_ms: float | None = None
     """Slowest write started during the fault (freeze of a primary)."""
     writes_back_seconds: float | None = None
@@ -144,6 +167,14 @@ class ChaosReport:
             "after it",
             f"recovery   {self.recovery_seconds:.2f} s from restart to healthy",
         ]
+        if self.target_replicas:
+            stopped = self.target_reads_stopped_seconds
+            returned = self.target_reads_back_seconds
+            lines.append(f"read set   {', '.join(self.target_replicas)}: last read "
+                         + ("none during the fault" if stopped is None
+                            else f"{stopped:.2f} s into the fault")
+                         + "; first read after it "
+                         + ("never" if returned is None else f"{returned:.2f} s after its end"))
         if self.slowest_write_ms is not None:
             back = ("never" if self.writes_back_seconds is None
                     else f"{self.writes_back_seconds:.2f} s after the fault ended")
@@ -193,6 +224,8 @@ class _Fault:
     """Watchdog restart counts when the scenario last looked (crashes of its own)."""
     target: str = ""
     freezer: Freezer | None = None
+    network: NetworkFaults | None = None
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +237,8 @@ class _Scenario:
     writes: bool
     judge: Callable[[ChaosReport, LoadResult, float, float], bool]
     events: bool = False
+    network: bool = False
+    """A network fault: events reconciled when the options name them; a longer tail."""
 
 
 def _on(action: Callable[[LocalCluster], None]) -> Callable[[_Fault], None]:
@@ -303,6 +338,85 @@ def _frozen(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool
         return (report.reads_failed == 0 and not hung and not not_503 and recovered
                 and report.lost in (None, 0) and report.duplicated in (None, 0))
     return _no_failed_reads(report, load, t0, t1)
+
+
+def _network_start(fault: _Fault, made: Partition | Delay,
+                   slowed: tuple[str, ...]) -> None:
+    """Install a network fault; note it and the replicas it takes from the app hosts."""
+    cluster = fault.cluster
+    left = remove_leftovers(cluster.topology)
+    if left:
+        fault.report.notes.append("removed what an earlier run left: " + "; ".join(
+            f"{host}: {', '.join(what)}" for host, what in left.items()))
+    fault.network = NetworkFaults()
+    fault.network.add(made)
+    fault.report.target = " ".join(fault.args)
+    fault.report.target_replicas = [
+        str(p.extra.get("alias", p.name)) for p in cluster.processes()
+        if p.kind == "postgres" and p.role == "replica"
+        and (h := cluster.topology.host_at(p.host)) is not None and h.name in slowed]
+    fault.report.notes.append(made.describe())
+
+
+def _app_hosts(cluster: LocalCluster) -> set[str]:
+    return {h.name for p in cluster.processes() if p.kind == "gunicorn"
+            and (h := cluster.topology.host_at(p.host)) is not None}
+
+
+def _partition(fault: _Fault) -> None:
+    if len(fault.args) != 2:
+        raise ClusterError("partition takes two sides: `djscale chaos partition A B` (hosts or "
+                           "services, several joined with commas, e.g. app1,app2 db-replica1)")
+    cluster = fault.cluster
+    services = {p.name: p.host for p in cluster.processes()}
+    left, right = (resolve_hosts(cluster.topology, side, services) for side in fault.args)
+    apps = _app_hosts(cluster)
+    # A replica is cut off from reads when the app hosts are on the other side.
+    cut = tuple(h.name for side, other in ((left, right), (right, left))
+                if apps & {o.name for o in other} for h in side)
+    _network_start(fault, Partition(left, right), cut)
+
+
+def _delay(fault: _Fault) -> None:
+    if not fault.args:
+        raise ClusterError("delay takes HOST MS [JITTER] [LOSS%], e.g. "
+                           "`djscale chaos delay db-replica1 300`")
+    cluster = fault.cluster
+    services = {p.name: p.host for p in cluster.processes()}
+    hosts = resolve_hosts(cluster.topology, fault.args[0], services)
+    if len(hosts) != 1:
+        raise ClusterError("delay acts on one host; run it once per host")
+    ms, jitter, loss = parse_delay(fault.args[1:])
+    _network_start(fault, Delay(hosts[0], ms, jitter, loss), (hosts[0].name,))
+
+
+def _heal_network(fault: _Fault) -> None:
+    if fault.network is not None:
+        fault.network.remove()
+    if fault.ledger is not None:
+        _revive_workers(fault)
+
+
+def _network_judge(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool:
+    ok = report.requests > 0 and report.reads_failed == 0 and report.writes_failed == 0
+    targets = set(report.target_replicas)
+    if targets:
+        on_target = [s for s in load.samples if s.method == "GET" and s.tag in targets]
+        during = [s.started for s in on_target if t0 <= s.started < t1]
+        after = [s.started for s in on_target if s.started >= t1]
+        report.target_reads_stopped_seconds = max(during) - t0 if during else None
+        report.target_reads_back_seconds = min(after) - t1 if after else None
+        rounds = 2 * report.probe_seconds
+        if during and max(during) - t0 > rounds:
+            report.notes.append(f"the replica still served reads {max(during) - t0:.2f} s into "
+                                f"the fault (two probe rounds: {rounds:.1f} s)")
+            ok = False
+        if not after:
+            report.notes.append("the replica served no read after the fault")
+            ok = False
+    if report.events_published is not None:
+        ok = ok and _events_delivered(report, load, t0, t1)
+    return ok
 
 
 def _kill(prefix: str) -> Callable[[_Fault], None]:
@@ -474,10 +588,36 @@ SCENARIOS: dict[str, _Scenario] = {
         "p99 under 1 s; the primary: zero failed reads, writes answered 503 within 1 s "
         "(none hangs) and succeeding again within 2 s of the thaw; else zero failed reads",
         _freeze, _thaw, True, _frozen),
+    "partition": _Scenario(
+        "drop every packet between hosts A and hosts B (nftables in their namespaces), "
+        "remove the rules after",
+        "zero failed requests; a replica cut off from the app hosts stops serving reads "
+        "within two probe rounds and serves them again after the fault; events (when "
+        "given) consumed exactly once",
+        _partition, _heal_network, True, _network_judge, network=True),
+    "delay": _Scenario(
+        "delay every packet one host sends (tc netem, or an NFQUEUE delayer), optionally "
+        "with jitter and loss; remove it after",
+        "zero failed requests; a delayed replica stops serving reads within two probe rounds "
+        "and serves them again after the fault",
+        _delay, _heal_network, True, _network_judge, network=True),
 }
 
-TARGETED = frozenset({"freeze"})
+TARGETED = frozenset({"freeze", "partition", "delay"})
 """Scenarios that need a target service (``ChaosOptions.target``)."""
+
+
+def _json_tag(key: str) -> Callable[[str, bytes], str]:
+    """Label a GET's answer with the value of ``key`` in its JSON body ('' when absent)."""
+    def tag(method: str, body: bytes) -> str:
+        if method != "GET" or not body.startswith(b"{"):
+            return ""
+        try:
+            value = json.loads(body).get(key)
+        except ValueError:
+            return ""
+        return value if isinstance(value, str) else ""
+    return tag
 
 
 def _rate(load: LoadResult, since: float, until: float) -> float:
@@ -521,9 +661,13 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     report = ChaosReport(name, scenario.fault, scenario.expectation)
     host, port = cluster.address("lb")
     before_rows = _count(cluster, opts.count_sql) if writes and opts.count_sql else None
+    events = scenario.events or (scenario.network and bool(opts.event_topic))
     ledger = (EventLedger(cluster, topic=opts.event_topic, consumer=opts.event_consumer,
-                          effect_sql=opts.effect_sql) if scenario.events else None)
-    fault = _Fault(cluster, report, ledger, target=opts.target)
+                          effect_sql=opts.effect_sql) if events else None)
+    fault = _Fault(cluster, report, ledger, target=opts.target,
+                   args=(opts.target, *opts.target_args))
+    report.probe_seconds = opts.probe_seconds
+    tag = _json_tag(opts.read_tag) if opts.read_tag else None
     fault.restarts = {p.name: int(p.supervision.get("restarts", 0)) for p in cluster.processes()}
 
     def plan(i: int) -> tuple[str, str]:
@@ -535,7 +679,7 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     box: dict[str, LoadResult] = {}
     loader = threading.Thread(target=lambda: box.setdefault("r", run_load(
         host, port, plan, requests=opts.requests, max_seconds=opts.max_seconds,
-        concurrency=opts.concurrency, stop=stop)), daemon=True)
+        concurrency=opts.concurrency, stop=stop, tag=tag)), daemon=True)
     started = time.monotonic()
     loader.start()
     time.sleep(opts.fault_after)
@@ -550,8 +694,12 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     finally:
         if not healing and fault.freezer is not None:
             fault.freezer.thaw()  # interrupted (Ctrl-C) or failed: never leave it stopped
+        if fault.network is not None:
+            fault.network.remove()  # idempotent; removes the rules even when interrupted
         healed_at = time.monotonic()
-        time.sleep(opts.tail_seconds)
+        # A network fault's replica comes back with the probe's next connection: look long
+        # enough to see it.
+        time.sleep(max(opts.tail_seconds, 8.0) if scenario.network else opts.tail_seconds)
         stop.set()
         loader.join(opts.max_seconds + 30)
     load = box.get("r") or LoadResult()

@@ -50,10 +50,14 @@ class ReplicaHealth:
     lag_seconds: float | None = None
     checked_at: float = 0.0
     error: str = ""
+    latency: float | None = None
+    """Seconds the probe's status query took (the server's answer time, network included)."""
+    slow: bool = False
+    """Two probes in a row took longer than the group's ``replica_max_latency_ms``."""
 
     def within(self, group: GroupConfig) -> bool:
-        """True if up and not further behind than the group's ``max_lag``."""
-        if not self.up:
+        """True if up, not slow and not further behind than the group's ``max_lag``."""
+        if not self.up or self.slow:
             return False
         if self.lag_bytes is not None and self.lag_bytes > group.max_lag_bytes:
             return False
@@ -101,12 +105,35 @@ class ReplicaPool:
         """Store a new measurement of one replica."""
         with self._lock:
             previous = self._health.get(health.alias)
+            health = self._judge_latency(previous, health)
             if previous is not None and previous.up != health.up:
                 log.warning("replica %s of group %s is now %s%s", health.alias,
                             self.group.name, "up" if health.up else "down",
                             f" ({health.error})" if health.error else "")
+            if previous is not None and previous.slow != health.slow:
+                log.warning("replica %s of group %s is %s (probe answered in %.0f ms; "
+                            "limit %d ms)", health.alias, self.group.name,
+                            "slow: no reads until it answers in time" if health.slow
+                            else "answering in time again", (health.latency or 0) * 1000,
+                            self.group.replica_max_latency_ms)
             self._health = {**self._health, health.alias: health}
             self._recompute()
+
+    def _judge_latency(self, previous: ReplicaHealth | None,
+                       health: ReplicaHealth) -> ReplicaHealth:
+        """Mark ``health`` slow when it and the previous probe both took too long.
+
+        Two rounds in a row, so that one probe delayed by a busy machine (a GC pause, a
+        loaded CPU) does not take a replica out; a replica behind a slow link is out
+        within two probe rounds and back after one round in time.
+        """
+        limit = self.group.replica_max_latency_ms / 1000
+        if not limit or health.latency is None:
+            return health
+        over = health.latency > limit
+        before = (previous is not None and previous.latency is not None
+                  and previous.latency > limit)
+        return replace(health, slow=over and before) if over and before else health
 
     def mark_down(self, alias: str, reason: str) -> None:
         """Take a replica out of rotation until a probe finds it healthy again."""

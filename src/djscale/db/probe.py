@@ -8,7 +8,9 @@ transactions) and, per refresh of a :class:`~djscale.db.pool.ReplicaPool`:
 2. asks each replica where it is, and turns that into a lag in bytes and seconds with
    :func:`djscale.db.lag.measure` (the one definition of replica lag, which also writes
    the ``djscale_replica_lag_*`` gauges), bounded by the pool's history of primary
-   positions so an idle primary does not look like lag.
+   positions so an idle primary does not look like lag; the time that query took is the
+   replica's latency (a replica slower than ``replica_max_latency_ms`` in two rounds in a
+   row is skipped by the pool: a slow link, an overloaded server).
 
 Every server is measured in its own short-lived daemon thread and waited for at most
 ``ANSWER_SECONDS``: ``statement_timeout`` is enforced by the server, so a *frozen* server
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -117,7 +120,10 @@ class Prober:
         """Measure one replica against the pool's last known primary position."""
         now = pool._clock()
         try:
-            position = lag.read_replica(self._connect(alias).cursor())
+            conn = self._connect(alias)
+            asked = time.monotonic()  # the answer time of a query, not of connecting
+            position = lag.read_replica(conn.cursor())
+            latency = time.monotonic() - asked
         except psycopg.Error as exc:
             self._drop(alias)
             return ReplicaHealth(alias, up=False, checked_at=now,
@@ -132,7 +138,7 @@ class Prober:
         deadline.answered(alias)
         return ReplicaHealth(alias, up=True, replay_lsn=position.replay_lsn,
                              lag_bytes=measured.lag_bytes, lag_seconds=measured.lag_seconds,
-                             checked_at=now)
+                             checked_at=now, latency=latency)
 
     def refresh(self, pool: ReplicaPool) -> None:
         """Measure the group's primary, then every replica, and store the results."""
