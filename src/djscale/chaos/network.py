@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from djscale.chaos import nfqdelay
 from djscale.cluster.supervisor import in_netns, pid_alive
 from djscale.errors import ClusterError
 from djscale.topology import HostSpec, Topology
@@ -203,7 +204,9 @@ class Delay:
     def _start_delayer(self) -> None:
         ns = self.host.netns
         self.mechanism = "nfqueue"
-        cmd = [*in_netns(ns), sys.executable, "-m", "djscale.chaos.nfqdelay",
+        # Run as a script: the delayer needs only the standard library, and importing the
+        # djscale.chaos package would add a second of imports before the delay begins.
+        cmd = [*in_netns(ns), sys.executable, "-I", nfqdelay.__file__,
                "--queue", str(QUEUE), "--delay-ms", f"{self.ms:g}",
                "--jitter-ms", f"{self.jitter_ms:g}", "--loss", f"{self.loss:g}"]
         self._delayer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -247,7 +250,7 @@ def _remove_queue_rule(netns: str) -> None:
 
 def _stop_delayer(pid: int, netns: str) -> None:
     try:
-        ours = b"djscale.chaos.nfqdelay" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ours = b"nfqdelay" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         ours = False  # gone already
     if not ours:  # never signal a process that merely reused a stale pid

@@ -122,6 +122,8 @@ class ChaosReport:
     """From the end of the fault to the first read a target replica served again."""
     probe_seconds: float = 1.0
     """The app's replica probe interval the run was judged with (a probe round)."""
+    setup_seconds: float = 0.0
+    """How long putting the fault in place took (a network fault's reads count from then)."""
     slowest_write_ms: float | None = None
     """Slowest write started during the fault (freeze of a primary)."""
     writes_back_seconds: float | None = None
@@ -171,8 +173,9 @@ class ChaosReport:
             stopped = self.target_reads_stopped_seconds
             returned = self.target_reads_back_seconds
             lines.append(f"read set   {', '.join(self.target_replicas)}: last read "
-                         + ("none during the fault" if stopped is None
-                            else f"{stopped:.2f} s into the fault")
+                         + ("none once the fault was in place" if stopped is None
+                            or stopped <= 0 else f"{stopped:.2f} s into the fault")
+                         + f" (in place {self.setup_seconds:.2f} s after it began)"
                          + "; first read after it "
                          + ("never" if returned is None else f"{returned:.2f} s after its end"))
         if self.slowest_write_ms is not None:
@@ -404,12 +407,14 @@ def _network_judge(report: ChaosReport, load: LoadResult, t0: float, t1: float) 
         on_target = [s for s in load.samples if s.method == "GET" and s.tag in targets]
         during = [s.started for s in on_target if t0 <= s.started < t1]
         after = [s.started for s in on_target if s.started >= t1]
-        report.target_reads_stopped_seconds = max(during) - t0 if during else None
+        # From the moment the rules were in place (starting a delayer takes a moment).
+        begun = t0 + report.setup_seconds
+        report.target_reads_stopped_seconds = max(during) - begun if during else None
         report.target_reads_back_seconds = min(after) - t1 if after else None
         rounds = 2 * report.probe_seconds
-        if during and max(during) - t0 > rounds:
-            report.notes.append(f"the replica still served reads {max(during) - t0:.2f} s into "
-                                f"the fault (two probe rounds: {rounds:.1f} s)")
+        if during and max(during) - begun > rounds:
+            report.notes.append(f"the replica still served reads {max(during) - begun:.2f} s "
+                                f"into the fault (two probe rounds: {rounds:.1f} s)")
             ok = False
         if not after:
             report.notes.append("the replica served no read after the fault")
@@ -684,22 +689,27 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
     loader.start()
     time.sleep(opts.fault_after)
     fault_at = heal_at = time.monotonic()
-    healing = False
+    healing = interrupted = False
     try:
         scenario.inject(fault)
+        report.setup_seconds = time.monotonic() - fault_at
         time.sleep(opts.fault_seconds)
         heal_at = time.monotonic()
         healing = True
         scenario.heal(fault)
+    except BaseException:
+        interrupted = True
+        raise
     finally:
         if not healing and fault.freezer is not None:
             fault.freezer.thaw()  # interrupted (Ctrl-C) or failed: never leave it stopped
         if fault.network is not None:
             fault.network.remove()  # idempotent; removes the rules even when interrupted
         healed_at = time.monotonic()
-        # A network fault's replica comes back with the probe's next connection: look long
-        # enough to see it.
-        time.sleep(max(opts.tail_seconds, 8.0) if scenario.network else opts.tail_seconds)
+        if not interrupted:
+            # A network fault's replica comes back with the probe's next connection: look
+            # long enough to see it.
+            time.sleep(max(opts.tail_seconds, 8.0) if scenario.network else opts.tail_seconds)
         stop.set()
         loader.join(opts.max_seconds + 30)
     load = box.get("r") or LoadResult()

@@ -153,9 +153,20 @@ class Prober:
         pool.record_primary(lsn)
         if lsn is not None:
             deadline.answered(primary)  # before replicas may look behind and send reads here
+        self._measure(pool, pool.group.replicas)
+        # A replica that answered too slowly is asked again at once: two slow answers in a
+        # row take it out (ReplicaPool), so a slow link costs one round, not two intervals.
+        limit = pool.group.replica_max_latency_ms / 1000
+        health = pool.health()
+        again = [a for a, h in health.items() if limit and h.up and not h.slow
+                 and h.latency is not None and h.latency > limit]
+        if again:
+            self._measure(pool, again)
+
+    def _measure(self, pool: ReplicaPool, aliases: tuple[str, ...] | list[str]) -> None:
+        """Probe ``aliases`` concurrently and store what each answered (or that it did not)."""
         started = pool._clock()
-        waiting = {self._start(alias, self.replica, alias, pool): alias
-                   for alias in pool.group.replicas}
+        waiting = {self._start(alias, self.replica, alias, pool): alias for alias in aliases}
         try:
             for done in as_completed(waiting, timeout=ANSWER_SECONDS):
                 pool.update(done.result())
