@@ -51,7 +51,6 @@ import math
 import os
 import re
 import urllib.parse
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +59,10 @@ import httpx
 
 from djscale.errors import CircuitOpen, ServiceError, ServiceTimeout
 from djscale.services.breaker import BreakerRegistry
-from djscale.services.client import AsyncServiceClient
+from djscale.services.client import AsyncServiceClient, _transport_args
+from djscale.services.policy import IDEMPOTENCY_KEY, IDEMPOTENT_METHODS
 from djscale.services.ratelimit import RateLimiter
+from djscale.services.upstream import UpstreamClient, UpstreamResponse
 from djscale.topology import CompositionSpec, RouteSpec, ServiceSpec, Topology
 
 __all__ = ["HOP_BY_HOP", "Gateway", "create_app"]
@@ -83,6 +84,10 @@ HOP_BY_HOP = frozenset({
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "x-request-id", "x-forwarded-for",
                               "x-forwarded-proto", "x-forwarded-host", "forwarded"}
 _RESPONSE_DROP = HOP_BY_HOP | {"server", "date", "x-request-id"}
+_REQUEST_DROP_B = frozenset(h.encode() for h in _REQUEST_DROP)
+_RESPONSE_DROP_B = frozenset(h.encode() for h in _RESPONSE_DROP)
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_IDEMPOTENCY_KEY_B = IDEMPOTENCY_KEY.lower().encode()
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$")
 
 
@@ -104,6 +109,9 @@ def _bad_target(scope: Scope) -> str | None:
     raw = raw.split(b"?", 1)[0]
     if not raw.startswith(b"/"):
         return "the request target must be a path (origin-form)"
+    if raw.isascii() and b"%" not in raw and b"/." not in raw and b"\\" not in raw \
+            and b"\x00" not in raw:
+        return None  # the common case: nothing to decode, no dot segment possible
     decoded = urllib.parse.unquote_to_bytes(raw)
     try:
         text = decoded.decode("utf-8")
@@ -151,6 +159,60 @@ def _header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | 
     return None
 
 
+class _Head:
+    """What the gateway needs of a request's headers, read in one pass.
+
+    ASGI servers give header names in lower case. The headers the gateway sets itself
+    for the next hop (and hop-by-hop ones) are left out of :meth:`lines`.
+    """
+
+    __slots__ = ("accept_encoding", "connection", "forwarded_for", "forwarded_host",
+                 "forwarded_proto", "headers", "host", "idempotency_key", "request_id")
+
+    def __init__(self, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+        self.request_id = self.forwarded_for = self.forwarded_proto = None
+        self.forwarded_host = self.host = self.connection = None
+        self.accept_encoding = self.idempotency_key = False
+        for name, value in headers:
+            if name in _REQUEST_DROP_B:
+                if name == b"host":
+                    self.host = value.decode("latin-1")
+                elif name == b"x-request-id":
+                    self.request_id = value.decode("latin-1")
+                elif name == b"x-forwarded-for":
+                    self.forwarded_for = value.decode("latin-1")
+                elif name == b"x-forwarded-proto":
+                    self.forwarded_proto = value.decode("latin-1")
+                elif name == b"x-forwarded-host":
+                    self.forwarded_host = value.decode("latin-1")
+                elif name == b"connection":
+                    self.connection = value
+            elif name == b"accept-encoding":
+                self.accept_encoding = True
+            elif name == _IDEMPOTENCY_KEY_B and value:
+                self.idempotency_key = True
+
+    request_id: str | None
+    forwarded_for: str | None
+    forwarded_proto: str | None
+    forwarded_host: str | None
+    host: str | None
+    connection: bytes | None
+    accept_encoding: bool
+    idempotency_key: bool
+
+    def lines(self, *, drop_authorization: bool = False) -> list[bytes]:
+        """The end-to-end headers as ``name: value\\r\\n`` lines for the next hop."""
+        drop: frozenset[bytes] | set[bytes] = _REQUEST_DROP_B
+        if self.connection is not None:
+            drop = drop | {t.strip().lower() for t in self.connection.split(b",")}
+        if drop_authorization:
+            drop = drop | {b"authorization"}
+        return [b"%s: %s\r\n" % (name, value) for name, value in self.headers
+                if name not in drop]
+
+
 class Gateway:
     """The ASGI gateway; see the module docstring. Build it with :meth:`from_topology`."""
 
@@ -176,6 +238,11 @@ class Gateway:
         self.registry = registry or BreakerRegistry()
         self._clients: dict[str, AsyncServiceClient] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The proxy path's wire (djscale.services.upstream); compositions use the httpx
+        # clients above. Both share the registry's breaker of a service.
+        self.upstreams = {s.name: UpstreamClient(name=s.name, urls=s.urls,
+                                                 **_transport_args(s, self.registry))
+                          for s in services}
 
     @classmethod
     def from_topology(cls, topology: Topology, *, redis_url: str | None = None,
@@ -213,6 +280,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close every pool and the limiter's Redis client."""
+        for upstream in self.upstreams.values():
+            upstream.close()
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
@@ -241,10 +310,10 @@ class Gateway:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
-        incoming_id = _header_value(headers, b"x-request-id")
+        head = _Head(scope["headers"])
+        incoming_id = head.request_id
         request_id = incoming_id if incoming_id and _REQUEST_ID_RE.match(incoming_id) \
-            else uuid.uuid4().hex
+            else os.urandom(16).hex()
         peer = (scope.get("client") or ("unknown", 0))[0]
         reply = _Replier(send, request_id)
         service = ""
@@ -254,7 +323,7 @@ class Gateway:
                 await reply.error(400, "bad_target", problem)
                 return
             if self.limiter is not None:
-                decision = await self.limiter.hit(self._client_id(peer, headers))
+                decision = await self.limiter.hit(self._client_id(peer, head.forwarded_for))
                 if not decision.allowed:
                     await reply.error(429, "rate_limited", "too many requests from this "
                                       "client; slow down", headers=[(
@@ -270,17 +339,20 @@ class Gateway:
                 for comp in self.compositions:
                     params = comp.match(path)
                     if params is not None:
-                        await self._compose(comp, params, scope, headers, peer, reply)
+                        await self._compose(comp, params, scope, scope["headers"], peer,
+                                            reply)
                         return
-            route = next((r for r in self.routes if r.matches(path)), None)
-            if route is None:
+            for route in self.routes:
+                if route.matches(path):
+                    break
+            else:
                 await reply.error(404, "no_route",
                                   f"no route for {path!r}: the gateway forwards only "
                                   "configured path prefixes")
                 return
             service = route.service
             body = await self._read_body(receive)
-            await self._forward(route, scope, headers, peer, body, reply)
+            await self._forward(route, scope, head, peer, body, reply)
         except _BodyTooSlow:
             await reply.error(408, "body_timeout", "the request body did not arrive within "
                               f"{self.body_timeout:g}s", headers=[(b"connection", b"close")])
@@ -298,11 +370,11 @@ class Gateway:
 
     # ------------------------------------------------------------------ pieces
 
-    def _client_id(self, peer: str, headers: Sequence[tuple[bytes, bytes]]) -> str:
-        """The client's address: the peer, or the last untrusted hop of a trusted chain."""
+    def _client_id(self, peer: str, chain: str | None) -> str:
+        """The client's address: the peer, or the last untrusted hop of a trusted chain
+        (``chain``: the request's ``X-Forwarded-For``)."""
         if peer not in self.trusted_proxies:
             return peer
-        chain = _header_value(headers, b"x-forwarded-for")
         hops = [h.strip() for h in chain.split(",") if h.strip()] if chain else []
         for hop in reversed(hops):
             if hop not in self.trusted_proxies:
@@ -357,35 +429,73 @@ class Gateway:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _forward(self, route: _Route, scope: Scope,
-                       headers: Sequence[tuple[bytes, bytes]], peer: str, body: bytes,
-                       reply: _Replier) -> None:
-        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        raw_path = raw_path.split("?", 1)[0]
+    async def _forward(self, route: _Route, scope: Scope, head: _Head, peer: str,
+                       body: bytes, reply: _Replier) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw_path.split(b"?", 1)[0]
         if route.strip_prefix:
-            raw_path = "/" + raw_path[len(route.prefix):].lstrip("/")
-        query = scope.get("query_string", b"").decode("latin-1")
-        client = self.client(route.service)
-        request = client.build(
-            scope["method"], raw_path + (f"?{query}" if query else ""), content=body or None,
-            headers=dict(self._upstream_headers(scope, headers, peer, reply.request_id)),
-            timeout=route.timeout, retries=route.retries)
-        response = await client.send(request, stream=True)
+            raw_path = b"/" + raw_path[len(route.prefix):].lstrip(b"/")
+        query: bytes = scope.get("query_string", b"")
+        upstream = self.upstreams[route.service]
+        base = upstream.next_base()
+        method: str = scope["method"]
+        method_b = method.encode()
+        trusted = peer in self.trusted_proxies
+        chain = head.forwarded_for if trusted else None
+        proto = (head.forwarded_proto if trusted else None) or scope.get("scheme", "http")
+        fhost = (head.forwarded_host if trusted else None) or head.host
+        lines = [method_b, b" ", base.path_prefix.encode(), raw_path,
+                 b"?" + query if query else b"", b" HTTP/1.1\r\nhost: ", base.host_header,
+                 b"\r\nx-forwarded-for: ",
+                 f"{chain}, {peer}".encode("latin-1") if chain else peer.encode("latin-1"),
+                 b"\r\nx-forwarded-proto: ", proto.encode("latin-1"),
+                 b"\r\nx-request-id: ", reply.request_id.encode(), b"\r\n"]
+        if fhost:
+            lines += (b"x-forwarded-host: ", fhost.encode("latin-1"), b"\r\n")
+        if not head.accept_encoding:
+            # The client accepts no coding: the service must not pick one (the gateway
+            # passes bodies on untouched).
+            lines.append(b"accept-encoding: identity\r\n")
+        if base.authorization is not None:
+            lines += (b"authorization: ", base.authorization, b"\r\n")
+            lines += head.lines(drop_authorization=True)
+        else:
+            lines += head.lines()
+        if body or method_b in _BODY_METHODS:
+            lines += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+        lines.append(b"\r\n")
+        idempotent = method in IDEMPOTENT_METHODS or head.idempotency_key
+        response = await upstream.send(base, method, scope["path"], b"".join(lines), body,
+                                       idempotent=idempotent, timeout=route.timeout,
+                                       retries=route.retries)
         try:
-            out = [(k, v) for k, v in response.headers.raw
-                   if k.lower().decode("latin-1") not in _RESPONSE_DROP]
-            named = {t.strip().lower() for t in response.headers.get("connection", "").split(",")}
-            out = [(k, v) for k, v in out if k.lower().decode("latin-1") not in named]
-            await reply.start(response.status_code, out)
-            try:
-                async for chunk in response.aiter_raw():
-                    await reply.body(chunk, more=True)
-            except httpx.HTTPError as exc:
-                # The status is already sent: all we can do is cut the body short.
-                log.warning("upstream %s broke off its answer: %s", route.service, exc)
-            await reply.body(b"", more=False)
+            await self._answer(response, route.service, reply)
         finally:
-            await response.aclose()
+            response.release()
+
+    async def _answer(self, response: UpstreamResponse, service: str,
+                      reply: _Replier) -> None:
+        named: frozenset[bytes] | set[bytes] = _RESPONSE_DROP_B
+        for name, value in response.headers:
+            if name.lower() == b"connection":
+                named = _RESPONSE_DROP_B | {t.strip().lower() for t in value.split(b",")}
+        headers = [(k, v) for k, v in response.headers if k.lower() not in named]
+        headers.append((b"x-request-id", reply.request_id.encode()))
+        send = reply.send
+        reply.started = True
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        whole = response.take_body()
+        if whole is not None:  # the common case: the answer is all here, send it at once
+            await send({"type": "http.response.body", "body": whole})
+            return
+        try:
+            while chunk := await response.chunk():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as exc:
+            # The status is already sent: all we can do is cut the body short.
+            log.warning("upstream %s broke off its answer: %s", service, exc)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _compose(self, comp: _Composition, params: Mapping[str, str], scope: Scope,
                        headers: Sequence[tuple[bytes, bytes]], peer: str,

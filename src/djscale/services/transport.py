@@ -60,46 +60,63 @@ class _Call:
     ``delay`` seconds before the next turn.
     """
 
-    def __init__(self, owner: _Resilience, request: httpx.Request) -> None:
+    def __init__(self, owner: _Resilience, *, method: str, path: str, target: str,
+                 idempotent: bool, budget: float | None = None,
+                 retries: int | None = None) -> None:
         self.owner = owner
-        self.request = request
-        budget = request.extensions.get(TIMEOUT_EXTENSION, owner.timeout)
-        self.budget = float(budget)
+        self.method = method
+        self.path = path
+        self.target = target  # scheme://host:port, for messages
+        self.budget = float(owner.timeout if budget is None else budget)
         self.deadline = owner.clock() + self.budget
-        self.retries = int(request.extensions.get(RETRIES_EXTENSION, owner.retry.retries))
-        self.idempotent = is_idempotent(request.method, request.headers)
+        self.retries = int(owner.retry.retries if retries is None else retries)
+        self.idempotent = idempotent
         self.attempts = 0  # retries made so far
         self.result: httpx.Response | None = None
         self.discard: httpx.Response | None = None
         self.delay = 0.0
 
+    @classmethod
+    def of(cls, owner: _Resilience, request: httpx.Request) -> _Call:
+        """The call of an httpx request (budget and retries from its extensions)."""
+        return cls(owner, method=request.method, path=request.url.path,
+                   target=f"{request.url.scheme}://{request.url.netloc.decode()}",
+                   idempotent=is_idempotent(request.method, request.headers),
+                   budget=request.extensions.get(TIMEOUT_EXTENSION),
+                   retries=request.extensions.get(RETRIES_EXTENSION))
+
     def remaining(self) -> float:
         return self.deadline - self.owner.clock()
 
-    def start_attempt(self) -> None:
-        """Ask the breaker, then give this attempt what is left of the budget."""
+    def start_attempt(self) -> float:
+        """Ask the breaker; return what is left of the budget for this attempt."""
         remaining = self.remaining()
         if remaining <= 0:
             raise self.timeout_error()
         self.owner.breaker.before_call()
-        self.request.extensions = {
-            **self.request.extensions,
-            "timeout": {"connect": min(self.owner.connect_timeout, remaining),
-                        "read": remaining, "write": remaining, "pool": remaining},
-        }
+        return remaining
+
+    def httpx_timeouts(self, remaining: float) -> dict[str, float]:
+        """The ``timeout`` extension of an httpx attempt with ``remaining`` seconds."""
+        return {"connect": min(self.owner.connect_timeout, remaining),
+                "read": remaining, "write": remaining, "pool": remaining}
 
     @contextlib.contextmanager
-    def attempt(self) -> Iterator[None]:
-        """One attempt: ask the breaker and set its timeouts, then judge how sending went.
+    def attempt(self, request: httpx.Request | None = None) -> Iterator[float]:
+        """One attempt: ask the breaker (and set ``request``'s timeouts), then judge how
+        sending went; yields the seconds left of the budget.
 
         A transport error is recorded and, when the call may be retried, swallowed (with
         ``delay`` set); otherwise it is raised as a :class:`ServiceError`. Anything else
         (a cancellation...) leaves the breaker without a verdict and propagates.
         """
-        self.start_attempt()
+        remaining = self.start_attempt()
+        if request is not None:
+            request.extensions = {**request.extensions,
+                                  "timeout": self.httpx_timeouts(remaining)}
         self.result = self.discard = None
         try:
-            yield
+            yield remaining
         except httpx.TransportError as exc:
             self.delay, error = self.on_error(exc)
             if self.delay < 0:
@@ -118,8 +135,8 @@ class _Call:
 
     def timeout_error(self) -> ServiceTimeout:
         return ServiceTimeout(
-            f"service {self.owner.service!r} did not answer {self.request.method} "
-            f"{self.request.url.path} within {self.budget:g}s "
+            f"service {self.owner.service!r} did not answer {self.method} "
+            f"{self.path} within {self.budget:g}s "
             f"({self.attempts + 1} attempt(s)); it may be overloaded or down",
             service=self.owner.service)
 
@@ -132,8 +149,7 @@ class _Call:
             error = self.timeout_error()
         else:
             error = ServiceUnavailable(
-                f"cannot reach service {self.owner.service!r} at "
-                f"{self.request.url.scheme}://{self.request.url.netloc.decode()}: "
+                f"cannot reach service {self.owner.service!r} at {self.target}: "
                 f"{type(exc).__name__}: {exc or 'no details'}", service=self.owner.service)
         may_retry = self.idempotent or isinstance(exc, _NOT_SENT)
         return (self._delay() if may_retry else -1.0), error
@@ -189,9 +205,9 @@ class ResilientTransport(_Resilience, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` within the budget, retrying what may be retried."""
-        call = _Call(self, request)
+        call = _Call.of(self, request)
         while True:
-            with call.attempt():
+            with call.attempt(request):
                 call.answered(self.inner.handle_request(request))
             if call.result is not None:
                 return call.result
@@ -225,9 +241,9 @@ class AsyncResilientTransport(_Resilience, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` within the budget, retrying what may be retried."""
-        call = _Call(self, request)
+        call = _Call.of(self, request)
         while True:
-            with call.attempt():
+            with call.attempt(request):
                 call.answered(await self.inner.handle_async_request(request))
             if call.result is not None:
                 return call.result
