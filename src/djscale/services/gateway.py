@@ -24,7 +24,9 @@ What it guarantees:
   retries of idempotent requests, circuit breaker); a route may override the budget and
   the retries.
 - **Rate limit per client** (``gateway.rate_limit`` requests per ``rate_window``) in
-  Redis, shared by every gateway process (:mod:`djscale.services.ratelimit`).
+  Redis, shared by every gateway process, with tokens leased in batches so that most
+  requests need no Redis round trip (:mod:`djscale.services.leased_ratelimit`: never more
+  than the limit in any window).
 - **Bad targets stop here.** A path with ``.`` or ``..`` segments (also percent-encoded),
   a NUL byte, bytes that are not UTF-8, or a target that is not a path (absolute-form)
   answers 400 before any rate limit, route or upstream is involved.
@@ -60,6 +62,7 @@ import httpx
 from djscale.errors import CircuitOpen, ServiceError, ServiceTimeout
 from djscale.services.breaker import BreakerRegistry
 from djscale.services.client import AsyncServiceClient, _transport_args
+from djscale.services.leased_ratelimit import LeasedRateLimiter
 from djscale.services.policy import IDEMPOTENCY_KEY, IDEMPOTENT_METHODS
 from djscale.services.ratelimit import RateLimiter
 from djscale.services.upstream import UpstreamClient, UpstreamResponse
@@ -253,7 +256,7 @@ class Gateway:
         if spec.rate_limit:
             if not redis_url:
                 raise ValueError("gateway.rate_limit needs a Redis URL (redis_url=...)")
-            limiter = RateLimiter.from_url(redis_url, limit=spec.rate_limit,
+            limiter = LeasedRateLimiter.from_url(redis_url, limit=spec.rate_limit,
                                            window=spec.rate_window,
                                            prefix=f"{topology.project.name}:gw:rl:")
         return cls(services=topology.services, routes=spec.routes,

@@ -88,7 +88,14 @@ class Decision:
 
 
 class RateLimiter:
-    """``limit`` requests per client per ``window`` seconds, shared through Redis."""
+    """``limit`` requests per client per ``window`` seconds, shared through Redis.
+
+    One Redis round trip per request; :class:`~djscale.services.leased_ratelimit.LeasedRateLimiter`
+    (what the gateway uses) takes tokens in batches instead.
+    """
+
+    SCRIPT = SLIDING_WINDOW
+    """The Lua script :meth:`hit` runs (subclasses run their own through :meth:`_run`)."""
 
     def __init__(self, client: Any, *, limit: int, window: float = 1.0,
                  prefix: str = "djscale:ratelimit:", fail_open: bool = True,
@@ -103,7 +110,7 @@ class RateLimiter:
         self.retry_for = retry_for
         self._down_since: float | None = None
         self._old_clients: list[Any] = []
-        self._script: Any = client.register_script(SLIDING_WINDOW)
+        self._script: Any = client.register_script(self.SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> RateLimiter:
@@ -126,12 +133,20 @@ class RateLimiter:
 
     async def hit(self, client_id: str) -> Decision:
         """Count one request of ``client_id``; say whether it is admitted."""
+        answer = await self._run(keys=[self.key(client_id)],
+                                 args=[self.limit, self.window_ms, uuid.uuid4().hex])
+        if isinstance(answer, Decision):
+            return answer
+        allowed, remaining, retry_ms = answer
+        return Decision(bool(allowed), int(remaining), int(retry_ms) / 1000)
+
+    async def _run(self, *, keys: list[str], args: list[Any]) -> Any:
+        """The script's answer, or the fail-open/closed Decision once Redis is out of
+        reach for longer than ``retry_for`` (or answers with an error)."""
         pause = 0.05
         while True:
             try:
-                allowed, remaining, retry_ms = await self._script(
-                    keys=[self.key(client_id)],
-                    args=[self.limit, self.window_ms, uuid.uuid4().hex])
+                answer = await self._script(keys=keys, args=args)
                 break
             except MovedError as exc:
                 if not isinstance(self.redis, RedisCluster):
@@ -153,7 +168,7 @@ class RateLimiter:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
         self._down_since = None
-        return Decision(bool(allowed), int(remaining), int(retry_ms) / 1000)
+        return answer
 
     def _give_up(self, exc: Exception) -> bool:
         """Note a failed call; True once this outage has outlasted ``retry_for``."""
@@ -175,7 +190,7 @@ class RateLimiter:
         old = self.redis
         self.redis = _cluster_client([f"redis://{kwargs.get('host')}:{kwargs.get('port')}",
                                       f"redis://{exc.host}:{exc.port}"])
-        self._script = self.redis.register_script(SLIDING_WINDOW)
+        self._script = self.redis.register_script(self.SCRIPT)
         self._old_clients.append(old)
 
     async def aclose(self) -> None:
