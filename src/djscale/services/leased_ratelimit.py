@@ -49,7 +49,10 @@ from typing import Any
 
 from djscale.services.ratelimit import Decision, RateLimiter
 
-__all__ = ["LeasedRateLimiter"]
+__all__ = ["BUCKETS", "LeasedRateLimiter"]
+
+BUCKETS = 20
+"""Time buckets per window, by default: the conservative extra bucket costs 1/20 = 5%."""
 
 LEASE = """
 local t = redis.call('TIME')
@@ -103,16 +106,21 @@ class LeasedRateLimiter(RateLimiter):
 
     SCRIPT = LEASE
 
-    def __init__(self, client: Any, *, limit: int, window: float = 1.0, buckets: int = 20,
+    def __init__(self, client: Any, *, limit: int, window: float = 1.0, buckets: int = BUCKETS,
                  max_batch: int | None = None, **kwargs: Any) -> None:
         super().__init__(client, limit=limit, window=window, **kwargs)
         if buckets < 1 or (max_batch is not None and max_batch < 1):
             raise ValueError("LeasedRateLimiter needs buckets >= 1 and max_batch >= 1")
         self.buckets = buckets
         self.width_ms = math.ceil(self.window_ms / buckets)
-        self.max_batch = max_batch or max(1, limit // (4 * (buckets + 1)))
+        self.max_batch = max_batch or self.batch_cap(limit, buckets)
         self._leases: dict[str, _Lease] = {}
         self._next_prune = 0.0
+
+    @staticmethod
+    def batch_cap(limit: int, buckets: int = BUCKETS) -> int:
+        """The default ``max_batch``: a quarter of one bucket's share of ``limit``."""
+        return max(1, limit // (4 * (buckets + 1)))
 
     async def hit(self, client_id: str) -> Decision:
         """Count one request of ``client_id``; say whether it is admitted."""
