@@ -20,4 +20,5 @@ class DjscaleConfig(AppConfig):
         from djscale import queries, settings_checks, storage  # noqa: F401
 
         # replicas: checks, write detection, Celery; E300/E301: what needs PostgreSQL
-        from djscale.db import checks, engines, signals  # noqa: F401
+        # migrations: W310-W318 on the unapplied migrations (with `migrate`, `--database`)
+        from djscale.db import checks, engines, migrate, signals  # noqa: F401

@@ -63,6 +63,7 @@ __all__ = [
     "HealthSettings",
     "HttpSettings",
     "MetricsSettings",
+    "MigrationsSettings",
     "Mode",
     "Problem",
     "QueriesSettings",
@@ -352,6 +353,28 @@ class EventsSettings:
 
 
 @dataclass(frozen=True)
+class MigrationsSettings:
+    """Applying migrations without locking out traffic (docs/migrations.md)."""
+
+    lock_timeout_ms: int = setting(2000, "PostgreSQL lock_timeout of each migration "
+                                   "statement: a lock not granted by then fails the attempt "
+                                   "instead of queueing every query of the table behind it. "
+                                   "0: wait forever.", minimum=0)
+    attempts: int = setting(5, "Attempts of a migration that failed on lock_timeout "
+                            "before migrate gives up.", minimum=1)
+    retry_backoff: float = setting(1.0, "Seconds before the second attempt; doubled for "
+                                   "each next one (with jitter).", minimum=0)
+    retry_backoff_max: float = setting(30.0, "Cap of that back-off, seconds.", minimum=0)
+    guard: bool = setting(True, "migrate refuses unapplied migrations with lock hazards "
+                          "(djscale.W310-W318) unless --allow-unsafe or the migration's "
+                          "djscale_allow_unsafe says otherwise.")
+    backfill_batch_size: int = setting(1000, "Rows per transaction of djscale.db.backfill.",
+                                       minimum=1)
+    backfill_pause: float = setting(0.0, "Seconds djscale.db.backfill sleeps between "
+                                    "batches (throttling).", minimum=0)
+
+
+@dataclass(frozen=True)
 class BreakerSettings:
     """A service client's circuit breaker."""
 
@@ -422,6 +445,8 @@ class DjscaleSettings:
     http: HttpSettings = setting(doc="HTTP", factory=HttpSettings, flat=True)
     queries: QueriesSettings = setting(doc="", factory=QueriesSettings, key="QUERIES")
     events: EventsSettings = setting(doc="", factory=EventsSettings, key="EVENTS")
+    migrations: MigrationsSettings = setting(doc="", factory=MigrationsSettings,
+                                             key="MIGRATIONS")
     services: Mapping[str, ServiceSettings] = setting(doc="Services",
                                                       factory=dict, key="SERVICES",
                                                       topology=True)

@@ -35,9 +35,7 @@ def _state() -> ProjectState:
 
 def _migration(*operations: Any, atomic: bool = True, **attrs: Any) -> Migration:
     migration = Migration("0002_change", "shop")
-    migration.operations = list(operations)
-    migration.atomic = atomic
-    for key, value in attrs.items():
+    for key, value in {"operations": list(operations), "atomic": atomic, **attrs}.items():
         setattr(migration, key, value)
     return migration
 

@@ -282,7 +282,8 @@ class _Walker:
             self.rename_table(op, label, before, after)
         elif isinstance(op, ops.RemoveField):
             table = self._table(before, op.model_name)
-            column = self._model(before, op.model_name)._meta.get_field(op.name).column
+            column = getattr(self._model(before, op.model_name)._meta.get_field(op.name),
+                             "column", None)
             if column and not self._is_new(table) and self.running.uses_column(table, column):
                 self.flag("djscale.W316", label, f"drops column {table}.{column} that the "
                           "running code still reads and writes")
@@ -336,7 +337,7 @@ class _Walker:
         elif not f.null and not f.has_default():
             self.flag("djscale.W311", label, f"adds {where} NOT NULL without a default: it "
                       "fails on a table with rows")
-        if f.unique or (f.db_index and not f.primary_key):
+        if f.unique or (getattr(f, "db_index", False) and not f.primary_key):
             self.flag("djscale.W310", label, f"builds an index on {where} without "
                       "CONCURRENTLY: writes wait until it is built")
         if f.remote_field is not None and getattr(f, "db_constraint", False):
@@ -354,7 +355,8 @@ class _Walker:
         if not isinstance(old, models.Field) or not isinstance(new, models.Field):
             return
         where = f"{table}.{old.column}"
-        if old.column != new.column and self.running.uses_column(table, old.column):
+        if old.column and old.column != new.column and self.running.uses_column(table,
+                                                                                  old.column):
             self.flag("djscale.W315", label, f"renames column {where} to {new.column}: the "
                       "running code still uses the old name")
         old_type, new_type = old.db_type(self.connection), new.db_type(self.connection)
@@ -364,14 +366,18 @@ class _Walker:
         if old.null and not new.null:
             self.flag("djscale.W312", label, f"sets {where} NOT NULL: a full scan under "
                       "ACCESS EXCLUSIVE")
+        old_index, new_index_flag = getattr(old, "db_index", False), getattr(new, "db_index",
+                                                                             False)
         new_index = (new.unique and not old.unique) or (
-            new.db_index and not old.db_index and not new.unique)
+            new_index_flag and not old_index and not new.unique)
         if new_index and not new.primary_key:
             self.flag("djscale.W310", label, f"builds an index on {where} without "
                       "CONCURRENTLY: writes wait until it is built")
         old_fk = old.remote_field is not None and getattr(old, "db_constraint", False)
         new_fk = new.remote_field is not None and getattr(new, "db_constraint", False)
-        if new_fk and (not old_fk or old.remote_field.model != new.remote_field.model):
+        old_target = old.remote_field.model if old.remote_field is not None else None
+        new_target = new.remote_field.model if new.remote_field is not None else None
+        if new_fk and (not old_fk or old_target != new_target):
             self.flag("djscale.W314", label, f"adds foreign key {where} and validates it at "
                       "once: locks both tables")
 
@@ -563,7 +569,9 @@ def _unquote(name: str) -> str:
 
 def _split_actions(actions: str) -> list[str]:
     """The comma-separated actions of one ALTER TABLE, commas in parentheses kept."""
-    out, depth, current = [], 0, []
+    out: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in actions:
         if ch == "(":
             depth += 1

@@ -1,4 +1,9 @@
-"""``manage.py migrate_shards``: apply migrations on every shard, report each shard."""
+"""``manage.py migrate_shards``: apply migrations on every shard, report each shard.
+
+Each shard is migrated by djscale's ``migrate`` (lock-hazard guard, ``lock_timeout``,
+retries); a shard that fails is reported with what it applied, and running the command
+again continues where each shard stopped.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,12 @@ class Command(BaseCommand):
         """``--shard ALIAS`` (repeatable) limits the run to some shards."""
         parser.add_argument("--shard", action="append", dest="shards", default=None,
                             help="only this shard alias (repeatable)")
+        parser.add_argument("--allow-unsafe", action="store_true",
+                            help="apply migrations djscale flags as locking busy tables")
+        parser.add_argument("--lock-timeout", type=int, default=None, metavar="MS",
+                            help="PostgreSQL lock_timeout of each statement (0: none)")
+        parser.add_argument("--attempts", type=int, default=None, metavar="N",
+                            help="attempts after lock timeouts before a shard gives up")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Migrate, print one line per shard, and fail if any shard failed."""
@@ -33,7 +44,9 @@ class Command(BaseCommand):
             if unknown:
                 raise CommandError(f"{unknown[0]!r} is not a shard: expected one of "
                                    f"{', '.join(cfg.aliases)}")
-            results = migrate_shards(aliases=wanted)
+            results = migrate_shards(aliases=wanted, allow_unsafe=options["allow_unsafe"],
+                                     lock_timeout=options["lock_timeout"],
+                                     attempts=options["attempts"])
         except DjscaleError as exc:
             raise CommandError(str(exc)) from None
         for result in results:
@@ -41,7 +54,8 @@ class Command(BaseCommand):
             self.stdout.write(style(result.describe()))
         failed = [r.alias for r in results if not r.ok]
         if failed:
-            raise CommandError(f"migrations failed on {', '.join(failed)}")
+            raise CommandError(f"migrations failed on {', '.join(failed)}: run migrate_shards "
+                               "again to continue where each shard stopped")
         try:
             snap = shardmap.current()
         except DjscaleError as exc:
