@@ -89,8 +89,9 @@ def backfill(model: type[models.Model], values: Mapping[str, Any], *,
     ``where`` (a ``Q`` or a boolean expression) limits the rows within each batch;
     ``using`` is the database (default: the router's for writes of ``model``); ``name``
     keys the saved position (default: the model and the columns). ``batch_size``,
-    ``pause`` and ``lock_timeout_ms`` default to ``DJSCALE["MIGRATIONS"]``; ``max_batches`` stops early (the rest on the next run).
-    ``progress`` is called after each batch.
+    ``pause`` and ``lock_timeout_ms`` default to ``DJSCALE["MIGRATIONS"]``;
+    ``max_batches`` stops early (the rest on the next run); ``progress`` is called after
+    each batch.
     """
     cfg = conf.get().migrations
     alias = using or router.db_for_write(model) or "default"
