@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TextIO
 
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connections
@@ -61,10 +62,12 @@ def _applied(alias: str, names: tuple[str, ...]) -> tuple[str, ...]:
 
 def migrate_shards(*, aliases: tuple[str, ...] | None = None, allow_unsafe: bool = False,
                    lock_timeout: int | None = None,
-                   attempts: int | None = None) -> list[ShardMigration]:
+                   attempts: int | None = None,
+                   stderr: TextIO | None = None) -> list[ShardMigration]:
     """Apply pending migrations on each shard (all by default); one result per shard.
 
-    ``allow_unsafe``, ``lock_timeout`` (ms) and ``attempts`` are ``migrate``'s options.
+    ``allow_unsafe``, ``lock_timeout`` (ms) and ``attempts`` are ``migrate``'s options;
+    ``stderr`` receives its notes (retries after lock timeouts).
     """
     results = []
     for alias in aliases or get_config().aliases:
@@ -76,11 +79,12 @@ def migrate_shards(*, aliases: tuple[str, ...] | None = None, allow_unsafe: bool
             names = tuple(f"{m.app_label}.{m.name}" for m, backwards in plan if not backwards)
             if plan:
                 call_command("migrate", database=alias, interactive=False, verbosity=0,
-                             stdout=io.StringIO(), stderr=io.StringIO(),
+                             stdout=io.StringIO(), stderr=stderr or io.StringIO(),
                              allow_unsafe=allow_unsafe, lock_timeout=lock_timeout,
                              attempts=attempts)
             results.append(ShardMigration(alias, names))
         except (DatabaseError, DjscaleError, CommandError) as exc:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            error = error.removeprefix(f"{alias}: ")
             results.append(ShardMigration(alias, _applied(alias, names), error=error))
     return results

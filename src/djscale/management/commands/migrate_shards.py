@@ -46,7 +46,7 @@ class Command(BaseCommand):
                                    f"{', '.join(cfg.aliases)}")
             results = migrate_shards(aliases=wanted, allow_unsafe=options["allow_unsafe"],
                                      lock_timeout=options["lock_timeout"],
-                                     attempts=options["attempts"])
+                                     attempts=options["attempts"], stderr=self.stderr)
         except DjscaleError as exc:
             raise CommandError(str(exc)) from None
         for result in results:
