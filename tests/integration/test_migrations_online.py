@@ -104,10 +104,18 @@ def test_safe_rewrites_apply_under_load_with_no_failed_request_and_short_lock_wa
 def test_a_shard_that_cannot_get_its_lock_fails_alone_and_a_rerun_continues(
         online: LocalCluster) -> None:
     # shard2 has a writer in an open transaction: ADD COLUMN cannot get its lock.
+    offsets = scenario.log_offsets(online)
     with writer_in_transaction(online, "shard2"):
+        sampler = scenario.LockSampler(online).start()
         first = scenario.manage(online, "migrate_shards", "--lock-timeout", "200",
                                 "--attempts", "2", env=RETRY)
+        sampled = sampler.stop()
     assert first.returncode == 1
+    # Both kinds of evidence the load test relies on see this wait, and it ended at
+    # lock_timeout: log_lock_waits logged it at 100 ms, pg_locks showed it.
+    logged = scenario.logged_lock_waits(online, offsets)
+    assert logged["shard2"] and all(100 <= ms < 200 for ms in logged["shard2"]), logged
+    assert 0 < sampled["shard2"] < 1000, sampled
     assert re.search(r"shard1: applied \d+ migrations .*onlineapp\.0002_item_flag, "
                      r"onlineapp\.0003_item_flag_index", first.stdout), first.stdout
     assert "shard2: FAILED: gave up after 2 attempt(s), each failing to get a lock " \

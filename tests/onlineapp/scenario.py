@@ -71,7 +71,7 @@ def manage(cluster: LocalCluster, *args: str, env: dict[str, str] | None = None,
 def boot(factory: ClusterFactory, name: str = "online") -> LocalCluster:
     """PostgreSQL up, main database migrated, ``onlineapp`` at 0001 on both shards."""
     cluster = factory(topology(name), parts=("postgres",), name=name)
-    steps = [("migrate", "--database", "default", "-v", "0")]
+    steps: list[tuple[str, ...]] = [("migrate", "--database", "default", "-v", "0")]
     for alias in SHARDS:  # release N: everything, and onlineapp up to 0001
         steps += [("migrate", "auth", "--database", alias, "-v", "0"),
                   ("migrate", "onlineapp", "0001", "--database", alias, "-v", "0")]

@@ -163,10 +163,8 @@ def backfill(model: type[models.Model], values: Mapping[str, Any], *,
 def backfill_shards(model: type[models.Model], values: Mapping[str, Any],
                     **options: Any) -> list[BackfillResult]:
     """:func:`backfill` on every shard database in turn (a sharded model); one result each."""
-    from djscale.sharding.config import get_config
-
     return [backfill(model, values, using=alias, **options)
-            for alias in get_config().aliases]
+            for alias in conf.get().sharding.aliases]
 
 
 def operation(model_label: str, values: Mapping[str, Any], *,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import TextIO
 
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connections
@@ -63,7 +62,7 @@ def _applied(alias: str, names: tuple[str, ...]) -> tuple[str, ...]:
 def migrate_shards(*, aliases: tuple[str, ...] | None = None, allow_unsafe: bool = False,
                    lock_timeout: int | None = None,
                    attempts: int | None = None,
-                   stderr: TextIO | None = None) -> list[ShardMigration]:
+                   stderr: io.TextIOBase | None = None) -> list[ShardMigration]:
     """Apply pending migrations on each shard (all by default); one result per shard.
 
     ``allow_unsafe``, ``lock_timeout`` (ms) and ``attempts`` are ``migrate``'s options;
