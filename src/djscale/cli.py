@@ -27,6 +27,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from djscale.errors import ConfigurationError, DjscaleError
 
@@ -74,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     chaos = sub.add_parser("chaos", help="break one component of a running cluster under load")
     chaos.add_argument("scenario", help="kill-app-server, kill-replica, pause-replication, "
                                         "stop-redis, restart-primary, stop-broker, kill-worker, "
-                                        "freeze, partition, delay")
+                                        "freeze, partition, delay, kill-primary, "
+                                        "kill-primary-node, switchover")
     chaos.add_argument("target", nargs="?", default="",
                        help="the service a targeted scenario acts on (freeze SERVICE, e.g. "
                             "pg-default-replica1; see `djscale cluster status`), or the first "
@@ -88,7 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--write-path", default="", help="POST path of the load (optional)")
     chaos.add_argument("--count-sql", default="",
                        help="SQL counting the rows the writes add (for reconciliation)")
-    chaos.add_argument("--requests", type=int, default=20000, help="upper bound of requests")
+    chaos.add_argument("--requests", type=int, default=0,
+                       help="upper bound of requests (default 20000; failover scenarios: "
+                            "until healed)")
+    chaos.add_argument("--repeat", type=int, default=1,
+                       help="run the scenario this many times in a row (e.g. 20 failovers)")
     chaos.add_argument("--fault-seconds", "--seconds", type=float, default=3.0,
                        help="how long the fault lasts (default 3)")
     chaos.add_argument("--fault-after", type=float, default=1.5,
@@ -262,6 +268,7 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
 
     from djscale.chaos import ChaosOptions, run_scenario
     from djscale.chaos.network import terminate_as_interrupt
+    from djscale.chaos.scenarios import FAILOVER
     from djscale.cluster import LocalCluster
     from djscale.errors import ClusterError
 
@@ -271,20 +278,51 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
                            "start it with `djscale cluster up` first")
     if args.write_every < 1:
         raise ClusterError("--write-every must be 1 or more")
+    if args.repeat < 1:
+        raise ClusterError("--repeat must be 1 or more")
+    failover = args.scenario in FAILOVER
+    # A failover lasts as long as Patroni takes (ttl): the load runs until it is healed.
+    bound = max(60.0, args.fault_after + args.fault_seconds + 30) + (
+        cluster.topology.postgres.ha_ttl + 150 if failover else 0)
     options = ChaosOptions(read_path=args.read_path, write_path=args.write_path,
-                           count_sql=args.count_sql, requests=args.requests,
+                           count_sql=args.count_sql,
+                           requests=args.requests or (10**7 if failover else 20000),
                            fault_seconds=args.fault_seconds, write_every=args.write_every,
                            event_topic=args.event_topic, event_consumer=args.event_consumer,
                            effect_sql=args.effect_sql, drain_seconds=args.drain_seconds,
                            target=args.target, target_args=tuple(args.more),
                            probe_seconds=args.probe_seconds, fault_after=args.fault_after,
-                           max_seconds=max(60.0, args.fault_after + args.fault_seconds + 30))
+                           max_seconds=bound)
     if args.more and args.scenario not in ("partition", "delay"):
         raise ClusterError(f"unexpected arguments for {args.scenario}: {' '.join(args.more)}")
-    with terminate_as_interrupt():  # SIGTERM, like Ctrl-C, undoes the fault before exiting
-        report = run_scenario(cluster, args.scenario, options)
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
-    return 0 if report.passed else 1
+    reports = []
+    for run in range(1, args.repeat + 1):
+        with terminate_as_interrupt():  # SIGTERM, like Ctrl-C, undoes the fault before exiting
+            report = run_scenario(cluster, args.scenario, options)
+        reports.append(report)
+        if args.repeat > 1 and not args.json:
+            print(f"--- run {run} of {args.repeat}")
+        print(json.dumps(report.as_dict(), indent=2) if args.json else report.text(),
+              flush=True)
+    if args.repeat > 1 and not args.json:
+        print(_repeat_summary(reports))
+    return 0 if all(r.passed for r in reports) else 1
+
+
+def _repeat_summary(reports: list[Any]) -> str:
+    """One line over repeated runs of a scenario: passes, losses, slowest recovery."""
+    firsts = [r.first_write_seconds for r in reports if r.first_write_seconds is not None]
+    lost = sum(r.lost or 0 for r in reports)
+    acked = sum(r.writes_ok for r in reports)
+    rows = sum(r.rows_added or 0 for r in reports)
+    leaders = len({r.leader_after for r in reports if r.leader_after})
+    return (f"summary    {sum(r.passed for r in reports)} of {len(reports)} runs passed; "
+            f"{sum(r.requests for r in reports)} requests, failed reads "
+            f"{sum(r.reads_failed for r in reports)}, failed writes "
+            f"{sum(r.writes_failed for r in reports)}; {acked} writes acknowledged, "
+            f"{rows} rows added, lost {lost}; first write after the fault "
+            f"{min(firsts, default=0):.2f}-{max(firsts, default=0):.2f} s; "
+            f"{leaders} distinct new leaders")
 
 
 def _deploy(args: argparse.Namespace) -> int:

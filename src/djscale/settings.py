@@ -218,6 +218,40 @@ def database_settings(group: DatabaseGroup, host: str, port: int, *,
     return entry
 
 
+def _patroni_databases(group: DatabaseGroup, addr: _Addresses, *, key: str,
+                       base_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """The ``DATABASES`` entries of a group whose primary Patroni elects (``ha``).
+
+    Any node may lead, so every alias lists every node (libpq multi-host ``HOST``/``PORT``)
+    and lets libpq pick by role at connect time: the primary alias with
+    ``target_session_attrs=read-write`` (the leader, whichever node it is now; during an
+    election no node qualifies and the connect fails at once, a 503), replica ``i`` with
+    ``prefer-standby`` over the list rotated to start at node ``i + 1``, so replicas
+    spread over the standbys and a read still succeeds on the leader when no standby runs.
+    """
+    nodes = [addr.get(f"pg-{group.name}", group.host, group.port, f"{key}.port")]
+    for i, alias in enumerate(group.replica_aliases):
+        configured = group.replica_ports[i] if i < len(group.replica_ports) else AUTO
+        nodes.append(addr.get(f"pg-{alias.replace('_', '-')}", group.replica_host(i),
+                              configured, f"{key}.replica_ports[{i}]"))
+
+    def entry(order: list[tuple[str, int]], attrs: str,
+              replica_of: str | None = None) -> dict[str, Any]:
+        found = database_settings(group, order[0][0], order[0][1], key=key,
+                                  base_dir=base_dir, replica_of=replica_of)
+        found["HOST"] = ",".join(h for h, _ in order)
+        found["PORT"] = ",".join(str(p) for _, p in order)
+        found["OPTIONS"].setdefault("target_session_attrs", attrs)
+        return found
+
+    databases = {group.name: entry(nodes, "read-write")}
+    for i, alias in enumerate(group.replica_aliases):
+        start = (i + 1) % len(nodes)
+        databases[alias] = entry(nodes[start:] + nodes[:start], "prefer-standby",
+                                 replica_of=group.name)
+    return databases
+
+
 def _state(state_dir: str | Path | None, topo: Topology) -> LocalState | None:
     """The local cluster's state: ``state_dir``, the default, or beside the topology."""
     if state_dir is not None:
@@ -288,11 +322,13 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
             databases[group.name] = database_settings(group, host, port, key=key,
                                                       pgbouncer=topo.pgbouncer,
                                                       base_dir=base_dir)
+        elif group.ha == "patroni":
+            databases.update(_patroni_databases(group, addr, key=key, base_dir=base_dir))
         else:
             host, port = addr.get(f"pg-{group.name}", group.host, group.port, f"{key}.port")
             databases[group.name] = database_settings(group, host, port, key=key,
                                                       base_dir=base_dir)
-        for i, alias in enumerate(group.replica_aliases):
+        for i, alias in enumerate(group.replica_aliases if group.ha != "patroni" else ()):
             configured = group.replica_ports[i] if i < len(group.replica_ports) else AUTO
             rhost, rport = addr.get(f"pg-{alias.replace('_', '-')}", group.replica_host(i),
                                     configured, f"{key}.replica_ports[{i}]")

@@ -125,6 +125,8 @@ LB_KINDS = ("nginx", "haproxy")
 LB_METHODS = ("round_robin", "least_conn", "ip_hash")
 REDIS_MODES = ("single", "cluster")
 REPLICA_POLICIES = ("random", "weighted", "least_lag")
+HA_MODES = ("none", "patroni")
+"""Values of ``[postgres] ha``: no failover manager, or Patroni + etcd."""
 SHARDING_MODES = ("hash", "modulo")
 MAX_LOGICAL_SHARDS = 8192  # 13 bits of the 64-bit id
 DEFAULT_SHARD_EPOCH_MS = 1735689600000  # 2025-01-01T00:00:00Z
@@ -212,6 +214,18 @@ class DatabaseGroup:
     """Other libpq connection parameters (``application_name``, ``keepalives``, ...)."""
     enabled: bool = True
     """False (main group only): djscale leaves the project's own DATABASES alone."""
+    ha: str = "none"
+    """``"patroni"``: Patroni + etcd elect the primary and fail over (docs/ha.md)."""
+    synchronous: bool = False
+    """With ``ha``: Patroni's strict synchronous mode (no acknowledged commit lost)."""
+    ha_ttl: int = 20
+    """Patroni ``ttl``: seconds the leader key lives without renewal (failover bound)."""
+    ha_loop_wait: int = 1
+    """Patroni ``loop_wait``: seconds between two runs of its HA loop."""
+    ha_retry_timeout: int = 5
+    """Patroni ``retry_timeout``: seconds the DCS and PostgreSQL operations are retried."""
+    maximum_lag_on_failover: int = 1024 * 1024
+    """Patroni: a replica further behind (WAL bytes) is never promoted (asynchronous)."""
 
     @property
     def replica_aliases(self) -> tuple[str, ...]:
@@ -779,6 +793,8 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         "sslkey", "options", "query_deadline_ms", "replica_query_deadline_ms",
         "replica_max_latency_ms",
         "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout_ms",
+        "ha", "synchronous", "ha_ttl", "ha_loop_wait", "ha_retry_timeout",
+        "maximum_lag_on_failover",
         *(("enabled",) if defaults is None else ("name",)),
     ))
     if defaults is not None:
@@ -820,7 +836,23 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         sslkey=s.get_str("sslkey", base.sslkey, what="a file path"),
         options=_libpq_options(s, base.options),
         enabled=s.get_bool("enabled", True) if defaults is None else True,
+        ha=s.get_str("ha", base.ha, choices=HA_MODES),
+        synchronous=s.get_bool("synchronous", base.synchronous),
+        ha_ttl=s.get_int("ha_ttl", base.ha_ttl, minimum=20, maximum=3600),
+        ha_loop_wait=s.get_int("ha_loop_wait", base.ha_loop_wait, minimum=1, maximum=600),
+        ha_retry_timeout=s.get_int("ha_retry_timeout", base.ha_retry_timeout, minimum=1,
+                                   maximum=600),
+        maximum_lag_on_failover=s.get_int("maximum_lag_on_failover",
+                                          base.maximum_lag_on_failover),
     )
+    if group.ha_loop_wait + 2 * group.ha_retry_timeout > group.ha_ttl:
+        raise TopologyError(
+            f"{path}.ha_loop_wait + 2 * {path}.ha_retry_timeout = "
+            f"{group.ha_loop_wait + 2 * group.ha_retry_timeout} exceeds {path}.ha_ttl = "
+            f"{group.ha_ttl}: Patroni needs loop_wait + 2 * retry_timeout <= ttl")
+    if group.synchronous and group.ha == "none":
+        raise TopologyError(f"{path}.synchronous = true needs {path}.ha = \"patroni\": "
+                            "synchronous replication is Patroni's synchronous mode")
     if len(group.replica_ports) > group.replicas:
         raise TopologyError(
             f"{path}.replica_ports has {len(group.replica_ports)} entries but {path}.replicas "
@@ -958,6 +990,10 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
     gateway = _gateway(_table(data, "gateway"), {s.name for s in services}, hosts)
 
     pgbouncer = _pgbouncer(_table(data, "pgbouncer"))
+    if pgbouncer.enabled and any(g.ha != "none" for g in (postgres, *shards)):
+        raise TopologyError("pgbouncer.enabled = true with postgres.ha = \"patroni\" is not "
+                            "supported: PgBouncer would keep sending writes to the old primary "
+                            "after a failover; the app connects to the Patroni members itself")
     if pgbouncer.enabled and not postgres.enabled:
         raise TopologyError("pgbouncer.enabled = true needs PostgreSQL but postgres.enabled = "
                             "false: PgBouncer pools PostgreSQL connections")

@@ -85,6 +85,18 @@ MEANINGS: dict[str, str] = {
     "postgres.sslkey": "client key file",
     "postgres.options": "other libpq parameters, e.g. { application_name = \"shop\", "
                         "target_session_attrs = \"read-write\" }",
+    "postgres.ha": "\"patroni\": Patroni + etcd run the group and fail the primary over; "
+                   "the app connects to every member (docs/ha.md)",
+    "postgres.synchronous": "with ha: Patroni synchronous_mode + synchronous_mode_strict "
+                            "(no acknowledged commit lost; needs a standby to commit)",
+    "postgres.ha_ttl": "Patroni ttl: the leader key expires this many seconds after its "
+                       "last renewal (failover takes about this long)",
+    "postgres.ha_loop_wait": "Patroni loop_wait (seconds between HA loop runs)",
+    "postgres.ha_retry_timeout": "Patroni retry_timeout (loop_wait + 2 * retry_timeout <= "
+                                 "ttl)",
+    "postgres.maximum_lag_on_failover": "Patroni: replicas further behind (bytes) are never "
+                                        "promoted; the bound on what an asynchronous "
+                                        "failover can lose",
     "shards[].name": "Django alias of the shard's primary (replicas: <name>_replicaN)",
     "redis.mode": "one Redis, or a Redis Cluster",
     "redis.host": "where Redis (single) or the local cluster's nodes listen",

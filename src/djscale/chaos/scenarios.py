@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from djscale.chaos import primary
 from djscale.chaos.events import (
     EventLedger,
     consumers_mid_task,
@@ -52,7 +53,7 @@ from djscale.chaos.network import (
     remove_leftovers,
     resolve_hosts,
 )
-from djscale.cluster import LocalCluster
+from djscale.cluster import LocalCluster, ha
 from djscale.cluster import postgres as pg
 from djscale.errors import ClusterError
 
@@ -144,6 +145,19 @@ class ChaosReport:
     events_lost_in_broker: int | None = None
     events_redelivered: int | None = None
     """Events the relay sent again because their delivery was not confirmed in time."""
+    ttl_seconds: int = 0
+    """Patroni's ``ttl`` of the group (failover scenarios)."""
+    synchronous: bool = False
+    """The group runs Patroni's strict synchronous mode (failover scenarios)."""
+    timeline_before: int | None = None
+    timeline_after: int | None = None
+    leader_after: str = ""
+    first_write_seconds: float | None = None
+    """From the fault to the first write answered 2xx (failover scenarios)."""
+    rejoined: bool = False
+    """The old leader runs as a replica of the new one again (failover scenarios)."""
+    fault_monotonic: float = 0.0
+    """``time.monotonic()`` when the fault struck (failover scenarios; 0: fault start)."""
     crashed: list[str] = field(default_factory=list)
     events_recovery_seconds: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
@@ -183,6 +197,14 @@ class ChaosReport:
                     else f"{self.writes_back_seconds:.2f} s after the fault ended")
             lines.append(f"writes     slowest during the fault {self.slowest_write_ms:.0f} ms; "
                          f"first success {back}")
+        if self.leader_after:
+            first = ("never" if self.first_write_seconds is None
+                     else f"{self.first_write_seconds:.2f} s")
+            lines.append(f"failover   leader {self.target} (timeline {self.timeline_before}) -> "
+                         f"{self.leader_after} (timeline {self.timeline_after}); first write "
+                         f"{first} after the fault (ttl {self.ttl_seconds} s, "
+                         f"{'synchronous' if self.synchronous else 'asynchronous'}); old "
+                         f"leader {'rejoined' if self.rejoined else 'NOT rejoined'}")
         if self.rows_added is not None:
             lines.append(f"writes     {self.writes_ok} acknowledged, {self.rows_added} rows added: "
                          f"lost {self.lost}, duplicated {self.duplicated}, committed but "
@@ -606,7 +628,28 @@ SCENARIOS: dict[str, _Scenario] = {
         "zero failed requests; a delayed replica stops serving reads within two probe rounds "
         "and serves them again after the fault",
         _delay, _heal_network, True, _network_judge, network=True),
+    "kill-primary": _Scenario(
+        "SIGKILL the postmaster of the Patroni leader (Patroni restarts it or fails over)",
+        "zero failed reads; failed writes are 503s within 1 s; writes succeed again within "
+        "ttl + 5 s without restarting app servers; nothing duplicated (nothing lost with "
+        "synchronous = true)",
+        primary.kill_postgres, primary.heal_postgres, True, primary.judge),
+    "kill-primary-node": _Scenario(
+        "SIGKILL the Patroni leader's Patroni and PostgreSQL (its node is gone) until another "
+        "member leads, then start it again: it rejoins as a replica (pg_rewind)",
+        "zero failed reads; failed writes are 503s within 1 s; writes succeed again within "
+        "ttl + 5 s without restarting app servers; the old leader rejoins; nothing "
+        "duplicated (nothing lost with synchronous = true)",
+        primary.kill_node, primary.heal_node, True, primary.judge),
+    "switchover": _Scenario(
+        "planned switchover of the Patroni leader to a replica (patronictl switchover)",
+        "zero failed reads; failed writes are 503s within 1 s; writes succeed again within "
+        "ttl + 5 s; the old leader rejoins as a replica; nothing lost or duplicated",
+        primary.switchover, primary.heal_switchover, True, primary.judge),
 }
+
+FAILOVER = frozenset({"kill-primary", "kill-primary-node", "switchover"})
+"""Scenarios of a Patroni-run primary (:mod:`djscale.chaos.primary`)."""
 
 TARGETED = frozenset({"freeze", "partition", "delay"})
 """Scenarios that need a target service (``ChaosOptions.target``)."""
@@ -634,14 +677,15 @@ def _rate(load: LoadResult, since: float, until: float) -> float:
 
 def _count(cluster: LocalCluster, sql: str) -> int:
     topo = cluster.topology.postgres
-    host, port = cluster.address("pg-default")
     deadline = time.monotonic() + 30
     while True:
         try:
+            # With Patroni, the primary is whichever member leads now.
+            host, port = ha.leader_address(cluster, topo, timeout=30)
             with pg.connect(host, port, topo.user, topo.database) as conn:
                 row = conn.execute(sql.encode()).fetchone()
                 return int(row[0]) if row else 0
-        except psycopg.Error:  # the primary may still be starting
+        except (psycopg.Error, ClusterError):  # the primary may still be starting
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)

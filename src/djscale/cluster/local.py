@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from djscale.cluster import ha, ports
 from djscale.cluster import pgbouncer as pgb
-from djscale.cluster import ports
 from djscale.cluster import postgres as pg
 from djscale.cluster import redis as rd
 from djscale.cluster.lb import Upstream, lb_process
@@ -42,12 +42,14 @@ PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery", "ga
 """The parts of a cluster, in start order; ``up(only=...)`` takes a subset."""
 
 RESTARTED_KINDS = frozenset({"gunicorn", "celery", "relay", "gateway", "nginx", "haproxy",
-                             "dashboard"})
+                             "dashboard", "patroni", "etcd"})
 """Kinds of service the watchdog restarts when they die: the stateless ones.
 
 PostgreSQL, PgBouncer and Redis are left alone: restarting a crashed primary behind the
-back of a failover manager (Patroni) would fight it, a Redis Cluster master that died has
-been replaced by its replica, and the chaos scenarios that stop them restart them on
+back of a failover manager (Patroni) would fight it (Patroni itself, like etcd, is
+restarted, as systemd would: it then rejoins its group as Patroni decides), a Redis
+Cluster master that died has been replaced by its replica, and the chaos scenarios that
+stop them restart them on
 purpose. (:mod:`djscale.cluster.watchdog`.)"""
 
 
@@ -245,8 +247,13 @@ class LocalCluster:
 
     def _up_parts(self, parts: set[str]) -> None:
         if "postgres" in parts:
+            if ha.uses_patroni(self.topology):
+                ha.up_etcd(self)
             for group in self.topology.database_groups:
-                self._up_group(group)
+                if group.ha == "patroni":
+                    ha.up_group(self, group)  # Patroni runs the nodes (djscale.cluster.ha)
+                else:
+                    self._up_group(group)
         if "pgbouncer" in parts and self.topology.pgbouncer.enabled:
             for group in self.topology.database_groups:
                 self._up_pgbouncer(group)
@@ -466,6 +473,8 @@ class LocalCluster:
         return rows
 
     def _probe(self, proc: ManagedProcess) -> tuple[bool, str]:
+        if proc.kind in ha.KINDS:
+            return ha.probe(self, proc)
         if proc.kind == "postgres":
             user, db = proc.extra["user"], proc.extra["database"]
             if proc.role == "replica":
@@ -515,6 +524,7 @@ class LocalCluster:
     def _stop(proc: ManagedProcess) -> list[str]:
         try:
             proc.stop()
+            ha.stop_leftover(proc)
         except Exception as exc:  # noqa: BLE001 - keep stopping the others
             return [f"{proc.name}: {exc}"]
         return []
@@ -603,6 +613,8 @@ def service_ready(proc: ManagedProcess, log_offset: int = 0) -> bool:
         return http_ok(proc.host, proc.port)
     if proc.kind == "redis":
         return rd.ping(proc.host, proc.port)
+    if proc.kind in ha.KINDS:
+        return ha.ready(proc)
     return True
 
 
