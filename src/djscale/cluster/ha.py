@@ -203,10 +203,15 @@ def stop_leftover(proc: ManagedProcess, timeout: float = 15.0) -> None:
 def kill_node(proc: ManagedProcess) -> None:
     """SIGKILL a member's Patroni and its PostgreSQL at once: the machine is gone."""
     pid = patroni.postmaster_pid(proc.data_dir)
-    proc.kill()
+    # Both at once (a machine does not die one process at a time): the postmaster first,
+    # its Patroni a moment later would notice and restart it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
+    proc.kill()
+    if pid is not None:
         wait_until(lambda: not pid_alive(pid), 5)
 
 

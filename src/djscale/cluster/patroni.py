@@ -68,6 +68,10 @@ PARAMETERS: dict[str, Any] = {
     "shared_preload_libraries": "pg_stat_statements",
     "compute_query_id": "on",
     "pg_stat_statements.track": "all",
+    # A standby retries a failed WAL source after this (default 5 s): after a failover it
+    # must reach the new leader (whose slot Patroni creates a moment later) quickly, or a
+    # strict synchronous leader waits that long for a standby before it commits anything.
+    "wal_retrieve_retry_interval": "500ms",
     "log_min_messages": "warning",
     "log_line_prefix": "%m [%p] ",
 }

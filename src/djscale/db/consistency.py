@@ -50,6 +50,7 @@ __all__ = [
     "forced",
     "handoff_tokens",
     "peek",
+    "reconcile",
     "scope",
     "use_primary",
     "use_replica",
@@ -161,6 +162,42 @@ def capture(group: GroupConfig, state: ConsistencyState) -> int | None:
     state.dirty.discard(group.name)
     state.merge({group.name: lsn})
     return lsn
+
+
+def reconcile(group: GroupConfig, state: ConsistencyState) -> int | None:
+    """Lower this state's token of ``group`` to the primary's WAL position when it is ahead.
+
+    A primary's WAL position only grows, except across a failover: the promoted replica
+    starts a new timeline from the position it had replayed, which may be behind a token
+    the old primary issued (an asynchronous failover lost the tail of its WAL, or the
+    token's insert position ran ahead of the last commit that reached the standby). No
+    server would ever reach such a token: the user would read from the primary until the
+    new timeline passed it, or the token expired. Called when no replica has replayed a
+    token (the read goes to the primary anyway), it costs one query on the primary there.
+
+    Returns the lowered token, or None when the token stands (or the primary cannot be
+    asked: the read then simply goes to the primary, nothing raises).
+    """
+    token = state.tokens.get(group.name)
+    if token is None:
+        return None
+    try:
+        with connections[group.primary].cursor() as cursor:
+            cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
+            row = cursor.fetchone()
+    except DatabaseError:
+        return None
+    if not row:
+        return None
+    position = parse_lsn(row[0])
+    if position >= token:
+        return None
+    log.warning("read-your-writes token %s of group %s is ahead of its primary's WAL (%s): "
+                "the primary changed (failover); lowering the token to it",
+                format_lsn(token), group.name, format_lsn(position))
+    state.tokens[group.name] = position
+    state.changed = True
+    return position
 
 
 def finish(state: ConsistencyState) -> None:

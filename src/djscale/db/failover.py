@@ -27,7 +27,7 @@ from djscale import metrics
 from djscale.db import config
 from djscale.db.pool import get_pool
 
-__all__ = ["failed_replicas", "failover_reads", "in_transaction", "recover"]
+__all__ = ["failed_replicas", "failover_reads", "in_transaction", "multi_host", "recover"]
 
 log = logging.getLogger("djscale.db.failover")
 
@@ -67,17 +67,27 @@ def failed_replicas(exc: BaseException) -> list[str]:
     return failed
 
 
+def multi_host(alias: str) -> bool:
+    """True if ``alias`` lists several servers (libpq multi-host ``HOST``)."""
+    return "," in str(connections.settings[alias].get("HOST") or "")
+
+
 def in_transaction() -> bool:
     """True if any connection of this thread is inside ``transaction.atomic``."""
     return any(c.in_atomic_block for c in connections.all(initialized_only=True))
 
 
 def recover(aliases: list[str], reason: str) -> None:
-    """Take failed replicas out of rotation and drop their connections."""
+    """Take failed replicas out of rotation and drop their connections.
+
+    A replica alias that lists several servers (a group run by Patroni: libpq picks a
+    standby among them at connect time) stays in rotation: its dead connection went to a
+    server that failed or changed role, and the retry's new connection reaches another.
+    """
     for alias in aliases:
         group = config.group_of(alias)
         pool = get_pool(group.name) if group is not None else None
-        if pool is not None:
+        if pool is not None and not multi_host(alias):
             pool.mark_down(alias, reason)
         with contextlib.suppress(DatabaseError):
             connections[alias].close()

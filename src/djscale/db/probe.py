@@ -129,6 +129,10 @@ class Prober:
             return ReplicaHealth(alias, up=False, checked_at=now,
                                  error=f"{type(exc).__name__}: {str(exc).strip()[:200]}")
         if not position.in_recovery:
+            # Under a failover manager a replica alias lists every node and libpq picks a
+            # standby at connect time (settings: prefer-standby); the node this connection
+            # reached was promoted since. Reconnect next round to reach a standby again.
+            self._drop(alias)
             return ReplicaHealth(alias, up=False, checked_at=now,
                                  error="not in recovery: promoted or not a replica")
         # The primary not answering leaves the lag unknown (None): the replicas are then

@@ -101,6 +101,13 @@ def _choose(group: GroupConfig) -> tuple[str, Literal["primary", "replica", "fal
     if alias is not None:
         return alias, "replica"
     if min_lsn is not None and pool.usable(None):
+        # After a failover a token may be ahead of every server for good: lower it to the
+        # new primary's position (consistency.reconcile), then a replica may serve again.
+        state = consistency.peek()
+        lowered = consistency.reconcile(group, state) if state is not None else None
+        alias = pool.choose(lowered) if lowered is not None else None
+        if alias is not None:
+            return alias, "replica"
         metrics.record_replica_fallback(group=group.name, reason="read_your_writes")
         return group.primary, "fallback"
     metrics.record_replica_fallback(group=group.name, reason="no_replica")
