@@ -7,6 +7,9 @@
     djscale cluster status [--topology FILE] [--state-dir DIR]
     djscale cluster logs   [--topology FILE] [--state-dir DIR] [SERVICE] [-n LINES]
     djscale cluster down   [--topology FILE] [--state-dir DIR] [--purge]
+    djscale cluster rollout [--parts app,celery,gateway] [--ready-timeout S]
+    djscale cluster scale  app=N celery=M
+    djscale cluster autoscale [--seconds S] [--trace FILE]
     djscale chaos SCENARIO [--topology FILE] [--read-path P] [--write-path P] [--json]
                   [--event-topic T --event-consumer C [--effect-sql SQL]]
     djscale chaos freeze SERVICE [--seconds N] [--fault-after N] [--requests N]
@@ -71,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         if action == "logs":
             p.add_argument("service", nargs="?", default="", help="one service (default: all)")
             p.add_argument("-n", "--lines", type=int, default=20)
+
+    _live_parsers(csub)
 
     chaos = sub.add_parser("chaos", help="break one component of a running cluster under load")
     chaos.add_argument("scenario", help="kill-app-server, kill-replica, pause-replication, "
@@ -148,6 +153,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _live_parsers(csub: Any) -> None:
+    """``cluster rollout|scale|autoscale``: change a running cluster (djscale.cluster.scale)."""
+    roll = csub.add_parser("rollout", help="replace app servers, Celery workers and the "
+                                           "gateway one at a time with the topology's "
+                                           "current version, without dropping a request")
+    roll.add_argument("--parts", default="app,celery,gateway",
+                      help="comma-separated: app,celery,gateway (default: all)")
+    roll.add_argument("--ready-timeout", type=float, default=60.0,
+                      help="seconds a new process has to become ready before the rollout "
+                           "rolls back (default 60)")
+    scale = csub.add_parser("scale", help="change the number of app servers / Celery "
+                                          "workers of a running cluster: app=N celery=M")
+    scale.add_argument("counts", nargs="*", help="app=N and/or celery=M")
+    auto = csub.add_parser("autoscale", help="run the autoscaler of [app] autoscale in the "
+                                             "foreground (Ctrl-C stops it)")
+    auto.add_argument("--seconds", type=float, default=0.0,
+                      help="stop after this many seconds (default: run until interrupted)")
+    auto.add_argument("--trace", default="", help="write every measurement as JSON lines here")
+    for p in (roll, scale, auto):
+        p.add_argument("--topology", "-t", default="djscale.toml",
+                       help="topology file (default: ./djscale.toml)")
+        p.add_argument("--state-dir", default=None,
+                       help="state folder (default: $DJSCALE_STATE_DIR or ./.djscale)")
+
+
+def _live(cluster: object, args: argparse.Namespace) -> int:
+    from djscale.cluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    if args.action == "rollout":
+        from djscale.cluster.rollout import rollout
+
+        report = rollout(cluster, parts=[p for p in args.parts.split(",") if p],
+                         ready_timeout=args.ready_timeout, log=lambda line: print(line,
+                                                                                  flush=True))
+        print(f"rollout done: {len(report.replaced)} services replaced")
+        return 0
+    if args.action == "scale":
+        from djscale.cluster.scale import parse_scale_args, scale
+
+        done = scale(cluster, parse_scale_args(args.counts))
+        print(f"{len(cluster.app_servers())} app servers" + ("" if done else " (no change)"))
+        return 0
+    from djscale.cluster.autoscale import run_autoscaler
+
+    return run_autoscaler(cluster, seconds=args.seconds, trace=args.trace)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
@@ -198,6 +251,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "chaos":
         return _chaos(cluster, args)
 
+    if args.action in ("rollout", "scale", "autoscale"):
+        return _live(cluster, args)
     if args.action == "up":
         from djscale.cluster import PARTS
         only = [p for p in args.only.split(",") if p] or list(PARTS)

@@ -93,7 +93,9 @@ from djscale.errors import TopologyError
 
 __all__ = [
     "AUTO",
+    "AUTOSCALE_METRICS",
     "AppSpec",
+    "AutoscaleSpec",
     "CelerySpec",
     "CompositionSpec",
     "DatabaseGroup",
@@ -274,6 +276,34 @@ class RedisSpec:
         return self.masters * (1 + self.replicas_per_master)
 
 
+AUTOSCALE_METRICS = ("latency", "cpu")
+"""What the autoscaler follows: p95 request latency (ms) or CPU (% of the app servers' cores)."""
+
+
+@dataclass(frozen=True)
+class AutoscaleSpec:
+    """``[app] autoscale``: how many app servers run, from live load.
+
+    The local cluster's autoscaler (:mod:`djscale.cluster.autoscale`) and the Kubernetes
+    HorizontalPodAutoscaler (:mod:`djscale.deploy.kubernetes`) follow the same policy:
+    ``desired = ceil(servers * observed / target)`` (Kubernetes' formula, within a 10 %
+    tolerance), between ``min`` and ``max``; a scale-up acts at once, a scale-down removes
+    one server at a time, only after the metric stayed low for ``cooldown`` seconds, and
+    no change follows another within ``cooldown`` seconds.
+    """
+
+    min: int = 1
+    max: int = 4
+    metric: str = "latency"
+    """``latency``: p95 of ``djscale_http_request_duration_seconds``; ``cpu``: CPU use."""
+    target: float = 250.0
+    """p95 in milliseconds (``latency``) or percent of one core per worker (``cpu``)."""
+    cooldown: float = 30.0
+    """Seconds between two scaling actions, and that the metric must stay low to scale in."""
+    interval: float = 2.0
+    """Seconds between two measurements (the window of one p95 / CPU sample)."""
+
+
 @dataclass(frozen=True)
 class AppSpec:
     """Stateless gunicorn app servers."""
@@ -286,6 +316,8 @@ class AppSpec:
     weights: tuple[int, ...] = ()
     timeout: int = 30
     hosts: tuple[str, ...] = ()
+    autoscale: AutoscaleSpec | None = None
+    """Set by ``autoscale = {...}``: the server count follows the load (see there)."""
 
     def weight(self, index: int) -> int:
         """Load-balancer weight of app server ``index`` (0-based); 1 when unset."""
@@ -436,6 +468,8 @@ class KubernetesSpec:
     min_replicas: int = 2
     max_replicas: int = 8
     target_cpu_percent: int = 70
+    prometheus_adapter: bool = False
+    """The cluster runs prometheus-adapter: the HPA may follow ``[app] autoscale``'s latency."""
     ingress_host: str = ""
     ingress_class: str = "nginx"
     tls_secret: str = ""
@@ -921,7 +955,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
 
     a = _Section(_table(data, "app"), "app",
                  ("servers", "workers", "threads", "host", "hosts", "ports", "weights",
-                  "timeout"))
+                  "timeout", "autoscale"))
     servers = a.get_int("servers", 2, minimum=1, maximum=64)
     app = AppSpec(
         servers=servers,
@@ -932,6 +966,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
         ports=a.ports("ports"),
         weights=a.ints("weights", minimum=1),
         timeout=a.get_int("timeout", 30, minimum=1),
+        autoscale=_autoscale(a.data.get("autoscale"), servers),
     )
     for key, values in (("ports", app.ports), ("weights", app.weights)):
         if len(values) > app.servers:
@@ -1202,13 +1237,40 @@ def _pgbouncer(data: Mapping[str, Any]) -> PgBouncerSpec:
     )
 
 
+def _autoscale(raw: object, servers: int) -> AutoscaleSpec | None:
+    """``[app] autoscale = { min, max, metric, target, cooldown, interval }`` (None: off)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise TopologyError(f"app.autoscale = {raw!r} is invalid: expected a table such as "
+                            "{ min = 1, max = 4, metric = \"latency\", target = 250 }")
+    s = _Section(raw, "app.autoscale", ("min", "max", "metric", "target", "cooldown",
+                                        "interval"))
+    low = s.get_int("min", 1, minimum=1, maximum=64)
+    spec = AutoscaleSpec(
+        min=low,
+        max=s.get_int("max", max(4, servers), minimum=1, maximum=64),
+        metric=s.get_str("metric", "latency", choices=AUTOSCALE_METRICS),
+        target=s.get_float("target", 250.0, minimum=0.001),
+        cooldown=s.get_float("cooldown", 30.0),
+        interval=s.get_float("interval", 2.0, minimum=0.2),
+    )
+    if spec.max < spec.min:
+        raise TopologyError(f"app.autoscale.max = {spec.max} is below app.autoscale.min = "
+                            f"{spec.min}: max must be at least min")
+    if not spec.min <= servers <= spec.max:
+        raise TopologyError(f"app.servers = {servers} is outside app.autoscale's range "
+                            f"{spec.min}..{spec.max}: it is the count the cluster starts with")
+    return spec
+
+
 def _kubernetes(data: Mapping[str, Any], project: ProjectSpec, app: AppSpec) -> KubernetesSpec:
     s = _Section(data, "kubernetes", (
         "namespace", "image", "min_replicas", "max_replicas", "target_cpu_percent",
         "ingress_host", "ingress_class", "tls_secret", "db_secret", "app_secret",
         "cpu_request", "cpu_limit", "memory_request", "memory_limit", "storage_size",
         "storage_class", "postgres_image", "postgres_cpu", "postgres_memory", "redis_image",
-        "redis_memory", "pooler_instances",
+        "redis_memory", "pooler_instances", "prometheus_adapter",
     ))
     base = project.name.replace("_", "-")
     label = "a Kubernetes name (lowercase letters, digits, -)"
@@ -1220,13 +1282,17 @@ def _kubernetes(data: Mapping[str, Any], project: ProjectSpec, app: AppSpec) -> 
             raise s._bad(key, value, label)
         return value
 
-    min_replicas = s.get_int("min_replicas", app.servers, minimum=1, maximum=1000)
+    scale = app.autoscale
+    min_replicas = s.get_int("min_replicas", scale.min if scale else app.servers, minimum=1,
+                             maximum=1000)
     spec = KubernetesSpec(
         namespace=name("namespace", base),
         image=s.get_str("image", f"{base}:latest", pattern=_IMAGE_RE, what=image),
         min_replicas=min_replicas,
-        max_replicas=s.get_int("max_replicas", max(4 * min_replicas, 2), minimum=1,
+        max_replicas=s.get_int("max_replicas",
+                               scale.max if scale else max(4 * min_replicas, 2), minimum=1,
                                maximum=1000),
+        prometheus_adapter=s.get_bool("prometheus_adapter", False),
         target_cpu_percent=s.get_int("target_cpu_percent", 70, minimum=1, maximum=100),
         ingress_host=s.get_str("ingress_host", "", what="a DNS host name"),
         ingress_class=name("ingress_class", "nginx", optional=True),

@@ -23,6 +23,7 @@ from djscale.topology import record_keys
 __all__ = ["MEANINGS", "KeyDoc", "keys", "render"]
 
 SAMPLE: dict[str, Any] = {
+    "app": {"autoscale": {}},
     "hosts": {"example": {"address": "10.0.0.1"}},
     "shards": [{"name": "example"}],
     "services": {"example": {"urls": ["http://127.0.0.1:8101"]}},
@@ -121,6 +122,15 @@ MEANINGS: dict[str, str] = {
     "app.ports": "fixed port per app server (missing ones: \"auto\")",
     "app.weights": "load-balancer weight per app server",
     "app.timeout": "gunicorn worker timeout (seconds)",
+    "app.autoscale": "a table: the app server count follows the load (local autoscaler, "
+                     "Kubernetes HPA); see docs/rollout.md",
+    "app.autoscale.min": "fewest app servers",
+    "app.autoscale.max": "most app servers",
+    "app.autoscale.metric": "latency: p95 request latency; cpu: CPU use of the app servers",
+    "app.autoscale.target": "p95 in ms (latency) or % of one core per worker (cpu)",
+    "app.autoscale.cooldown": "seconds between two scaling actions; and that the metric "
+                              "must stay low before a server is removed",
+    "app.autoscale.interval": "seconds between two measurements",
     "lb.kind": "the load balancer",
     "lb.method": "balancing method",
     "lb.host": "where the load balancer listens",
@@ -170,9 +180,14 @@ MEANINGS: dict[str, str] = {
     "pgbouncer.port": "the main group's PgBouncer port (shards': free ports)",
     "kubernetes.namespace": "namespace of the manifests (default from project.name)",
     "kubernetes.image": "the app's container image (default from project.name)",
-    "kubernetes.min_replicas": "autoscaler minimum (default: app.servers)",
-    "kubernetes.max_replicas": "autoscaler maximum (default: 4 x min_replicas)",
-    "kubernetes.target_cpu_percent": "autoscaler CPU target",
+    "kubernetes.min_replicas": "autoscaler minimum (default: app.autoscale.min, else "
+                               "app.servers)",
+    "kubernetes.max_replicas": "autoscaler maximum (default: app.autoscale.max, else "
+                               "4 x min_replicas)",
+    "kubernetes.target_cpu_percent": "autoscaler CPU target (when the HPA follows CPU)",
+    "kubernetes.prometheus_adapter": "the cluster runs prometheus-adapter: with "
+                                     "app.autoscale.metric = \"latency\" the HPA follows the "
+                                     "p95 latency (a custom metric), else CPU",
     "kubernetes.ingress_host": "host name of the Ingress (empty: none)",
     "kubernetes.ingress_class": "IngressClass",
     "kubernetes.tls_secret": "TLS secret of the Ingress (empty: no TLS)",

@@ -23,7 +23,7 @@ from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 
 __all__ = ["Reply", "connect", "frozen", "process_tree", "replay_paused", "replica_services",
-           "request", "sql", "tiered", "wait_replayed", "wal_flushed"]
+           "request", "sql", "tiered", "wait_replayed", "wal_flushed", "WrkReport", "wrk_load"]
 
 
 def connect(cluster: LocalCluster, service: str = "pg-default") -> psycopg.Connection[Any]:
@@ -155,3 +155,55 @@ def tiered(alias: str = "default") -> TieredCache:
     cache = caches[alias]
     assert isinstance(cache, TieredCache), f"CACHES[{alias!r}] is {type(cache).__name__}"
     return cache
+
+
+class WrkReport(NamedTuple):
+    """What one ``wrk`` run printed: requests, non-2xx/3xx answers and socket errors."""
+
+    requests: int
+    non_2xx: int
+    socket_errors: dict[str, int]
+    output: str
+
+    @property
+    def failed(self) -> int:
+        """Requests that got no 2xx/3xx answer, connection errors included."""
+        return self.non_2xx + sum(self.socket_errors.values())
+
+
+@contextlib.contextmanager
+def wrk_load(url: str, *, script: str = "", connections: int = 8,
+             env: dict[str, str] | None = None,
+             max_seconds: int = 300) -> Iterator[list[WrkReport]]:
+    """Run ``wrk`` against ``url`` for the duration of the block; the list gets its report.
+
+    wrk is stopped with SIGINT at the end of the block (it prints its totals then);
+    ``max_seconds`` only bounds a block that never ends.
+    """
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (run `make setup`)")
+    cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max_seconds}s",
+           *(["-s", script] if script else []), url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    reports: list[WrkReport] = []
+    try:
+        yield reports
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        total = re.search(r"(\d+) requests in", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                           r"timeout (\d+)", out)
+        reports.append(WrkReport(
+            requests=int(total.group(1)) if total else 0,
+            non_2xx=int(non2xx.group(1)) if non2xx else 0,
+            socket_errors=dict(zip(("connect", "read", "write", "timeout"),
+                                   (int(g) for g in errors.groups()), strict=True))
+            if errors else {},
+            output=out))

@@ -30,7 +30,8 @@ from djscale.cluster.supervisor import ManagedProcess, in_netns
 from djscale.errors import ServiceStartError
 from djscale.topology import LoadBalancerSpec
 
-__all__ = ["Upstream", "haproxy_config", "lb_process", "nginx_config", "validate"]
+__all__ = ["Upstream", "haproxy_config", "lb_process", "nginx_config", "validate",
+           "write_config"]
 
 HEALTH_PATH = "/health/ready"
 
@@ -46,6 +47,8 @@ class Upstream:
     host: str
     port: int
     weight: int = 1
+    down: bool = False
+    """Taken out of rotation (draining, or a spare HAProxy slot): no new requests."""
 
 
 def nginx_config(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, listen_port: int,
@@ -55,7 +58,8 @@ def nginx_config(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, liste
     # ip_hash does not support weights=0 / backup; weights are fine.
     servers = "\n".join(
         f"        server {u.host}:{u.port} weight={u.weight} "
-        f"max_fails={spec.max_fails} fail_timeout={spec.fail_timeout}s;"
+        f"max_fails={spec.max_fails} fail_timeout={spec.fail_timeout}s"
+        f"{' down' if u.down else ''};"
         for u in upstreams
     )
     tmp = run_dir / "tmp"
@@ -129,11 +133,24 @@ http {{
 
 
 def haproxy_config(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, listen_port: int,
-                   run_dir: Path) -> str:
-    """Return a complete ``haproxy.cfg`` with active health checks on the app servers."""
-    servers = "\n".join(
-        f"    server {u.name} {u.host}:{u.port} weight {u.weight} check" for u in upstreams
-    )
+                   run_dir: Path, slots: int = 0) -> str:
+    """Return a complete ``haproxy.cfg`` with active health checks on the app servers.
+
+    ``slots``: server lines to write in all (at least one per upstream); the spare ones are
+    ``app-<n>`` placeholders in maintenance that :mod:`djscale.cluster.lbctl` fills and
+    enables through the runtime API when the cluster grows, without a reload.
+    """
+    lines = [f"    server {u.name} {u.host}:{u.port} weight {u.weight} check"
+             f"{' disabled' if u.down else ''}" for u in upstreams]
+    taken = {u.name for u in upstreams}
+    host = upstreams[0].host if upstreams else "127.0.0.1"
+    n = 0
+    while len(lines) < slots:
+        n += 1
+        if f"app-{n}" not in taken:
+            # Port 1 is a placeholder: the runtime API sets the real address on enable.
+            lines.append(f"    server app-{n} {host}:1 weight 1 check disabled")
+    servers = "\n".join(lines)
     inter = spec.health_check_interval_ms
     checks = f"inter {inter}ms fastinter {max(100, inter // 2)}ms fall {spec.max_fails} rise 2"
     if spec.slowstart_seconds:
@@ -209,24 +226,39 @@ def validate(kind: str, config: Path, run_dir: Path, *, netns: str = "") -> None
                                 (proc.stdout + proc.stderr).strip())
 
 
+def write_config(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, port: int,
+                 run_dir: Path, log: Path, slots: int = 0, netns: str = "") -> Path:
+    """Write the load balancer's config for ``upstreams`` and validate it; return its path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "nginx":
+        config = run_dir / "nginx.conf"
+        text = nginx_config(spec, upstreams, listen_port=port, run_dir=run_dir, log=log)
+    else:
+        config = run_dir / "haproxy.cfg"
+        text = haproxy_config(spec, upstreams, listen_port=port, run_dir=run_dir, slots=slots)
+    # Validated as a new file first: a running load balancer's config is replaced only
+    # by one its binary accepts.
+    candidate = config.with_name(f"candidate-{config.name}")
+    candidate.write_text(text)
+    validate(spec.kind, candidate, run_dir, netns=netns)
+    candidate.replace(config)
+    return config
+
+
 def lb_process(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, port: int,
-               run_dir: Path, log: Path, netns: str = "") -> ManagedProcess:
+               run_dir: Path, log: Path, netns: str = "", slots: int = 0) -> ManagedProcess:
     """Write and validate the config, and describe the load-balancer process."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (run_dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    config = write_config(spec, upstreams, port=port, run_dir=run_dir, log=log, slots=slots,
+                          netns=netns)
     if spec.kind == "nginx":
-        config = run_dir / "nginx.conf"
-        config.write_text(nginx_config(spec, upstreams, listen_port=port, run_dir=run_dir,
-                                       log=log))
         cmd = ["nginx", "-p", str(run_dir), "-c", str(config)]
         stop = signal.SIGQUIT  # graceful: finish in-flight requests
     else:
-        config = run_dir / "haproxy.cfg"
-        config.write_text(haproxy_config(spec, upstreams, listen_port=port, run_dir=run_dir))
         cmd = ["haproxy", "-db", "-f", str(config)]
         stop = signal.SIGUSR1  # soft stop
-    validate(spec.kind, config, run_dir, netns=netns)
     return ManagedProcess(name="lb", kind=spec.kind, role="lb", host=spec.host, port=port,
                           cmd=cmd, log=str(log), stop_signal=stop, netns=netns,
                           extra={"config": str(config), "method": spec.method})

@@ -361,50 +361,76 @@ class LocalCluster:
     def _up_apps(self) -> None:
         spec = self.topology.app
         for i in range(spec.servers):
-            name = f"app-{i + 1}"
-            host = spec.host_of(i)
-            port = self._port(name, host, spec.port(i))
-            cmd = [sys.executable, "-m", "gunicorn", self.topology.project.wsgi,
-                   "--bind", f"{_bracket(host)}:{port}", "--workers", str(spec.workers),
-                   "--threads", str(spec.threads), "--timeout", str(spec.timeout),
-                   "--graceful-timeout", "5", "--name", name,
-                   "--backlog", "2048", "--access-logfile", "-" if os.environ.get(
-                       "DJSCALE_ACCESS_LOG") else "/dev/null"]
-            proc = ManagedProcess(name=name, kind="gunicorn", role="app", host=host,
-                                  port=port, cmd=cmd, log=str(self._log(name)),
-                                  env=self.env(name), stop_signal=signal.SIGTERM,
-                                  extra={"weight": spec.weight(i)})
-            self._ensure(proc, lambda h=host, p=port: http_ok(h, p), 60)  # type: ignore[misc]
+            proc = self.app_process(i)
+            self._ensure(proc, lambda p=proc: http_ok(p.host, p.port), 60)  # type: ignore[misc]
+
+    def app_process(self, index: int, topology: Topology | None = None) -> ManagedProcess:
+        """App server ``index`` (0-based: ``app-<index+1>``) as ``topology`` describes it.
+
+        Its port is the recorded one, else the configured one, else a leased free one.
+        ``topology`` (default: the cluster's) lets a rollout start it with new settings.
+        """
+        spec = (topology or self.topology).app
+        name = f"app-{index + 1}"
+        host = spec.host_of(index)
+        port = self._port(name, host, spec.port(index))
+        cmd = [sys.executable, "-m", "gunicorn", self.topology.project.wsgi,
+               "--bind", f"{_bracket(host)}:{port}", "--workers", str(spec.workers),
+               "--threads", str(spec.threads), "--timeout", str(spec.timeout),
+               "--graceful-timeout", "5", "--name", name,
+               "--backlog", "2048", "--access-logfile", "-" if os.environ.get(
+                   "DJSCALE_ACCESS_LOG") else "/dev/null"]
+        proc = ManagedProcess(name=name, kind="gunicorn", role="app", host=host,
+                              port=port, cmd=cmd, log=str(self._log(name)),
+                              env=self.env(name), stop_signal=signal.SIGTERM,
+                              extra={"weight": spec.weight(index)})
+        proc.netns = self.topology.netns_of(host)
+        proc.restart = True
+        return proc
+
+    def app_servers(self) -> list[str]:
+        """Names of the app servers recorded now (``app-1``...), in index order.
+
+        Usually ``app.servers`` of them; ``djscale cluster scale`` and the autoscaler
+        change the count of a running cluster.
+        """
+        self._reload()
+        names = [n for n, r in self.state.services.items()
+                 if r.get("kind") == "gunicorn" and r.get("role") == "app"]
+        return sorted(names, key=lambda n: int(n.rsplit("-", 1)[1]))
 
     def upstreams(self) -> list[Upstream]:
-        """The app servers as load-balancer upstreams."""
+        """The app servers as load-balancer upstreams (the recorded ones, once started)."""
         spec = self.topology.app
+        names = self.app_servers() or [f"app-{i + 1}" for i in range(spec.servers)]
         ups = []
-        for i in range(spec.servers):
-            name = f"app-{i + 1}"
+        for name in names:
             host, port = self.address(name)
-            ups.append(Upstream(name=name, host=host, port=port, weight=spec.weight(i)))
+            index = int(name.rsplit("-", 1)[1]) - 1
+            ups.append(Upstream(name=name, host=host, port=port, weight=spec.weight(index)))
         return ups
+
+    def lb_slots(self) -> int:
+        """Server lines of a HAProxy config: room for the most app servers this may run."""
+        from djscale.cluster.lbctl import HAPROXY_SLOTS
+
+        scale = self.topology.app.autoscale
+        return max(HAPROXY_SLOTS, self.topology.app.servers, scale.max if scale else 0,
+                   len(self.app_servers()))
 
     def _up_lb(self) -> None:
         spec = self.topology.lb
         port = self._port("lb", spec.host, spec.port)
         proc = lb_process(spec, self.upstreams(), port=port, run_dir=self.state_dir / "lb",
-                          log=self._log("lb"), netns=self.topology.netns_of(spec.host))
+                          log=self._log("lb"), netns=self.topology.netns_of(spec.host),
+                          slots=self.lb_slots())
         self._ensure(proc, lambda: http_ok(spec.host, port), 30)
 
     def _up_celery(self) -> None:
         spec = self.topology.celery
         for i in range(spec.workers):
-            name = f"celery-{i + 1}"
-            log = self._log(name)
-            cmd = [sys.executable, "-m", "celery", "-A", spec.app, "worker",
-                   "--concurrency", str(spec.concurrency), "--hostname", f"{name}@%h",
-                   "--queues", ",".join(spec.queues), "--loglevel", "INFO",
-                   "--without-gossip", "--without-mingle"]
-            proc = ManagedProcess(name=name, kind="celery", role="worker", cmd=cmd,
-                                  host=spec.host_of(i), log=str(log), env=self.env(name),
-                                  stop_signal=signal.SIGTERM)
+            proc = self.celery_process(i)
+            log = Path(proc.log)
             start = log.stat().st_size if log.exists() else 0
             self._ensure(proc, lambda p=proc, s=start: service_ready(p, s), 60)  # type: ignore[misc]
         if spec.relay:
@@ -418,7 +444,31 @@ class LocalCluster:
             start = log.stat().st_size if log.exists() else 0
             self._ensure(proc, lambda: service_ready(proc, start), 60)
 
+    def celery_process(self, index: int, topology: Topology | None = None) -> ManagedProcess:
+        """Celery worker ``index`` (0-based: ``celery-<index+1>``) as ``topology`` says.
+
+        SIGTERM is Celery's warm shutdown: the worker takes no new task and finishes the
+        ones it runs.
+        """
+        spec = (topology or self.topology).celery
+        name = f"celery-{index + 1}"
+        cmd = [sys.executable, "-m", "celery", "-A", spec.app, "worker",
+               "--concurrency", str(spec.concurrency), "--hostname", f"{name}@%h",
+               "--queues", ",".join(spec.queues), "--loglevel", "INFO",
+               "--without-gossip", "--without-mingle"]
+        proc = ManagedProcess(name=name, kind="celery", role="worker", cmd=cmd,
+                              host=spec.host_of(index), log=str(self._log(name)),
+                              env=self.env(name), stop_signal=signal.SIGTERM)
+        proc.netns = self.topology.netns_of(proc.host)
+        proc.restart = True
+        return proc
+
     def _up_gateway(self) -> None:
+        proc = self.gateway_process()
+        self._ensure(proc, lambda: http_ok(proc.host, proc.port, "/"), 30)
+
+    def gateway_process(self) -> ManagedProcess:
+        """The API gateway (uvicorn) on its recorded or configured port."""
         spec = self.topology.gateway
         port = self._port("gateway", spec.host, spec.port)
         cmd = [sys.executable, "-m", "uvicorn", "--factory",
@@ -428,7 +478,9 @@ class LocalCluster:
         proc = ManagedProcess(name="gateway", kind="gateway", role="gateway", host=spec.host,
                               port=port, cmd=cmd, log=str(self._log("gateway")),
                               env=self.env("gateway"), stop_signal=signal.SIGTERM)
-        self._ensure(proc, lambda: http_ok(spec.host, port, "/"), 30)
+        proc.netns = self.topology.netns_of(spec.host)
+        proc.restart = True
+        return proc
 
     def _up_dashboard(self) -> None:
         self._up_state_daemon("dashboard", role="dashboard", ready_path="/health/live")

@@ -1,0 +1,20 @@
+-- Mixed load for wrk against the demo (djscale cluster rollout/scale/autoscale):
+-- three reads (GET /whoami: a replica) for each write (POST /visit: the primary).
+-- DEMO_DELAY_MS (optional): pause of each connection between two requests, so that the
+-- offered load is set by the number of connections (wrk -c) rather than by the servers.
+local delay_ms = tonumber(os.getenv("DEMO_DELAY_MS") or "0")
+local n = 0
+
+request = function()
+  n = n + 1
+  if n % 4 == 0 then
+    return wrk.format("POST", "/visit", { ["Content-Length"] = "0" }, "")
+  end
+  return wrk.format("GET", "/whoami")
+end
+
+if delay_ms > 0 then
+  delay = function()
+    return delay_ms
+  end
+end

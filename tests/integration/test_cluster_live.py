@@ -1,0 +1,121 @@
+"""A running cluster changes shape under wrk load without failing a request.
+
+The demo (reads on replicas, writes on the primary, a Celery worker and the relay) behind
+HAProxy, whose runtime API changes the servers without a reload; the watchdog runs, so a
+test also shows it does not fight the change. wrk runs while the cluster is changed and
+is stopped right after: its totals must show no non-2xx answer and no socket error.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from djscale.cluster import LocalCluster
+from djscale.cluster.rollout import rollout
+from djscale.cluster.scale import ScaleRequest, scale
+from djscale.cluster.supervisor import wait_until
+from djscale.errors import ClusterError
+from djscale.testing import ClusterFactory, write_topology
+from djscale.topology import Topology
+from tests.integration.helpers import request, sql, wrk_load
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples/demo/djscale.toml"
+LOAD = str(ROOT / "examples/demo/load.lua")
+
+pytestmark = pytest.mark.integration
+
+
+def _demo(**changes: Any) -> dict[str, Any]:
+    data = tomllib.loads(DEMO.read_text())
+    data["lb"] = {**data["lb"], "kind": "haproxy"}
+    data["postgres"]["replicas"] = 1  # two cores: one replica shows the reads as well
+    for table, values in changes.items():
+        data[table] = {**data.get(table, {}), **values}
+    return data
+
+
+@pytest.fixture(scope="module")
+def demo(djscale_cluster_factory: ClusterFactory) -> Iterator[LocalCluster]:
+    cluster = djscale_cluster_factory(
+        _demo(), source=DEMO, name="live",
+        parts=("postgres", "redis", "migrate", "app", "lb", "celery", "watchdog"))
+    yield cluster
+
+
+def _new_version(cluster: LocalCluster, **changes: Any) -> LocalCluster:
+    """The same cluster seen through an edited topology file (what a deploy changes)."""
+    path = cluster.state_dir / "djscale.toml"
+    topology: Topology = write_topology(_demo(**changes), path, base=DEMO.parent)
+    return LocalCluster(topology, cluster.state_dir)
+
+
+def _url(cluster: LocalCluster) -> str:
+    host, port = cluster.address("lb")
+    return f"http://{host}:{port}"
+
+
+def _visits(cluster: LocalCluster) -> int:
+    return int(sql(cluster, "pg-default", "SELECT count(*) FROM demo_visit")[0][0])
+
+
+def test_rollout_under_load_replaces_every_server_and_fails_no_request(
+        demo: LocalCluster) -> None:
+    before = {p.name: p.pid for p in demo.processes()}
+    new = _new_version(demo, app={"workers": 3})
+    visits = _visits(demo)
+    with wrk_load(_url(demo), script=LOAD) as reports:
+        report = rollout(new)
+    wrk = reports[0]
+    assert wrk.requests > 100, wrk.output
+    assert wrk.failed == 0, wrk.output
+    replaced = {r.name: r for r in report.replaced}
+    assert set(replaced) == {"app-1", "app-2", "celery-1", "relay"}
+    after = {p.name: p.pid for p in demo.processes()}
+    for name in replaced:
+        assert after[name] != before[name], name
+        assert replaced[name].new_pid == after[name]
+    # The new command line runs (3 workers), the watchdog left the rollout alone, and the
+    # writes of the load (one request in four) all committed.
+    assert "--workers" in demo.process("app-1").cmd
+    assert demo.process("app-1").cmd[demo.process("app-1").cmd.index("--workers") + 1] == "3"
+    assert all(demo.process(n).supervision.get("restarts", 0) == 0 for n in replaced)
+    assert _visits(demo) - visits >= wrk.requests // 4 - 8
+    answers = {request(demo, "GET", "/whoami").json()["app_server"] for _ in range(6)}
+    assert answers == {"app-1", "app-2"}
+
+
+def test_a_rollout_whose_new_server_never_gets_ready_rolls_back(demo: LocalCluster) -> None:
+    before = {n: demo.process(n).cmd for n in ("app-1", "app-2")}
+    broken = _new_version(demo, project={"wsgi": "demo.nosuchmodule:application"})
+    with wrk_load(_url(demo), script=LOAD) as reports, \
+            pytest.raises(ClusterError, match="rollout aborted: app-1 did not become ready"):
+        rollout(broken, parts=("app",), ready_timeout=20)
+    assert reports[0].failed == 0, reports[0].output
+    assert {n: demo.process(n).cmd for n in ("app-1", "app-2")} == before
+    assert request(demo, "GET", "/whoami").status == 200
+
+
+def test_scale_up_to_four_then_down_to_one_under_load_fails_no_request(
+        demo: LocalCluster) -> None:
+    with wrk_load(_url(demo), script=LOAD) as reports:
+        scale(demo, ScaleRequest(app=4), log=False)
+        assert demo.app_servers() == ["app-1", "app-2", "app-3", "app-4"]
+        seen: set[str] = set()
+
+        def all_serve() -> bool:  # new servers get little traffic at first (slowstart)
+            seen.add(request(demo, "GET", "/whoami").json()["app_server"])
+            return len(seen) == 4
+
+        assert wait_until(all_serve, timeout=30, interval=0.01), seen
+        scale(demo, ScaleRequest(app=1), log=False)
+    assert reports[0].requests > 100, reports[0].output
+    assert reports[0].failed == 0, reports[0].output
+    assert demo.app_servers() == ["app-1"]
+    assert {request(demo, "GET", "/whoami").json()["app_server"] for _ in range(4)} == {"app-1"}
+    scale(demo, ScaleRequest(app=2), log=False)  # as the other tests expect it
