@@ -50,7 +50,8 @@ except ImportError as exc:  # PyYAML comes with the kubernetes extra
     raise MissingDependency("PyYAML", extra="kubernetes",
                             feature="djscale deploy kubernetes") from exc
 
-__all__ = ["Manifest", "kubernetes_manifests", "load_manifests", "write_kubernetes"]
+__all__ = ["LATENCY_METRIC", "Manifest", "hpa_policy", "kubernetes_manifests", "load_manifests",
+           "write_kubernetes"]
 
 Obj = dict[str, Any]
 
@@ -508,11 +509,7 @@ class _Builder:
                                    "name": name},
                 "minReplicas": k.min_replicas,
                 "maxReplicas": k.max_replicas,
-                "metrics": [{"type": "Resource", "resource": {
-                    "name": "cpu",
-                    "target": {"type": "Utilization",
-                               "averageUtilization": k.target_cpu_percent}}}],
-                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+                **hpa_policy(t),
             },
         }
         monitor = {
@@ -666,6 +663,48 @@ class _Builder:
         }
         manifests.append(Manifest("kustomization.yaml", (kustomization,)))
         return manifests
+
+
+LATENCY_METRIC = "djscale_http_request_duration_seconds_p95"
+"""The per-pod custom metric the HPA follows for ``[app] autoscale`` metric "latency".
+
+prometheus-adapter serves it from djscale's request-duration histogram (the rule is in
+docs/kubernetes.md)."""
+
+
+def hpa_policy(t: Topology) -> Obj:
+    """The ``metrics`` and ``behavior`` of the app's HorizontalPodAutoscaler.
+
+    ``[app] autoscale`` (the local autoscaler's policy, :mod:`djscale.cluster.autoscale`)
+    becomes: the p95 latency as a ``Pods`` custom metric where the cluster has
+    prometheus-adapter (``kubernetes.prometheus_adapter = true``), else CPU utilisation
+    (its ``target`` when the metric is ``cpu``, else ``kubernetes.target_cpu_percent``);
+    scale-up at once, scale-down one pod per ``cooldown`` after ``cooldown`` seconds of
+    low load. Without ``[app] autoscale``: CPU at ``kubernetes.target_cpu_percent`` with
+    a 5-minute scale-down window.
+    """
+    k, scale = t.kubernetes, t.app.autoscale
+    cpu = k.target_cpu_percent
+    if scale is not None and scale.metric == "cpu":
+        cpu = max(1, min(100, round(scale.target)))
+    metric: Obj = {"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}}
+    if scale is None:
+        return {"metrics": [metric],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}}
+    if scale.metric == "latency" and k.prometheus_adapter:
+        metric = {"type": "Pods", "pods": {
+            "metric": {"name": LATENCY_METRIC},
+            # Kubernetes quantities: milliseconds of a value in seconds -> "250m".
+            "target": {"type": "AverageValue", "averageValue": f"{round(scale.target)}m"}}}
+    window = max(0, round(scale.cooldown))
+    return {"metrics": [metric], "behavior": {
+        "scaleUp": {"stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
+        "scaleDown": {"stabilizationWindowSeconds": window,
+                      "policies": [{"type": "Pods", "value": 1,
+                                    "periodSeconds": max(1, window)}]},
+    }}
 
 
 def kubernetes_manifests(topology: Topology, *, topology_text: str) -> list[Manifest]:
