@@ -22,8 +22,21 @@ from djscale.cache import TieredCache
 from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 
-__all__ = ["Reply", "connect", "frozen", "process_tree", "replay_paused", "replica_services",
-           "request", "sql", "tiered", "wait_replayed", "wal_flushed", "WrkReport", "wrk_load"]
+__all__ = [
+    "Reply",
+    "WrkReport",
+    "connect",
+    "frozen",
+    "process_tree",
+    "replay_paused",
+    "replica_services",
+    "request",
+    "sql",
+    "tiered",
+    "wait_replayed",
+    "wal_flushed",
+    "wrk_load",
+]
 
 
 def connect(cluster: LocalCluster, service: str = "pg-default") -> psycopg.Connection[Any]:

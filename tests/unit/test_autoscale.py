@@ -1,4 +1,4 @@
-"""The autoscaler's policy and measurements (pure logic), and the same policy as a Kubernetes HPA."""
+"""The autoscaler's policy and measurements (pure logic); the same policy as a Kubernetes HPA."""
 
 from __future__ import annotations
 
@@ -82,13 +82,13 @@ def test_autoscale_keys_are_typed_with_one_line_errors() -> None:
     topo = _topology({"servers": 2, "autoscale": {"min": 1, "max": 6, "target": 200}})
     assert topo.app.autoscale == AutoscaleSpec(min=1, max=6, target=200.0)
     assert (topo.kubernetes.min_replicas, topo.kubernetes.max_replicas) == (1, 6)
-    with pytest.raises(TopologyError, match="app.autoscale.metric"):
+    with pytest.raises(TopologyError, match=r"app\.autoscale\.metric"):
         _topology({"autoscale": {"metric": "memory"}})
     with pytest.raises(TopologyError, match="max = 1 is below"):
         _topology({"servers": 1, "autoscale": {"min": 2, "max": 1}})
-    with pytest.raises(TopologyError, match="outside app.autoscale's range"):
+    with pytest.raises(TopologyError, match=r"outside app\.autoscale's range"):
         _topology({"servers": 5, "autoscale": {"max": 4}})
-    with pytest.raises(TopologyError, match="unknown key 'app.autoscale.targt'"):
+    with pytest.raises(TopologyError, match=r"unknown key 'app\.autoscale\.targt'"):
         _topology({"autoscale": {"targt": 1}})
 
 
