@@ -43,6 +43,7 @@ and as a guard inside its own ``migrate``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ from django.db.migrations import operations as ops
 from django.db.migrations.migration import Migration
 from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import ProjectState
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["IDS", "Finding", "RunningCode", "allowed", "analyse", "describe_operation"]
 
@@ -232,8 +235,13 @@ class _Walker:
                 continue
             before = state.clone()
             operation.state_forwards(self.migration.app_label, state)
-            if self.runs_here(operation, before, state):
-                self.operation(operation, before, state)
+            try:
+                if self.runs_here(operation, before, state):
+                    self.operation(operation, before, state)
+            except (LookupError, AttributeError, TypeError, ValueError) as exc:
+                # An operation this analyser does not understand must not block a deploy.
+                logger.warning("djscale could not analyse %s of %s: %s",
+                               describe_operation(operation), self.label, exc)
 
     def runs_here(self, op: Operation, before: ProjectState, after: ProjectState) -> bool:
         """False when the routers keep ``op`` off the analysed database."""

@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, models
 from django.db.models.expressions import RawSQL
 
+from djscale import conf
 from djscale.db.backfill import backfill
 from djscale.errors import DjscaleError
 
@@ -39,6 +40,8 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=None)
         parser.add_argument("--pause", type=float, default=None, metavar="SECONDS")
         parser.add_argument("--name", default=None, help="key of the saved position")
+        parser.add_argument("--max-batches", type=int, default=None, metavar="N",
+                            help="stop after N batches per database (run again for more)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Run the backfill on each database and print one line per batch and per database."""
@@ -64,7 +67,7 @@ class Command(BaseCommand):
             try:
                 result = backfill(model, values, where=where, using=alias,
                                   name=options["name"], batch_size=options["batch_size"],
-                                  pause=options["pause"],
+                                  pause=options["pause"], max_batches=options["max_batches"],
                                   progress=lambda r: self.stdout.write(r.describe())
                                   if options["verbosity"] >= 2 else None)
             except (DatabaseError, DjscaleError) as exc:
@@ -73,11 +76,9 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(result.describe()))
 
     def _aliases(self, model: type[models.Model], options: dict[str, Any]) -> list[str | None]:
-        from djscale.sharding.config import get_config
-
         if options["database"]:
             return [options["database"]]
-        aliases = get_config().aliases if hasattr(model, "shard_key") else ()
+        aliases = conf.get().sharding.aliases if hasattr(model, "shard_key") else ()
         if options["shards"]:
             unknown = [a for a in options["shards"] if a not in aliases]
             if unknown:

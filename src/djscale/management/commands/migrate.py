@@ -25,6 +25,7 @@ from django.db.models.signals import pre_migrate
 
 from djscale import conf
 from djscale.db import migrate as online
+from djscale.errors import DjscaleError
 
 
 class Command(migrate.Command):
@@ -97,6 +98,8 @@ class Command(migrate.Command):
         try:
             online.with_retries(attempt, policy, on_retry=on_retry)
         except online.LockRetriesExhausted as exc:
+            raise CommandError(f"{connection.alias}: {exc}") from None
+        except DjscaleError as exc:  # e.g. a backfill in an atomic migration
             raise CommandError(f"{connection.alias}: {exc}") from None
         finally:
             pre_migrate.disconnect(dispatch_uid=f"djscale-guard-{id(self)}")
