@@ -359,7 +359,7 @@ class MigrationsSettings:
     lock_timeout_ms: int = setting(2000, "PostgreSQL lock_timeout of each migration "
                                    "statement: a lock not granted by then fails the attempt "
                                    "instead of queueing every query of the table behind it. "
-                                   "0: wait forever.", minimum=0)
+                                   "0: wait forever.", topology=True, minimum=0)
     attempts: int = setting(5, "Attempts of a migration that failed on lock_timeout "
                             "before migrate gives up.", minimum=1)
     retry_backoff: float = setting(1.0, "Seconds before the second attempt; doubled for "

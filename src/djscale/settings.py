@@ -407,6 +407,7 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
                 "MAP_ALIAS": topo.postgres.name,
                 "MAP_TTL_SECONDS": 1.0,
             },
+            "MIGRATIONS": {"LOCK_TIMEOUT_MS": topo.postgres.migration_lock_timeout_ms},
             "REDIS_MODE": topo.redis.mode,
             "REDIS_URLS": redis_urls,
             "TRUSTED_PROXIES": [topo.lb.host],

@@ -199,6 +199,8 @@ class DatabaseGroup:
     """A replica whose probe answered slower than this twice in a row gets no reads (0: never)."""
     keepalives_idle: int = 10
     """libpq TCP keepalives: seconds idle before the first probe (0: keepalives off)."""
+    migration_lock_timeout_ms: int = 2000
+    """lock_timeout of each statement djscale's migrate runs (main [postgres] only; 0: none)."""
     keepalives_interval: int = 5
     keepalives_count: int = 3
     tcp_user_timeout_ms: int = 10000
@@ -829,7 +831,7 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
         "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout_ms",
         "ha", "synchronous", "ha_ttl", "ha_loop_wait", "ha_retry_timeout",
         "maximum_lag_on_failover",
-        *(("enabled",) if defaults is None else ("name",)),
+        *(("enabled", "migration_lock_timeout_ms") if defaults is None else ("name",)),
     ))
     if defaults is not None:
         s._note("name", name, "a lowercase alias (letters, digits, _) other than 'default'")
@@ -862,6 +864,8 @@ def _group(data: Mapping[str, Any], path: str, name: str, defaults: DatabaseGrou
                                       minimum=1),
         keepalives_count=s.get_int("keepalives_count", base.keepalives_count, minimum=1),
         tcp_user_timeout_ms=s.get_int("tcp_user_timeout_ms", base.tcp_user_timeout_ms),
+        migration_lock_timeout_ms=s.get_int("migration_lock_timeout_ms",
+                                            base.migration_lock_timeout_ms),
         password_env=password_env,
         password_file=password_file,
         sslmode=s.get_str("sslmode", base.sslmode, choices=("", *SSL_MODES)),

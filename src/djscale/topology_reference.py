@@ -69,6 +69,9 @@ MEANINGS: dict[str, str] = {
     "postgres.replica_max_latency_ms": "a replica whose probe query answered slower than "
                                        "this in two rounds in a row gets no reads until "
                                        "it answers in time (0: never)",
+    "postgres.migration_lock_timeout_ms": "lock_timeout of each statement djscale's migrate "
+                                          "and migrate_shards run (main [postgres] only; "
+                                          "0: none; docs/migrations.md)",
     "postgres.keepalives_idle": "libpq TCP keepalives: idle seconds before the first probe "
                                 "(0: keepalives off)",
     "postgres.keepalives_interval": "libpq keepalives_interval (seconds between probes)",

@@ -1,11 +1,17 @@
-"""Retries after lock timeouts: which errors are retried, how often, how long between."""
+"""Retries after lock timeouts: which errors, how often, how long between; the timeout."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from django.db import OperationalError
 
+from djscale import conf
 from djscale.db.migrate import LockRetriesExhausted, RetryPolicy, is_lock_error, with_retries
+from djscale.errors import TopologyError
+from djscale.settings import from_topology
+from djscale.topology import parse
 
 
 class _PgError(Exception):
@@ -71,3 +77,19 @@ def test_back_off_doubles_up_to_its_cap_with_jitter() -> None:
     for attempt, base in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (9, 5.0)):
         delay = policy.delay(attempt)
         assert base / 2 <= delay <= base, (attempt, delay)
+
+
+def test_lock_timeout_comes_from_the_topology_and_djscale_overrides_it(tmp_path: Path) -> None:
+    derived = from_topology(parse({"postgres": {"migration_lock_timeout_ms": 750,
+                                                "port": 5432},
+                                   "redis": {"port": 6379}}),
+                            state_dir=tmp_path)["DJSCALE_DERIVED"]
+    cfg, problems = conf.build(None, derived)
+    assert not problems and cfg.migrations.lock_timeout_ms == 750
+    cfg, _ = conf.build({"MIGRATIONS": {"LOCK_TIMEOUT_MS": 300}}, derived)
+    assert cfg.migrations.lock_timeout_ms == 300
+
+
+def test_a_shard_cannot_set_its_own_migration_lock_timeout() -> None:
+    with pytest.raises(TopologyError, match="migration_lock_timeout_ms"):
+        parse({"shards": [{"name": "shard1", "migration_lock_timeout_ms": 5}]})
