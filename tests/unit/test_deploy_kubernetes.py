@@ -274,3 +274,14 @@ def test_a_gateway_topology_gets_a_gateway_deployment_behind_the_ingress() -> No
     ingress = next(o for o in objects if o["kind"] == "Ingress")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == "gw-gateway"
+
+
+def test_synchronous_group_waits_for_a_standby_in_cloudnativepg_too() -> None:
+    topo = parse({"postgres": {"replicas": 2, "ha": "patroni", "synchronous": True},
+                  "redis": {"port": 6379}})
+    manifests = kubernetes_manifests(topo, topology_text="")
+    clusters = [o for m in manifests for o in m.objects if o["kind"] == "Cluster"]
+    assert [(c["spec"]["minSyncReplicas"], c["spec"]["maxSyncReplicas"]) for c in clusters] == [
+        (1, 2)]
+    for cluster in clusters:
+        validate(cluster)

@@ -82,6 +82,8 @@ def _wait_leader(fault: _Fault, *, other_than: str = "", timeout: float) -> pt.M
         if leader is None or (other_than and leader.name == other_than):
             return False
         found.append(leader)
+        fault.report.leader_seconds = time.monotonic() - (fault.report.fault_monotonic
+                                                          or time.monotonic())
         return True
 
     if not wait_until(elected, timeout, interval=0.1):

@@ -154,6 +154,8 @@ class ChaosReport:
     leader_after: str = ""
     first_write_seconds: float | None = None
     """From the fault to the first write answered 2xx (failover scenarios)."""
+    leader_seconds: float | None = None
+    """From the fault to Patroni's REST API naming the new leader (failover scenarios)."""
     rejoined: bool = False
     """The old leader runs as a replica of the new one again (failover scenarios)."""
     fault_monotonic: float = 0.0
@@ -201,8 +203,9 @@ class ChaosReport:
             first = ("never" if self.first_write_seconds is None
                      else f"{self.first_write_seconds:.2f} s")
             lines.append(f"failover   leader {self.target} (timeline {self.timeline_before}) -> "
-                         f"{self.leader_after} (timeline {self.timeline_after}); first write "
-                         f"{first} after the fault (ttl {self.ttl_seconds} s, "
+                         f"{self.leader_after} (timeline {self.timeline_after}); leader named "
+                         f"{self.leader_seconds or 0:.2f} s, first write {first} after the "
+                         f"fault (ttl {self.ttl_seconds} s, "
                          f"{'synchronous' if self.synchronous else 'asynchronous'}); old "
                          f"leader {'rejoined' if self.rejoined else 'NOT rejoined'}")
         if self.rows_added is not None:

@@ -56,6 +56,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
+from djscale.cluster import ha
 from djscale.cluster.state import ClusterState, default_state_dir
 from djscale.cluster.supervisor import ManagedProcess, tcp_ready
 from djscale.db import lag
@@ -426,6 +427,10 @@ class Collector:
             ok = status < 500
             return {"health": HEALTHY if ok else DOWN, "detail": f"HTTP {status}",
                     "metrics_total": metrics}
+        if kind in ha.KINDS:
+            # A Patroni member: its role, timeline and lag as Patroni reports them.
+            ok, detail = ha.probe(ManagedProcess.from_record(rec))
+            return {"health": HEALTHY if ok else DEGRADED, "detail": detail}
         if kind == "pgbouncer":
             with _pg(rec, bouncer=True) as conn:
                 conn.execute("SELECT 1")

@@ -123,7 +123,7 @@ def up_group(cluster: LocalCluster, group: DatabaseGroup) -> None:
         proc.extra.update(database=group.database, user=group.user)
         try:
             # Cloning a replica copies the whole database: give it time.
-            cluster._ensure(proc, lambda p=proc: probe(cluster, p)[0], 180)  # type: ignore[misc]
+            cluster._ensure(proc, lambda p=proc: probe(p)[0], 180)  # type: ignore[misc]
         finally:
             cluster._release(f"{name}-api_port")
     host, port = leader_address(cluster, group, timeout=60)
@@ -167,7 +167,7 @@ def leader_address(cluster: LocalCluster, group: DatabaseGroup | str, *,
         time.sleep(0.2)
 
 
-def probe(cluster: LocalCluster, proc: ManagedProcess) -> tuple[bool, str]:
+def probe(proc: ManagedProcess) -> tuple[bool, str]:
     """Health and ``cluster status`` detail of an etcd member or a Patroni member."""
     if proc.kind == "etcd":
         return patroni.etcd_ready(proc.host, proc.port), "etcd member"

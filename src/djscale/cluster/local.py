@@ -526,7 +526,7 @@ class LocalCluster:
 
     def _probe(self, proc: ManagedProcess) -> tuple[bool, str]:
         if proc.kind in ha.KINDS:
-            return ha.probe(self, proc)
+            return ha.probe(proc)
         if proc.kind == "postgres":
             user, db = proc.extra["user"], proc.extra["database"]
             if proc.role == "replica":

@@ -253,6 +253,10 @@ class _Builder:
                         "max_connections": str(budget.max_connections),
                         "hot_standby_feedback": "on",
                     }},
+                    # [postgres] synchronous = true: a commit waits for a standby, as
+                    # Patroni's strict synchronous mode does locally (docs/ha.md).
+                    **({"minSyncReplicas": 1, "maxSyncReplicas": group.replicas}
+                       if group.synchronous and group.replicas else {}),
                     "affinity": {"enablePodAntiAffinity": True,
                                  "topologyKey": "kubernetes.io/hostname"},
                     "resources": {
