@@ -98,13 +98,13 @@ def _finish(fault: _Fault, leader: pt.Member) -> None:
     report.timeline_after = ha.view(fault.cluster, GROUP).timeline
 
 
-def _rejoin(fault: _Fault, name: str, timeout: float) -> None:
-    started = time.monotonic()
+def _rejoin(fault: _Fault, name: str, timeout: float, *, started: float = 0.0) -> None:
+    started = started or time.monotonic()
     ha.wait_rejoined(fault.cluster, GROUP, name, timeout)
     fault.report.rejoined = True
     fault.report.timeline_after = ha.view(fault.cluster, GROUP).timeline
     fault.report.notes.append(f"{name} rejoined as a replica of {fault.report.leader_after} "
-                              f"{time.monotonic() - started:.1f} s after its restart")
+                              f"{time.monotonic() - started:.1f} s after Patroni was started again")
 
 
 def kill_postgres(fault: _Fault) -> None:
@@ -123,7 +123,13 @@ def heal_postgres(fault: _Fault) -> None:
     if leader.name != fault.target:
         _rejoin(fault, fault.target, 120)
     else:
+        # Patroni starts the crashed leader as a standby, then promotes it again (a new
+        # timeline): done once every member streams on the leader's timeline again.
+        for member in ha.view(fault.cluster, GROUP).members:
+            if member.name != leader.name:
+                ha.wait_rejoined(fault.cluster, GROUP, member.name, 60)
         fault.report.rejoined = True
+        fault.report.timeline_after = ha.view(fault.cluster, GROUP).timeline
         fault.report.notes.append(f"Patroni restarted PostgreSQL on {leader.name}, which "
                                   "kept the leader key (crash recovery, no failover)")
 
@@ -145,9 +151,10 @@ def heal_node(fault: _Fault) -> None:
     leader = _wait_leader(fault, other_than=fault.target,
                           timeout=fault.report.ttl_seconds + 60)
     _finish(fault, leader)
-    fault.cluster.start_service(fault.target, timeout=120)
+    started = time.monotonic()
+    fault.cluster.start_service(fault.target, timeout=120)  # pg_rewind happens here
     fault.killed.discard(fault.target)
-    _rejoin(fault, fault.target, 120)
+    _rejoin(fault, fault.target, 120, started=started)
 
 
 def switchover(fault: _Fault) -> None:
