@@ -352,6 +352,44 @@ class EventsSettings:
                                       "it is given up.", minimum=0)
 
 
+Purger = Literal["none", "varnish", "fastly", "cloudflare", "cloudfront"]
+PurgeMode = Literal["hard", "soft"]
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """Purging the edge cache (Varnish or a CDN) by tag when tagged models change
+    (docs/edge.md)."""
+
+    purger: Purger = setting("none", "Which edge the app servers purge.", topology=True)
+    purge_mode: PurgeMode = setting("hard", "hard: gone at once; soft: stale, refetched "
+                                    "on the next request (served once more).",
+                                    topology=True)
+    purge_urls: tuple[str, ...] = setting((), "Base URLs of every Varnish (empty: the local "
+                                          "cluster's edge).", topology=True)
+    service_id: str = setting("", "Fastly service id.", topology=True)
+    zone_id: str = setting("", "Cloudflare zone id.", topology=True)
+    distribution_id: str = setting("", "CloudFront distribution id.", topology=True)
+    token_env: str = setting("", "Environment variable holding the Fastly or Cloudflare API "
+                             "token.", topology=True)
+    aws_key_id_env: str = setting("", "Environment variable holding the AWS access key id "
+                                  "(CloudFront).", topology=True)
+    aws_secret_env: str = setting("", "Environment variable holding the AWS secret access "
+                                  "key (CloudFront).", topology=True)
+    api_url: str = setting("", "The CDN API's base URL when not its public one.",
+                           topology=True)
+    batch_ms: int = setting(5, "Milliseconds a purge waits to gather more tags.",
+                            topology=True, minimum=0)
+    retries: int = setting(3, "Extra attempts of a failed purge (exponential back-off).",
+                           topology=True, minimum=0)
+    timeout: float = setting(5.0, "Seconds one purge request may take.", above=0)
+    wait_for_replicas: float = setting(2.0, "Seconds a purge waits for the replicas to "
+                                       "replay the write (0: do not wait), so the edge "
+                                       "refetches fresh data.", minimum=0)
+    caches: tuple[str, ...] = setting(("default",), "Cache aliases whose tagged entries are "
+                                      "evicted with the edge's.")
+
+
 @dataclass(frozen=True)
 class MigrationsSettings:
     """Applying migrations without locking out traffic (docs/migrations.md)."""
@@ -447,6 +485,7 @@ class DjscaleSettings:
     events: EventsSettings = setting(doc="", factory=EventsSettings, key="EVENTS")
     migrations: MigrationsSettings = setting(doc="", factory=MigrationsSettings,
                                              key="MIGRATIONS")
+    edge: EdgeSettings = setting(doc="", factory=EdgeSettings, key="EDGE", topology=True)
     services: Mapping[str, ServiceSettings] = setting(doc="Services",
                                                       factory=dict, key="SERVICES",
                                                       topology=True)

@@ -21,6 +21,7 @@
     │   ├── CacheUnavailable   Redis is unreachable for an operation that needs it (incr)
     │   └── CacheKeyError      a @cached argument cannot be encoded into a key
     ├── EventError             an event could not be published or consumed (djscale.events)
+    ├── PurgeError             the edge (Varnish, a CDN) refused or missed a purge (djscale.edge)
     └── InefficientQueries     queries the project's query policy forbids (djscale.queries)
         ├── NPlusOneDetected   one line ran the same query shape again and again
         └── QueryBudgetExceeded more queries than a view's, task's or test's budget
@@ -160,3 +161,7 @@ class CacheUnavailable(CacheError):
 
 class CacheKeyError(CacheError, TypeError):
     """An argument of a ``@cached`` call cannot be encoded into a stable cache key."""
+
+
+class PurgeError(DjscaleError):
+    """The edge cache (Varnish, a CDN) refused a purge or could not be reached."""

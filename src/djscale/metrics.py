@@ -71,6 +71,11 @@ __all__ = [
     "CACHE_WRITES_DROPPED",
     "CIRCUIT_BREAKER_STATE",
     "DB_QUERIES",
+    "EDGE_CACHE_EVICTIONS",
+    "EDGE_PURGES",
+    "EDGE_PURGE_FAILURES",
+    "EDGE_PURGE_RETRIES",
+    "EDGE_PURGE_SECONDS",
     "HEALTH_CHECK_UP",
     "HTTP_REQUESTS",
     "HTTP_REQUEST_DURATION",
@@ -105,6 +110,7 @@ __all__ = [
     "record_cache_computation",
     "record_circuit_state",
     "record_crash_loop",
+    "record_edge_purge",
     "record_invalidation",
     "record_l1_flush",
     "record_l2_error",
@@ -262,6 +268,26 @@ CACHE_WRITES_DROPPED = Counter(
 CACHE_L1_FLUSHES = Counter(
     "djscale_cache_l1_flushes", "Whole-L1 flushes (lost subscription, clear()).", ["reason"],
 )
+# ------------------------------------------------------------------ edge (djscale.edge)
+
+EDGE_PURGES = Counter(
+    "djscale_edge_purges", "Invalidation batches purged at the edge (every layer done).",
+)
+EDGE_PURGE_RETRIES = Counter(
+    "djscale_edge_purge_retries", "Purge attempts that failed and were retried.",
+)
+EDGE_PURGE_FAILURES = Counter(
+    "djscale_edge_purge_failures",
+    "Invalidation batches given up after every retry (stale until the edge TTL).",
+)
+EDGE_CACHE_EVICTIONS = Counter(
+    "djscale_edge_cache_evictions", "TieredCache entries evicted by tag with an edge purge.",
+)
+EDGE_PURGE_SECONDS = Histogram(
+    "djscale_edge_purge_seconds", "From the write's commit to the edge purged.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
 SESSION_CACHE_WRITES = Counter(
     "djscale_session_cache_writes",
     "Session cache writes by outcome (acked, unacked: WAIT timed out, failed: Redis down).",
@@ -534,3 +560,17 @@ def instrument_queries() -> None:
 
 
 instrument_queries()
+
+
+def record_edge_purge(*, result: Literal["ok", "retry", "failed"], seconds: float = 0.0,
+                      evicted: int = 0) -> None:
+    """Count one purge attempt's outcome (``ok`` also records its delay and evictions)."""
+    if result == "ok":
+        EDGE_PURGES.inc()
+        EDGE_PURGE_SECONDS.observe(seconds)
+        if evicted:
+            EDGE_CACHE_EVICTIONS.inc(evicted)
+    elif result == "retry":
+        EDGE_PURGE_RETRIES.inc()
+    else:
+        EDGE_PURGE_FAILURES.inc()

@@ -413,6 +413,20 @@ def _settings(topo: Topology, addr: _Addresses) -> dict[str, Any]:
             "TRUSTED_PROXIES": [topo.lb.host],
             "APP_SERVERS": topo.app.servers,
             "PGBOUNCER": topo.pgbouncer.pool_mode if topo.pgbouncer.enabled else None,
+            "EDGE": {
+                "PURGER": topo.edge.purger,
+                "PURGE_MODE": topo.edge.purge_mode,
+                "PURGE_URLS": list(topo.edge.purge_urls),
+                "SERVICE_ID": topo.edge.service_id,
+                "ZONE_ID": topo.edge.zone_id,
+                "DISTRIBUTION_ID": topo.edge.distribution_id,
+                "TOKEN_ENV": topo.edge.token_env,
+                "AWS_KEY_ID_ENV": topo.edge.aws_key_id_env,
+                "AWS_SECRET_ENV": topo.edge.aws_secret_env,
+                "API_URL": topo.edge.api_url,
+                "BATCH_MS": topo.edge.batch_ms,
+                "RETRIES": topo.edge.retries,
+            },
             "SERVICES": {
                 svc.name: {
                     "URLS": list(svc.urls),

@@ -39,6 +39,12 @@ Example::
     workers = 1
     app = "demo.celery:app"
 
+    [edge]                     # a shared cache in front of the load balancer
+    kind = "varnish"           # the local cluster runs Varnish (xkey); or "none"
+    public_paths = ["^/catalog/"]   # cookies dropped here (the app declared them public)
+    grace_seconds = 300        # stale public pages served while the app is down
+    purger = "varnish"         # or "fastly", "cloudflare", "cloudfront", "none"
+
     [services.users]           # upstreams that clients and the gateway may call
     urls = ["http://127.0.0.1:8101"]
     timeout = 2.0              # budget of one call, retries included (seconds)
@@ -99,6 +105,7 @@ __all__ = [
     "CelerySpec",
     "CompositionSpec",
     "DatabaseGroup",
+    "EdgeSpec",
     "GatewaySpec",
     "HostSpec",
     "KubernetesSpec",
@@ -348,6 +355,54 @@ class LoadBalancerSpec:
     slowstart_seconds: int = 5
 
 
+EDGE_KINDS = ("none", "varnish")
+PURGERS = ("none", "varnish", "fastly", "cloudflare", "cloudfront")
+PURGE_MODES = ("hard", "soft")
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """The shared cache in front of the load balancer, and how its pages are purged.
+
+    ``kind = "varnish"``: the local cluster runs Varnish (VCL from
+    :mod:`djscale.cluster.varnish`); ``purger`` says which edge the app servers purge by
+    tag when tagged models change (a CDN in production, the local Varnish in rehearsal).
+    """
+
+    kind: str = "none"
+    host: str = "127.0.0.1"
+    port: Port = AUTO
+    public_paths: tuple[str, ...] = ()
+    """Regexes of paths the app declared public: their non-session cookies are dropped."""
+    session_cookies: tuple[str, ...] = ("sessionid",)
+    """Cookies that make a request personal (never served from or stored in the cache)."""
+    grace_seconds: int = 300
+    memory_mb: int = 256
+    probe_interval_ms: int = 1000
+    threads_min: int = 50
+    purge_from: tuple[str, ...] = ("127.0.0.1", "::1")
+    """Addresses (or CIDR networks) allowed to send PURGE to the Varnish edge."""
+    purger: str = "none"
+    purge_mode: str = "hard"
+    purge_urls: tuple[str, ...] = ()
+    """Varnish purger: base URLs of every Varnish (empty: the local cluster's edge)."""
+    service_id: str = ""
+    zone_id: str = ""
+    distribution_id: str = ""
+    token_env: str = ""
+    aws_key_id_env: str = ""
+    aws_secret_env: str = ""
+    api_url: str = ""
+    """The CDN's API base URL when not its public one (a proxy, a test server)."""
+    batch_ms: int = 5
+    retries: int = 3
+
+    @property
+    def enabled(self) -> bool:
+        """True when the local cluster runs an edge cache."""
+        return self.kind != "none"
+
+
 @dataclass(frozen=True)
 class CelerySpec:
     """Celery workers (the broker is the topology's Redis)."""
@@ -519,6 +574,7 @@ class Topology:
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     pgbouncer: PgBouncerSpec = field(default_factory=PgBouncerSpec)
     kubernetes: KubernetesSpec = field(default_factory=KubernetesSpec)
+    edge: EdgeSpec = field(default_factory=EdgeSpec)
     sharding: ShardingSpec = field(default_factory=ShardingSpec)
     hosts: tuple[HostSpec, ...] = ()
     source: str = "<memory>"
@@ -912,7 +968,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<memory>") -> Topology:
 
 def _parse(data: Mapping[str, Any], source: str) -> Topology:
     _Section(data, "", ("project", "postgres", "shards", "redis", "app", "lb", "celery",
-                        "services", "gateway", "pgbouncer", "kubernetes", "sharding", "hosts"))
+                        "services", "gateway", "pgbouncer", "kubernetes", "sharding", "hosts",
+                        "edge"))
     hosts = _hosts(_table(data, "hosts"))
 
     p = _Section(_table(data, "project"), "project", ("name", "pythonpath", "settings", "wsgi"))
@@ -1041,7 +1098,78 @@ def _parse(data: Mapping[str, Any], source: str) -> Topology:
                     pgbouncer=pgbouncer,
                     kubernetes=_kubernetes(_table(data, "kubernetes"), project, app),
                     sharding=_sharding(_table(data, "sharding")),
+                    edge=_edge(_table(data, "edge"), hosts),
                     hosts=tuple(hosts.values()), source=source)
+
+
+def _edge(data: Mapping[str, Any], hosts: Mapping[str, HostSpec]) -> EdgeSpec:
+    _no_password(data, "edge", "token", "CDN_TOKEN")
+    e = _Section(data, "edge", (
+        "kind", "host", "port", "public_paths", "session_cookies", "grace_seconds",
+        "memory_mb", "probe_interval_ms", "threads_min", "purge_from", "purger", "purge_mode",
+        "purge_urls", "service_id", "zone_id", "distribution_id", "token_env",
+        "aws_key_id_env", "aws_secret_env", "api_url", "batch_ms", "retries"))
+    kind = e.get_str("kind", "none", choices=EDGE_KINDS)
+    public_paths = e.strs("public_paths", ())
+    for i, pattern in enumerate(public_paths):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise TopologyError(f"edge.public_paths[{i}] = {pattern!r} is invalid: "
+                                f"not a regular expression ({exc})") from None
+        if '"}' in pattern:
+            raise TopologyError(f'edge.public_paths[{i}] = {pattern!r} is invalid: it may '
+                                'not contain \'"}\'')
+    cookie = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    purge_from = e.strs("purge_from", ("127.0.0.1", "::1"))
+    for i, entry in enumerate(purge_from):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise TopologyError(f"edge.purge_from[{i}] = {entry!r} is invalid: expected an "
+                                "IP address or a CIDR network") from None
+    url = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+    spec = EdgeSpec(
+        kind=kind,
+        host=e.host("host", "127.0.0.1", hosts),
+        port=e.port("port"),
+        public_paths=public_paths,
+        session_cookies=e.strs("session_cookies", ("sessionid",)),
+        grace_seconds=e.get_int("grace_seconds", 300),
+        memory_mb=e.get_int("memory_mb", 256, minimum=16),
+        probe_interval_ms=e.get_int("probe_interval_ms", 1000, minimum=100),
+        threads_min=e.get_int("threads_min", 50, minimum=5, maximum=5000),
+        purge_from=purge_from,
+        purger=e.get_str("purger", "varnish" if kind == "varnish" else "none",
+                         choices=PURGERS),
+        purge_mode=e.get_str("purge_mode", "hard", choices=PURGE_MODES),
+        purge_urls=e.strs("purge_urls", ()),
+        service_id=e.get_str("service_id", "", what="the Fastly service id"),
+        zone_id=e.get_str("zone_id", "", what="the Cloudflare zone id"),
+        distribution_id=e.get_str("distribution_id", "",
+                                  what="the CloudFront distribution id"),
+        token_env=e.get_str("token_env", "", pattern=_ENV_RE, what=_ENV_WHAT),
+        aws_key_id_env=e.get_str("aws_key_id_env", "", pattern=_ENV_RE, what=_ENV_WHAT),
+        aws_secret_env=e.get_str("aws_secret_env", "", pattern=_ENV_RE, what=_ENV_WHAT),
+        api_url=e.get_str("api_url", "", pattern=re.compile(r"^(https?://\S+)?$"),
+                          what="an http(s) URL"),
+        batch_ms=e.get_int("batch_ms", 5, maximum=10_000),
+        retries=e.get_int("retries", 3, maximum=20),
+    )
+    for i, name in enumerate(spec.session_cookies):
+        if not cookie.match(name):
+            raise TopologyError(f"edge.session_cookies[{i}] = {name!r} is invalid: "
+                                "expected a cookie name")
+    for i, base in enumerate(spec.purge_urls):
+        if not url.match(base):
+            raise TopologyError(f"edge.purge_urls[{i}] = {base!r} is invalid: expected "
+                                "an http(s) URL such as \"http://10.0.0.5:6081\"")
+    needs = {"fastly": ("service_id", "token_env"), "cloudflare": ("zone_id", "token_env"),
+             "cloudfront": ("distribution_id", "aws_key_id_env", "aws_secret_env")}
+    for key in needs.get(spec.purger, ()):
+        if not getattr(spec, key):
+            raise TopologyError(f"edge.purger = {spec.purger!r} needs edge.{key}")
+    return spec
 
 
 def _redis(data: Mapping[str, Any], hosts: Mapping[str, HostSpec]) -> RedisSpec:

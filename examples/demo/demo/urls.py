@@ -7,4 +7,7 @@ urlpatterns = [
     path("whoami", views.whoami),
     path("visit", views.visit),
     path("notes", views.notes),
+    path("catalog", views.catalog),
+    path("me", views.me),
+    path("welcome", views.welcome),
 ]

@@ -10,7 +10,9 @@ from django.views.decorators.csrf import csrf_exempt
 
 from demo.consumers import MAX_WORK_MS
 from demo.models import Note, NoteIndexed, Visit
+from djscale.edge import add_tags
 from djscale.events import publish
+from djscale.http.cache_control import public_cache
 
 
 def _server_port(alias: str) -> int:
@@ -70,3 +72,25 @@ def notes(request: HttpRequest) -> JsonResponse:
                            using=alias)
     # The commit above is the last database operation: once it is done, the answer is 201.
     return JsonResponse({"id": note.id, "event_id": str(event_id)}, status=201)
+
+
+@public_cache(max_age=2, s_maxage=5, stale_while_revalidate=1)
+def catalog(request: HttpRequest) -> JsonResponse:
+    """GET: the same page for every anonymous visitor (shared caches may keep it 5 s)."""
+    response = JsonResponse({"page": "catalog", "notes": Note.objects.count()})
+    add_tags(response, Note)
+    return response
+
+
+def me(request: HttpRequest) -> JsonResponse:
+    """GET: who is logged in (personal: never from a shared cache)."""
+    user = request.user
+    return JsonResponse({"user": user.get_username() if user.is_authenticated else None})
+
+
+@public_cache(max_age=30)
+def welcome(request: HttpRequest) -> JsonResponse:
+    """GET: opts in to public caching but hands out a cookie: must never be shared."""
+    response = JsonResponse({"page": "welcome"})
+    response.set_cookie("first_visit", os.urandom(4).hex())
+    return response

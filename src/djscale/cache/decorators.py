@@ -9,6 +9,9 @@
     product_page.invalidate(7)        # delete that entry everywhere (L1 of every process)
     product_page.refresh(7)           # recompute and store now
     product_page.uncached(7)          # call the function, bypassing the cache
+
+    @cached(timeout=300, tags=lambda product_id: [f"shop.product:{product_id}"])
+    def product_card(product_id: int) -> dict: ...   # invalidate_tags() finds it by tag
     with bypass_cache():              # bypass for everything in this block (per context)
         product_page(7)
 
@@ -25,13 +28,14 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from djscale.cache.keys import function_key, qualified_name
+from djscale.cache.tags import index_entry, invalidated_at
 
 __all__ = ["CachedFunction", "bypass_cache", "cached"]
 
@@ -57,8 +61,9 @@ class CachedFunction(Generic[P, R]):
 
     def __init__(self, func: Callable[P, R], *, timeout: float | object | None,
                  key: Callable[..., str] | None, version: int | None, cache: str,
-                 name: str | None) -> None:
+                 name: str | None, tags: Callable[..., Iterable[str]] | None = None) -> None:
         self.__wrapped__ = func
+        self.tags = tags
         functools.update_wrapper(self, func)
         self.timeout = timeout
         self.key_func = key
@@ -83,13 +88,26 @@ class CachedFunction(Generic[P, R]):
         if _bypass.get():
             return self.__wrapped__(*args, **kwargs)
         key = self.key(*args, **kwargs)
+        tags = list(self.tags(*args, **kwargs)) if self.tags is not None else []
+        stamps = invalidated_at(self.cache, tags) if tags else []
+        computed = False
 
         def compute() -> R:
+            nonlocal computed
+            computed = True
+            if self.tags is not None:
+                # Indexed before the value is stored: an invalidation can only find more.
+                timeout = self.timeout if isinstance(self.timeout, int | float) else None
+                index_entry(self.cache, tags, key, self.version, timeout)
             return self.__wrapped__(*args, **kwargs)
 
         # Django's get_or_set() tells a cached None from a miss, so None is cached too.
         value: R = self.cache.get_or_set(key, compute, timeout=self.timeout,  # type: ignore[arg-type, assignment]
                                          version=self.version)
+        if computed and tags and invalidated_at(self.cache, tags) != stamps:
+            # An invalidation of these tags ran while we computed: what we stored may
+            # be older than it (see djscale.cache.tags).
+            self.cache.delete(key, version=self.version)
         return value
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
@@ -108,6 +126,10 @@ class CachedFunction(Generic[P, R]):
     def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Compute now and store the result (e.g. from a warmer or after a write)."""
         value = self.__wrapped__(*args, **kwargs)
+        if self.tags is not None:
+            timeout = self.timeout if isinstance(self.timeout, int | float) else None
+            index_entry(self.cache, self.tags(*args, **kwargs), self.key(*args, **kwargs),
+                        self.version, timeout)
         self.cache.set(self.key(*args, **kwargs), value,
                        timeout=self.timeout, version=self.version)  # type: ignore[arg-type]
         return value
@@ -142,21 +164,25 @@ def cached(func: Callable[P, R], /) -> CachedFunction[P, R]: ...
 
 @overload
 def cached(*, timeout: float | object | None = ..., key: Callable[..., str] | None = ...,
-           version: int | None = ..., cache: str = ..., name: str | None = ...
+           version: int | None = ..., cache: str = ..., name: str | None = ...,
+           tags: Callable[..., Iterable[str]] | None = ...
            ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
 
 def cached(func: Callable[P, R] | None = None, /, *,
            timeout: float | object | None = DEFAULT_TIMEOUT,
            key: Callable[..., str] | None = None, version: int | None = None,
-           cache: str = "default", name: str | None = None) -> Any:
+           cache: str = "default", name: str | None = None,
+           tags: Callable[..., Iterable[str]] | None = None) -> Any:
     """Memoize a function (or method) in the ``cache`` alias for ``timeout`` seconds.
 
     ``key`` replaces the canonical argument hash (it gets the call's arguments);
     ``name`` replaces the qualified name in keys (keep keys stable across a rename).
-    A result of None is cached too.
+    A result of None is cached too. ``tags`` (given the call's arguments) names the tags
+    of the entry, for :func:`djscale.cache.tags.invalidate_tags` and the edge's
+    invalidation (:mod:`djscale.edge.invalidation`).
     """
     def decorate(f: Callable[P, R]) -> CachedFunction[P, R]:
         return CachedFunction(f, timeout=timeout, key=key, version=version, cache=cache,
-                              name=name)
+                              name=name, tags=tags)
     return decorate(func) if func is not None else decorate

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from djscale.cluster import ha, ports
+from djscale.cluster import ha, ports, varnish
 from djscale.cluster import pgbouncer as pgb
 from djscale.cluster import postgres as pg
 from djscale.cluster import redis as rd
@@ -37,12 +37,12 @@ from djscale.topology import AUTO, DatabaseGroup, Port, Topology
 
 __all__ = ["PARTS", "RESTARTED_KINDS", "LocalCluster", "ServiceStatus", "service_ready"]
 
-PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "celery", "gateway",
-         "dashboard", "watchdog")
+PARTS = ("postgres", "pgbouncer", "redis", "migrate", "app", "lb", "edge", "celery",
+         "gateway", "dashboard", "watchdog")
 """The parts of a cluster, in start order; ``up(only=...)`` takes a subset."""
 
 RESTARTED_KINDS = frozenset({"gunicorn", "celery", "relay", "gateway", "nginx", "haproxy",
-                             "dashboard", "patroni", "etcd"})
+                             "dashboard", "patroni", "etcd", "varnish"})
 """Kinds of service the watchdog restarts when they die: the stateless ones.
 
 PostgreSQL, PgBouncer and Redis are left alone: restarting a crashed primary behind the
@@ -265,6 +265,8 @@ class LocalCluster:
             self._up_apps()
         if "lb" in parts:
             self._up_lb()
+        if "edge" in parts and self.topology.edge.enabled:
+            self._up_edge()
         if "celery" in parts:
             self._up_celery()
         if "gateway" in parts and (self.topology.gateway.routes
@@ -426,6 +428,19 @@ class LocalCluster:
                           slots=self.lb_slots())
         self._ensure(proc, lambda: http_ok(spec.host, port), 30)
 
+    def _up_edge(self) -> None:
+        """Varnish in front of the load balancer (``[edge] kind = "varnish"``)."""
+        spec = self.topology.edge
+        if shutil.which("varnishd") is None:
+            raise ClusterError('[edge] kind = "varnish" needs varnishd: install the Debian '
+                               "packages varnish and varnish-modules (`make setup` does)")
+        port = self._port("edge", spec.host, spec.port)
+        lb_host, lb_port = self.address("lb")
+        proc = varnish.varnish_process(spec, backend_host=lb_host, backend_port=lb_port,
+                                       port=port, run_dir=varnish.edge_home(self.state_dir),
+                                       log=self._log("edge"))
+        self._ensure(proc, lambda: service_ready(proc), 30)
+
     def _up_celery(self) -> None:
         spec = self.topology.celery
         for i in range(spec.workers):
@@ -543,6 +558,9 @@ class LocalCluster:
             return rd.ping(proc.host, proc.port), proc.role
         if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard", "gateway", "watchdog"):
             return http_ok(proc.host, proc.port), proc.role
+        if proc.kind == "varnish":
+            ok = service_ready(proc)
+            return ok, varnish.edge_stats(proc.data_dir).summary() if ok else proc.role
         return True, proc.role
 
     def down(self, *, purge: bool = False) -> None:
@@ -565,9 +583,10 @@ class LocalCluster:
                         record["supervision"]["state"] = "stopped"
             self.state.services = state.services
         if purge:
-            home = self.state_dir / "postgres"
-            if home.is_symlink():
-                shutil.rmtree(home.resolve(), ignore_errors=True)
+            for linked in ("postgres", "edge"):  # homes kept in /tmp (pg_home, edge_home)
+                home = self.state_dir / linked
+                if home.is_symlink():
+                    shutil.rmtree(home.resolve(), ignore_errors=True)
             shutil.rmtree(self.state_dir, ignore_errors=True)
         if errors:
             raise ClusterError("some services did not stop cleanly: " + "; ".join(errors))
@@ -667,6 +686,8 @@ def service_ready(proc: ManagedProcess, log_offset: int = 0) -> bool:
         return rd.ping(proc.host, proc.port)
     if proc.kind in ha.KINDS:
         return ha.ready(proc)
+    if proc.kind == "varnish":
+        return http_ok(proc.host, proc.port, varnish.LIVE_PATH)
     return True
 
 

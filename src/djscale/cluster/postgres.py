@@ -78,7 +78,8 @@ def pg_user() -> str | None:
     return "postgres"
 
 
-def _reachable_by_others(path: Path) -> bool:
+def reachable_by_others(path: Path) -> bool:
+    """True when every folder up to ``path`` lets other users pass (service accounts)."""
     for part in [path, *path.parents]:
         try:
             mode = part.stat().st_mode
@@ -94,7 +95,7 @@ def pg_home(state_dir: Path) -> Path:
     link = state_dir / "postgres"
     if link.is_symlink() or link.is_dir():
         return link.resolve()
-    if pg_user() is None or _reachable_by_others(state_dir):
+    if pg_user() is None or reachable_by_others(state_dir):
         link.mkdir(parents=True, exist_ok=True)
         return link
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:12]

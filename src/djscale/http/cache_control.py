@@ -31,7 +31,9 @@ Order: after the static-files middleware (whose hashed files are ``immutable``) 
 
 from __future__ import annotations
 
+import contextvars
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, wraps
@@ -54,6 +56,7 @@ __all__ = [
     "is_personal",
     "path_policies",
     "public_cache",
+    "request_started",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +65,17 @@ SAFE_METHODS = ("GET", "HEAD")
 # RFC 9111 "heuristically cacheable" statuses plus 206 handled by caches themselves.
 CACHEABLE_STATUS = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 _ATTR = "djscale_cache_policy"
+_started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "djscale_request_started", default=None)
+
+
+def request_started() -> float | None:
+    """When the current request reached :class:`CacheControlMiddleware` (epoch seconds).
+
+    :func:`djscale.edge.tags.add_tags` compares it with the invalidations of a response's
+    tags: data read before an invalidation must not be stored by the edge.
+    """
+    return _started.get()
 
 
 @dataclass(frozen=True)
@@ -163,7 +177,11 @@ class CacheControlMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         """Handle the request, then fix the response's caching headers."""
-        response = self.get_response(request)
+        token = _started.set(time.time())
+        try:
+            response = self.get_response(request)
+        finally:
+            _started.reset(token)
         return self.process(request, response)
 
     def process_view(self, request: HttpRequest, view: Callable[..., Any], args: Any,

@@ -1,4 +1,10 @@
-"""The products API: reads from the tiered cache (L1 in process, L2 Redis), staff writes."""
+"""The products API: reads from the tiered cache (L1 in process, L2 Redis), staff writes.
+
+Every cached result and every public response carries the tags of what it shows
+(``products.product:<id>``, ``products.category:<slug>``, ``products.featured``); a committed
+save or delete of a product (``shop.products.apps``) evicts those cache entries in every
+process and purges them at the edge (djscale.edge), so no view invalidates by hand.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from django import forms
 from django.http import HttpRequest, JsonResponse
 
 from djscale.cache import cached
+from djscale.edge import add_tags, edge_tags
 from djscale.http.cache_control import public_cache
 from shop.api import (
     ID,
@@ -24,31 +31,37 @@ from shop.api import (
 from shop.products.models import Category, Product
 
 
-@cached(timeout=300)
+@cached(timeout=300, tags=lambda product_id: [f"products.product:{product_id}"])
 def product_card(product_id: int) -> dict[str, object] | None:
     """One product as JSON (None when it does not exist)."""
     found = Product.objects.select_related("category").filter(pk=product_id).first()
     return found.as_json() if found else None
 
 
-@cached(timeout=60)
+@cached(timeout=60, tags=lambda slug: [f"products.category:{slug}"])
 def category_page(slug: str) -> list[dict[str, object]]:
     """The products of a category."""
     qs = Product.objects.select_related("category").filter(category__slug=slug).order_by("id")
     return [p.as_json() for p in qs[:100]]
 
 
-@cached(timeout=60)
+@cached(timeout=60, tags=lambda: ["products.featured"])
 def featured() -> list[dict[str, object]]:
     """The featured products."""
     qs = Product.objects.select_related("category").filter(featured=True).order_by("id")
     return [p.as_json() for p in qs[:50]]
 
 
-@cached(timeout=300)
+@cached(timeout=300, tags=lambda: ["products.category"])
 def categories_list() -> list[dict[str, str]]:
     """Every category."""
     return [{"slug": c.slug, "name": c.name} for c in Category.objects.order_by("slug")]
+
+
+class ProductChange(forms.Form):
+    name = forms.CharField(max_length=200, required=False)
+    price_cents = forms.IntegerField(min_value=0, max_value=10_000_000, required=False)
+    featured = forms.BooleanField(required=False)
 
 
 class NewProduct(forms.Form):
@@ -72,20 +85,35 @@ def products(request: HttpRequest) -> JsonResponse:
         product = Product.objects.create(category=category, name=data["name"],
                                          price_cents=data["price_cents"],
                                          featured=data["featured"])
-        category_page.invalidate(category.slug)
-        if product.featured:
-            featured.invalidate()
         return JsonResponse(product.as_json(), status=201)
     slug = request.GET.get("category")
     if slug:
-        return JsonResponse({"results": category_page(slug)})
-    return JsonResponse({"results": featured()})
+        return add_tags(JsonResponse({"results": category_page(slug)}),
+                        f"products.category:{slug}")
+    return add_tags(JsonResponse({"results": featured()}), "products.featured")
 
 
 @public_cache(max_age=30)
-@api("GET")
+@api("GET", "PATCH")
+@edge_tags(lambda request, product_id: [f"products.product:{product_id}"])
 def product(request: HttpRequest, product_id: int) -> JsonResponse:
-    """One product."""
+    """GET one product. PATCH (staff): change its name, price or featured flag."""
+    if request.method == "PATCH":
+        require_staff(request)
+        raw = body(request)
+        data = validated(ProductChange, raw)
+        found = Product.objects.filter(pk=product_id).first() if product_id <= MAX_ID \
+            else None
+        if found is None:
+            raise ApiError(404, "not_found", f"no product {product_id}")
+        if "name" in raw and not data["name"]:
+            raise ApiError(400, "invalid_request", "some fields are invalid",
+                           {"name": ["This field may not be blank."]})
+        for name in ("name", "price_cents", "featured"):
+            if name in raw:
+                setattr(found, name, data[name])
+        found.save()
+        return JsonResponse(found.as_json())
     card = product_card(product_id) if product_id <= MAX_ID else None
     if card is None:
         raise ApiError(404, "not_found", f"no product {product_id}")
@@ -94,6 +122,7 @@ def product(request: HttpRequest, product_id: int) -> JsonResponse:
 
 @public_cache(max_age=60)
 @api("GET")
+@edge_tags("products.category")
 def categories(request: HttpRequest) -> JsonResponse:
     """Every category."""
     return JsonResponse({"results": categories_list()})
@@ -132,7 +161,21 @@ schema = openapi("shop products", {
         "parameters": [{"name": "product_id", "in": "path", "required": True, "schema": ID}],
         "get": {"summary": "one product",
                 "responses": {"200": reply("the product",
-                                           {"$ref": "#/components/schemas/Product"})}}},
+                                           {"$ref": "#/components/schemas/Product"})}},
+        "patch": {"summary": "change a product (staff)", "security": [{"bearer": []}],
+                  "requestBody": json_body({
+                      "type": "object",
+                      "properties": {
+                          "name": {"type": "string", "minLength": 1, "maxLength": 200,
+                                   "pattern": NON_BLANK},
+                          "price_cents": {"type": "integer", "minimum": 0,
+                                          "maximum": 10_000_000},
+                          "featured": {"type": "boolean"}}}),
+                  "responses": {"200": reply("the changed product",
+                                             {"$ref": "#/components/schemas/Product"}),
+                                "400": reply("invalid fields (named)"),
+                                "403": reply("staff only"),
+                                "404": reply("no such product")}}},
     "/api/products/categories/": {"get": {
         "summary": "every category",
         "responses": {"200": reply("categories", {

@@ -1,0 +1,349 @@
+"""The Varnish edge on real processes: the shop's products service and the demo behind it.
+
+Two clusters, each booted once for the module: the products service of the example shop
+(``examples/shop/products_edge.toml``: primary + replica, Redis, 2 app servers, HAProxy,
+Varnish) and the demo project with the same edge. Every test leaves them running.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import sys
+import threading
+import time
+import tomllib
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from djscale.cluster import LocalCluster, varnish
+from djscale.cluster.supervisor import wait_until
+from djscale.testing import ClusterFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOP = ROOT / "examples/shop"
+SHOP_TOPOLOGY = SHOP / "products_edge.toml"
+DEMO = ROOT / "examples/demo/djscale.toml"
+
+pytestmark = pytest.mark.integration
+
+GRACE = 8
+DEMO_TOPOLOGY = {
+    "project": {"name": "edgevarnish", "pythonpath": ".", "settings": "demo.settings",
+                "wsgi": "demo.wsgi:application"},
+    "postgres": {"database": "demo"},
+    "redis": {"mode": "single"},
+    "app": {"servers": 2, "workers": 2},
+    "lb": {"kind": "haproxy", "health_check_interval_ms": 300},
+    "edge": {"kind": "varnish", "public_paths": ["^/catalog$", "^/welcome$"],
+             "grace_seconds": GRACE, "probe_interval_ms": 300},
+}
+PRODUCTS = 40
+
+
+class Answer:
+    """One HTTP response as the tests look at it."""
+
+    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def cache(self) -> str:
+        """Varnish's verdict: HIT, MISS or PASS."""
+        return self.headers.get("X-Cache", "")
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+
+def get(cluster: LocalCluster, path: str, headers: dict[str, str] | None = None,
+        method: str = "GET", body: Any = None) -> Answer:
+    """One request to the cluster's edge."""
+    host, port = cluster.address("edge")
+    conn = http.client.HTTPConnection(host, port, timeout=15)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = {"Host": "localhost", **(headers or {})}
+        if data is not None:
+            hdrs["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        return Answer(resp.status, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def shop(djscale_cluster_factory: ClusterFactory) -> LocalCluster:
+    topology = tomllib.loads(SHOP_TOPOLOGY.read_text())
+    cluster = djscale_cluster_factory(topology, parts=("postgres", "redis", "migrate", "app",
+                                                       "lb", "edge"),
+                                      name="shop-edge", source=SHOP_TOPOLOGY)
+    cluster.django_admin("seed_products", "--count", str(PRODUCTS), service="seed")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def demo(djscale_cluster_factory: ClusterFactory) -> LocalCluster:
+    return djscale_cluster_factory(DEMO_TOPOLOGY, parts=("postgres", "redis", "migrate", "app",
+                                                         "lb", "edge"),
+                                   name="demo-edge", source=DEMO)
+
+
+def _shop_token(user_id: int, *, staff: bool = False) -> str:
+    sys.path.insert(0, str(SHOP))
+    try:
+        from shop.api import issue_token
+        from shopctl import SECRET
+    finally:
+        sys.path.remove(str(SHOP))
+    return str(issue_token(user_id, staff=staff, key=SECRET))
+
+
+def _demo_sessions(cluster: LocalCluster) -> dict[str, str]:
+    """Two logged-in users of the demo: name -> session key."""
+    code = (
+        "from importlib import import_module\n"
+        "from django.conf import settings\n"
+        "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, "
+        "HASH_SESSION_KEY\n"
+        "for name in ('alice-edge', 'bob-edge'):\n"
+        "    u, _ = get_user_model().objects.get_or_create(username=name)\n"
+        "    s = import_module(settings.SESSION_ENGINE).SessionStore()\n"
+        "    s[SESSION_KEY] = str(u.pk)\n"
+        "    s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
+        "    s[HASH_SESSION_KEY] = u.get_session_auth_hash()\n"
+        "    s.save()\n"
+        "    print('SESSION', name, s.session_key)\n"
+    )
+    out = cluster.django_admin("shell", "-c", code, service="edge-sessions").splitlines()
+    return {line.split()[1]: line.split()[2] for line in out if line.startswith("SESSION ")}
+
+
+def _demo_urls(cluster: LocalCluster) -> list[str]:
+    code = (
+        "import json\n"
+        "from django.urls import get_resolver, URLResolver\n"
+        "def walk(patterns, prefix=''):\n"
+        "    for p in patterns:\n"
+        "        if isinstance(p, URLResolver):\n"
+        "            yield from walk(p.url_patterns, prefix + str(p.pattern))\n"
+        "        else:\n"
+        "            yield prefix + str(p.pattern)\n"
+        "print('URLS=' + json.dumps(sorted(set(walk(get_resolver().url_patterns)))))\n"
+    )
+    out = cluster.django_admin("shell", "-c", code, service="edge-urls").splitlines()
+    urls = json.loads(next(x for x in out if x.startswith("URLS="))[5:])
+    return ["/" + u.lstrip("^").rstrip("$") for u in urls]
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_public_pages_are_shared_and_tags_never_reach_the_client(shop: LocalCluster) -> None:
+    first = get(shop, "/api/products/3")
+    again = get(shop, "/api/products/3", {"Cookie": "_ga=GA1.2.345; theme=dark"})
+    assert first.status == again.status == 200
+    assert again.cache == "HIT", again.headers
+    for answer in (first, again):
+        for header in ("Surrogate-Key", "Cache-Tag", "xkey", "X-Djscale-Swr"):
+            assert answer.headers.get(header) is None, header
+    bearer = get(shop, "/api/products/3", {"Authorization": f"Bearer {_shop_token(7)}"})
+    assert bearer.status == 200 and bearer.cache == "PASS"
+    assert "private" in bearer.headers["Cache-Control"]
+    row = next(s for s in shop.status() if s.name == "edge")
+    assert row.healthy and "hit ratio" in row.detail, row
+
+
+# --------------------------------------------------------------------------- (b)
+
+
+def _price(answer: Answer, product_id: int) -> int | None:
+    data = answer.json()
+    if "results" in data:
+        found = [p["price_cents"] for p in data["results"] if p["id"] == product_id]
+        return found[0] if found else None
+    return int(data["price_cents"])
+
+
+def _fresh(shop: LocalCluster, pages: tuple[str, ...], pid: int, price: int) -> bool:
+    return all(_price(get(shop, p), pid) == price for p in pages)
+
+
+def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
+        shop: LocalCluster) -> None:
+    staff = {"Authorization": f"Bearer {_shop_token(0, staff=True)}"}
+    categories = {p["id"]: p["category"] for p in
+                  (get(shop, f"/api/products/{i}").json() for i in range(1, PRODUCTS + 1))}
+    # Under load: readers keep every product and category page hot at the edge, and
+    # record what they saw and when they asked.
+    seen: list[tuple[float, int, str, int | None]] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rnd = random.Random(seed)
+        while not stop.is_set():
+            pid = rnd.randint(1, PRODUCTS)
+            path = (f"/api/products/{pid}" if rnd.random() < 0.5
+                    else f"/api/products/?category={categories[pid]}")
+            asked = time.monotonic()
+            answer = get(shop, path)
+            if answer.status == 200:
+                seen.append((asked, pid, path, _price(answer, pid)))
+
+    readers = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in readers:
+        t.start()
+    visible_after: list[float] = []
+    updates: dict[int, list[tuple[float, int]]] = {}  # pid -> [(visible at, price)]
+    stale_after = 0
+    try:
+        for n in range(200):
+            pid = random.randint(1, PRODUCTS)
+            price = 100_000 + n
+            answer = get(shop, f"/api/products/{pid}", staff, method="PATCH",
+                         body={"price_cents": price})
+            assert answer.status == 200, answer.body
+            written = time.monotonic()
+            pages = (f"/api/products/{pid}", f"/api/products/?category={categories[pid]}")
+            assert wait_until(partial(_fresh, shop, pages, pid, price), 10, interval=0.002), pid
+            visible = time.monotonic()
+            visible_after.append(visible - written)
+            updates.setdefault(pid, []).append((visible, price))
+            # The checker: right after, every read of both pages is the new price.
+            stale_after += sum(_price(get(shop, p), pid) != price for p in pages for _ in
+                               range(2))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    # The readers: a read asked after an update became visible never shows an older price.
+    stale_reads = 0
+    for asked, pid, _path, shown in seen:
+        done = [p for at, p in updates.get(pid, []) if at <= asked]
+        if done and shown is not None and shown < done[-1]:
+            stale_reads += 1
+    visible_after.sort()
+    print(f"200 updates: visible at the edge after p50 {visible_after[100] * 1000:.1f} ms, "
+          f"max {visible_after[-1] * 1000:.1f} ms; {len(seen)} reads under load, "
+          f"{stale_reads} stale, {stale_after} stale checker reads")
+    assert stale_after == 0
+    assert stale_reads == 0
+
+
+# --------------------------------------------------------------------------- (c)
+
+
+def _check_crawl(answers: list[tuple[str, str, Answer]], names: dict[str, str]) -> None:
+    """No personal answer from the cache, no cached Set-Cookie, nobody sees another's name."""
+    for who, path, answer in answers:
+        if answer.cache == "HIT":
+            assert "Set-Cookie" not in answer.headers, (who, path)
+            assert who.startswith("anon"), (who, path)
+        for other, name in names.items():
+            if other != who:
+                assert name.encode() not in answer.body, (who, path, answer.body[:200])
+
+
+def test_two_users_and_anonymous_clients_crawl_the_demo_and_never_share(
+        demo: LocalCluster) -> None:
+    sessions = _demo_sessions(demo)
+    clients = {
+        "alice": {"Cookie": f"sessionid={sessions['alice-edge']}; _ga=GA1.1.1"},
+        "bob": {"Cookie": f"_ga=GA1.1.2; sessionid={sessions['bob-edge']}"},
+        "bearer": {"Authorization": "Bearer not-a-demo-token"},
+        "anon-ga": {"Cookie": "_ga=GA1.2.3; _gid=GA1.2.4"},
+        "anon": {},
+    }
+    urls = _demo_urls(demo)
+    assert {"/catalog", "/me", "/welcome"} <= set(urls)
+    answers: list[tuple[str, str, Answer]] = []
+    for _ in range(3):
+        order = [(who, url) for who in clients for url in urls]
+        random.shuffle(order)
+        for who, url in order:
+            answers.append((who, url, get(demo, url, clients[who])))
+    _check_crawl(answers, {"alice": "alice-edge", "bob": "bob-edge"})
+    me = {who: a.json()["user"] for who, url, a in answers if url == "/me" and a.status == 200}
+    assert me["alice"] == "alice-edge" and me["bob"] == "bob-edge" and me["anon"] is None
+    catalog = [a.cache for who, url, a in answers if url == "/catalog" and who.startswith("anon")]
+    assert "HIT" in catalog, catalog
+    welcome = [a for _, url, a in answers if url == "/welcome"]
+    assert all(a.cache != "HIT" and "Set-Cookie" in a.headers for a in welcome)
+    print(f"demo crawl: {len(answers)} requests, {sum(a.cache == 'HIT' for *_, a in answers)} "
+          f"hits, 0 shared")
+
+
+def test_two_users_and_anonymous_clients_crawl_the_shop_and_never_share(
+        shop: LocalCluster) -> None:
+    clients = {
+        "user1": {"Authorization": f"Bearer {_shop_token(1)}"},
+        "user2": {"Authorization": f"Bearer {_shop_token(2)}", "Cookie": "_ga=GA1.3.1"},
+        "anon-ga": {"Cookie": "_ga=GA1.2.3"},
+        "anon": {},
+    }
+    urls = ["/api/products/", "/api/products/?category=cat-1", "/api/products/categories/",
+            "/api/products/openapi.json", "/api/products/999999", "/health/live",
+            "/health/ready", "/metrics", *(f"/api/products/{i}" for i in range(1, 6))]
+    answers = [(who, url, get(shop, url, clients[who]))
+               for _ in range(3) for who in clients for url in urls]
+    _check_crawl(answers, {})
+    # Never looked up in the cache (PASS), or answered by Varnish itself (/metrics: 404).
+    assert all(a.cache in ("PASS", "") for who, _, a in answers if who.startswith("user"))
+    hits = [url for who, url, a in answers if who.startswith("anon") and a.cache == "HIT"]
+    assert "/api/products/1" in hits and "/api/products/?category=cat-1" in hits, hits
+    assert all(a.status == 404 for _, url, a in answers if url == "/metrics")
+
+
+# --------------------------------------------------------------------------- (d)
+
+
+def test_an_app_outage_serves_public_pages_from_grace_and_personal_ones_fail(
+        demo: LocalCluster) -> None:
+    session = _demo_sessions(demo)["alice-edge"]
+    assert wait_until(lambda: get(demo, "/catalog").cache == "HIT", 10)
+    page = get(demo, "/catalog").body
+    with _stopped(demo):
+        work = demo.process("edge").data_dir
+        assert wait_until(lambda: varnish.backend_healthy(work) is False, 10)
+        started = time.monotonic()
+        answers: list[tuple[float, Answer]] = []
+
+        def past_window() -> bool:
+            answer = get(demo, "/catalog", {"Cookie": "_ga=GA1.9.9"})
+            answers.append((time.monotonic() - started, answer))
+            return answer.status != 200
+
+        assert wait_until(past_window, 5 + GRACE + 10, interval=0.2)
+        served = [(t, a) for t, a in answers if a.status == 200]
+        # Every answer until the window closed was the cached page, from the cache.
+        assert all(a.body == page and a.cache == "HIT" for _, a in served)
+        oldest = max(int(a.headers.get("Age", "0")) for _, a in served)
+        assert oldest > 5, f"stale copies should outlive s-maxage=5 (oldest {oldest} s)"
+        assert answers[-1][1].status == 503
+        personal = get(demo, "/me", {"Cookie": f"sessionid={session}"})
+        assert personal.status == 503 and personal.cache != "HIT"
+        print(f"outage: public page served from grace up to Age {oldest} s "
+              f"(s-maxage 5 + grace {GRACE}), then 503; personal page 503")
+
+
+class _stopped:
+    """Every app server of ``cluster`` stopped inside the block, started again after it."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+
+    def __enter__(self) -> None:
+        for name in ("app-1", "app-2"):
+            self.cluster.stop_service(name)
+
+    def __exit__(self, *exc: object) -> None:
+        for name in ("app-1", "app-2"):
+            self.cluster.start_service(name)
+        work = self.cluster.process("edge").data_dir
+        assert wait_until(lambda: varnish.backend_healthy(work) is True, 30)
