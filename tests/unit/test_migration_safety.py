@@ -7,9 +7,12 @@ database is opened (the PostgreSQL connection object only renders column types).
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import pytest
 from django.contrib.postgres.operations import AddIndexConcurrently
+from django.core.management import CommandError, call_command
 from django.db import connections, migrations, models
 from django.db.migrations.migration import Migration
 from django.db.migrations.state import ModelState, ProjectState
@@ -241,3 +244,20 @@ def test_a_finding_names_migration_operation_and_what_to_do() -> None:
                                   "shop_order.amount from integer to bigint: a table rewrite "
                                   "under ACCESS EXCLUSIVE [djscale.W313]")
     assert "backfill" in finding.hint
+
+
+# -------------------------------------------------------------- lint_migrations (no database)
+
+def test_lint_migrations_names_a_hazard_in_history_and_fails() -> None:
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=r"1 migration\(s\) checked, 1 finding\(s\)"):
+        call_command("lint_migrations", "contenttypes.0002", stdout=out)
+    assert "drops column django_content_type.name" in out.getvalue()
+    assert "[djscale.W316]" in out.getvalue()
+
+
+def test_lint_migrations_passes_the_project_apps_and_honours_opt_outs() -> None:
+    out = io.StringIO()
+    call_command("lint_migrations", stdout=out)  # the tests' own apps
+    call_command("lint_migrations", "djscale_events", stdout=out)  # 0002 opts out of W310
+    assert "0 finding(s)" in out.getvalue()

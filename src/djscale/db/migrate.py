@@ -34,15 +34,16 @@ from django.core.checks import Warning as CheckWarning
 from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 from django.db.migrations.operations import SeparateDatabaseAndState
 
 from djscale import conf
 from djscale.db.migration_safety import Finding, RunningCode, allowed, analyse
 
-__all__ = ["LOCK_ERRORS", "LockRetriesExhausted", "check_pending_migrations",
-           "drop_invalid_indexes", "findings_of_plan", "is_lock_error", "lock_timeout",
-           "pending_findings", "with_retries"]
+__all__ = ["LOCK_ERRORS", "LockRetriesExhausted", "RetryPolicy", "check_pending_migrations",
+           "drop_invalid_indexes", "findings_of_migrations", "findings_of_plan",
+           "is_lock_error", "lock_timeout", "pending_findings", "with_retries"]
 
 #: SQLSTATEs an attempt is retried on: lock_not_available (lock_timeout), deadlock_detected.
 LOCK_ERRORS = frozenset({"55P03", "40P01"})
@@ -85,6 +86,25 @@ def findings_of_plan(connection: BaseDatabaseWrapper, executor: MigrationExecuto
                                         running=running, alias=connection.alias)
                      if include_allowed or not allowed(migration, f.id))
         state = migration.mutate_state(state, preserve=False)
+    return found
+
+
+def findings_of_migrations(connection: BaseDatabaseWrapper, loader: MigrationLoader,
+                           keys: Sequence[tuple[str, str]]) -> list[Finding]:
+    """The hazards of each migration ``keys`` names, applied right after its parents.
+
+    No database is read: the running code is the state of its parents plus the loaded
+    models (what a pull request's migrations would meet). Opt-outs are applied.
+    """
+    found: list[Finding] = []
+    for key in keys:
+        migration = loader.get_migration(*key)
+        parents = [p.key for p in loader.graph.node_map[key].parents]
+        state = loader.project_state(nodes=parents, at_end=True)
+        running = RunningCode.of_project(state)
+        found.extend(f for f in analyse(migration, state, connection=connection,
+                                        running=running)
+                     if not allowed(migration, f.id))
     return found
 
 

@@ -54,6 +54,11 @@ def remove_on_shards(apps, schema_editor):  # type: ignore[no-untyped-def]
 class Migration(migrations.Migration):
     dependencies = [("djscale_events", "0001_initial")]
 
+    # djscale.W310: the partial index is built without CONCURRENTLY (this migration shipped
+    # before the guard). On a big outbox, publishing waits while it builds: apply it in a
+    # quiet moment. djscale's own migrations must not block an upgrade, hence the opt-out.
+    djscale_allow_unsafe = {"djscale.W310"}
+
     operations = [
         migrations.AddField(
             model_name="outboxevent",
