@@ -94,6 +94,21 @@ def test_indexes_of_a_table_created_in_the_same_migration_pass() -> None:
                 migrations.RunSQL("CREATE INDEX i2 ON shop_invoice (number)")) == []
 
 
+def test_a_table_created_earlier_in_the_same_run_is_new_too() -> None:
+    created: set[str] = set()
+    first = _migration(migrations.CreateModel("Invoice", [
+        ("id", models.BigAutoField(primary_key=True)),
+        ("number", models.CharField(max_length=20))]))
+    state = _state()
+    assert analyse(first, state, connection=connections["default"], new_tables=created) == []
+    first.mutate_state(state, preserve=False)
+    index = models.Index(fields=["number"], name="invoice_number_idx")
+    second = _migration(migrations.AddIndex("invoice", index))
+    assert analyse(second, state, connection=connections["default"], new_tables=created) == []
+    assert [f.id for f in analyse(second, state, connection=connections["default"])] == [
+        "djscale.W310"]
+
+
 # -------------------------------------------------------------- NOT NULL (W311, W312)
 
 def test_not_null_column_without_default_is_flagged() -> None:

@@ -80,10 +80,12 @@ def findings_of_plan(connection: BaseDatabaseWrapper, executor: MigrationExecuto
         return []
     state = loader.project_state(nodes=applied, at_end=True)
     running = RunningCode.of_project(state)
+    created: set[str] = set()  # tables made earlier in this plan: empty, nobody uses them
     found: list[Finding] = []
     for migration in forwards:
         found.extend(f for f in analyse(migration, state, connection=connection,
-                                        running=running, alias=connection.alias)
+                                        running=running, alias=connection.alias,
+                                        new_tables=created)
                      if include_allowed or not allowed(migration, f.id))
         state = migration.mutate_state(state, preserve=False)
     return found

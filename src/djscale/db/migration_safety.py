@@ -191,15 +191,20 @@ def describe_operation(operation: Operation) -> str:
 
 
 def analyse(migration: Migration, state: ProjectState, *, connection: BaseDatabaseWrapper,
-            running: RunningCode | None = None, alias: str | None = None) -> list[Finding]:
+            running: RunningCode | None = None, alias: str | None = None,
+            new_tables: set[str] | None = None) -> list[Finding]:
     """The hazards of ``migration`` applied on ``state`` (the state before it).
 
     ``connection`` renders column types (it is not opened); ``running`` is what the code
     in service uses (default: the models of ``state``); with ``alias``, operations the
-    database routers keep off that database are skipped. Opt-outs are not applied here:
-    see :func:`allowed`.
+    database routers keep off that database are skipped. ``new_tables`` (lower case)
+    are tables created earlier in the same run, as empty as those this migration creates;
+    the tables this one creates are added to it. Opt-outs are not applied here: see
+    :func:`allowed`.
     """
     walker = _Walker(migration, connection, running or RunningCode.of_state(state), alias)
+    if new_tables is not None:
+        walker.new_tables = new_tables
     walker.walk(migration.operations, state.clone())
     return walker.findings
 
