@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                             "until healed)")
     chaos.add_argument("--repeat", type=int, default=1,
                        help="run the scenario this many times in a row (e.g. 20 failovers)")
+    chaos.add_argument("--concurrency", "-c", type=int, default=8,
+                       help="client connections of the load (default 8)")
     chaos.add_argument("--fault-seconds", "--seconds", type=float, default=3.0,
                        help="how long the fault lasts (default 3)")
     chaos.add_argument("--fault-after", type=float, default=1.5,
@@ -331,6 +333,8 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
     if not cluster.state.services or "lb" not in cluster.state.services:
         raise ClusterError("no running cluster with a load balancer here; "
                            "start it with `djscale cluster up` first")
+    if args.concurrency < 1:
+        raise ClusterError("--concurrency must be 1 or more")
     if args.write_every < 1:
         raise ClusterError("--write-every must be 1 or more")
     if args.repeat < 1:
@@ -342,6 +346,7 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
     options = ChaosOptions(read_path=args.read_path, write_path=args.write_path,
                            count_sql=args.count_sql,
                            requests=args.requests or (10**7 if failover else 20000),
+                           concurrency=args.concurrency,
                            fault_seconds=args.fault_seconds, write_every=args.write_every,
                            event_topic=args.event_topic, event_consumer=args.event_consumer,
                            effect_sql=args.effect_sql, drain_seconds=args.drain_seconds,

@@ -170,7 +170,7 @@ class SessionStore(CachedDBStore):
             metrics.record_session_cache_write(result="failed")
             _mark(key, True)
             # Best effort: without a cache copy, other processes read the database.
-            cache.l2.run(lambda c: c.delete(full), None, write=True)
+            cache.l2.run(lambda c: c.delete(full), None, write=True, keys=(full,))
             log.error("session cache write failed; session %s is served from the database",
                       "deleted" if value is None else "saved")
             return

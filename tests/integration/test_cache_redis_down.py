@@ -109,3 +109,34 @@ def test_a_dead_redis_costs_no_connect_timeout_per_call(
         cluster.start_service("redis")
     assert wait_until(lambda: cache.get("x", "d") == "d" and cache.l2.breaker.state == "closed",
                       10)
+
+
+def test_a_write_dropped_while_redis_was_silent_never_serves_the_old_value_after(
+        dedicated: tuple[LocalCluster, str]) -> None:
+    from djscale.chaos.freeze import Freezer
+
+    cluster, url = dedicated
+    raw = redis.Redis.from_url(url)
+    cache = tiered()
+    assert cache.bus is not None and cache.bus.wait_connected(5)
+    cache.set("colour", "red", timeout=None)
+    cache.set("size", "big", timeout=None)
+    # A silent Redis (its process stopped: the data stays) is a partition's twin here:
+    # the delete and the set below time out and are dropped...
+    with Freezer(cluster.process("redis").pid):
+        cache.delete("colour")
+        cache.set("size", "small", timeout=None)
+    # ...and Redis may still hold "red" and "big" (or have run the late commands). The
+    # first call that reaches Redis again deletes both there before it reads anything
+    # (so does the listener when it resubscribes), and evicts them from every L1.
+    seen: set[object] = set()
+
+    def repaired() -> bool:
+        seen.update((cache.get("colour"), cache.get("size")))
+        return raw.exists(cache.make_key("colour"), cache.make_key("size")) == 0
+
+    assert wait_until(repaired, 10)
+    assert "red" not in seen and "big" not in seen, seen
+    assert cache.get("colour") is None
+    # This process's own L1 may still hold its own last write; never the old "big".
+    assert cache.get("size") in ("small", None)

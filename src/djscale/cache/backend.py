@@ -170,6 +170,8 @@ class TieredCache(BaseCache):
                 bus = _buses.get(bus_key)
                 if bus is None:
                     bus = _buses[bus_key] = InvalidationBus(l2, channel)
+                    # Keys repaired after an outage are evicted from every process's L1.
+                    l2.repair_message = bus.keys_message
             flight = _flights.setdefault(l1_key, SingleFlight())
             valid = _valid_keys.setdefault(l1_key, set())
         self._l2 = l2

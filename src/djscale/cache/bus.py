@@ -139,6 +139,9 @@ class InvalidationBus:
                         break
                     if time.monotonic() > deadline:
                         raise TimeoutError("no subscribe confirmation")
+                # Writes this process could not send during the outage: delete those keys
+                # in Redis (and evict them everywhere) before L1 fills from Redis again.
+                self.l2.repair()
                 # Anything cached while we were not listening may be stale.
                 self._flush_all("resubscribed")
                 self.connected.set()

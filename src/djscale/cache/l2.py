@@ -12,6 +12,14 @@ failures and propagate.
 must survive a master failover is sent to the key's master together with ``WAIT``, and
 retried with bounded back-off while a failover is in progress.
 
+A write that falls back (Redis unreachable: a crash, a partition) is *dropped*, so Redis
+may keep the value it replaced or should have deleted. :class:`RedisL2` remembers the keys
+of dropped writes (at most :data:`MAX_DROPPED` per process) and, on its first call that
+reaches Redis again, deletes them there (and publishes their eviction) before anything
+else is read: a cache may lose a value to an outage, it must not serve an old one after
+it. A ``clear()`` that was dropped is replayed as a whole. The repair is per process: a
+process that dies during the outage takes its list with it.
+
 Like Django's ``RedisCacheClient`` it splits the client from the cache API; unlike it,
 it supports Redis Cluster, reads the key's remaining TTL with the value (so L1 never
 outlives L2), and fails fast.
@@ -52,6 +60,9 @@ __all__ = ["UNAVAILABLE", "RedisL2", "dumps", "loads"]
 log = logging.getLogger("djscale.cache")
 
 T = TypeVar("T")
+
+MAX_DROPPED = 100_000
+"""Keys of dropped writes one process remembers for repair; beyond, it logs the loss."""
 
 FAILURES: tuple[type[Exception], ...] = (
     RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException, OSError,
@@ -160,25 +171,36 @@ class RedisL2:
         # node -> (when its current outage began, its latest failure), for write_acked
         self._outages: dict[str, tuple[float, float]] = {}
         self._no_ack_until: dict[str, float] = {}
+        self._dropped: set[str] = set()
+        self._dropped_clear = False
+        self._dropped_lock = threading.Lock()
+        self.repair_message: Callable[[list[str]], tuple[str, bytes] | None] | None = None
+        """Builds the eviction message published for repaired keys (set by the cache)."""
 
     # ------------------------------------------------------------------ failure policy
 
-    def run(self, op: Callable[[Any], T], fallback: T, *, write: bool = False) -> T:
+    def run(self, op: Callable[[Any], T], fallback: T, *, write: bool = False,
+            keys: Iterable[str] | None = None) -> T:
         """Call ``op(client)``; on an unreachable Redis return ``fallback`` instead.
 
-        Writes that fall back are counted as dropped and logged (once per outage).
+        Writes that fall back are counted as dropped and logged (once per outage), and
+        their ``keys`` (None: every key, a clear) are repaired once Redis is back.
         """
         if not self.breaker.allow():
             metrics.record_l2_skipped(location=self.location)
             if write:
                 metrics.record_write_dropped(location=self.location)
+                self._note_dropped(keys)
             return fallback
         try:
+            if self._dropped or self._dropped_clear:
+                self.repair()
             result = op(self.client)
         except FAILURES as exc:
             metrics.record_l2_error(location=self.location)
             if write:
                 metrics.record_write_dropped(location=self.location)
+                self._note_dropped(keys)
             if self.breaker.on_failure() or not self._warned.is_set():
                 self._warned.set()
                 log.warning("Redis cache %s unreachable (%s: %s); serving from L1 / "
@@ -190,6 +212,60 @@ class RedisL2:
             log.warning("Redis cache %s reachable again", self.location)
         self.breaker.on_success()
         return result
+
+    def _note_dropped(self, keys: Iterable[str] | None) -> None:
+        with self._dropped_lock:
+            if keys is None:
+                self._dropped_clear = True
+                self._dropped.clear()
+                return
+            if self._dropped_clear:
+                return  # the clear covers them
+            for key in keys:
+                if len(self._dropped) >= MAX_DROPPED:
+                    log.error("more than %d cache writes to %s were dropped during this "
+                              "outage; the others may serve their old value until it expires",
+                              MAX_DROPPED, self.location)
+                    return
+                self._dropped.add(key)
+
+    def repair(self) -> int:
+        """Delete in Redis the keys of writes dropped during an outage; how many (or -1: clear).
+
+        Raises a Redis failure (the caller's :meth:`run` treats it as one) and keeps the
+        keys for the next attempt.
+        """
+        with self._dropped_lock:
+            keys, cleared = list(self._dropped), self._dropped_clear
+            self._dropped.clear()
+            self._dropped_clear = False
+        if not keys and not cleared:
+            return 0
+        try:
+            if cleared:
+                if self.cluster:
+                    self.client.flushdb(target_nodes=self.client.PRIMARIES)
+                else:
+                    self.client.flushdb()
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys:  # one DEL per key: keys of a cluster live in different slots
+                    pipe.delete(key)
+                pipe.execute()
+            message = self.repair_message(keys) if self.repair_message and keys else None
+            if message is not None:
+                self.client.publish(*message)
+        except BaseException:
+            with self._dropped_lock:
+                if cleared:
+                    self._dropped_clear = True
+                else:
+                    self._dropped.update(keys)
+            raise
+        log.warning("Redis cache %s reachable again: %s written during the outage", self.location,
+                    "cleared, as a clear() was" if cleared else f"deleted {len(keys)} keys "
+                    "whose writes were dropped")
+        return -1 if cleared else len(keys)
 
     @property
     def available(self) -> bool:
@@ -231,7 +307,7 @@ class RedisL2:
                 pipe.set(key, raw, ex=timeout)
             self._publish(c, pipe, publish)
             return True
-        return self.run(op, False, write=True)
+        return self.run(op, False, write=True, keys=(key,))
 
     def add(self, key: str, raw: bytes | int, timeout: int | None,
             publish: tuple[str, bytes] | None = None) -> bool | Any:
@@ -246,7 +322,7 @@ class RedisL2:
             if stored and publish is not None:
                 c.publish(*publish)
             return stored
-        return self.run(op, UNAVAILABLE, write=True)
+        return self.run(op, UNAVAILABLE, write=True, keys=(key,))
 
     def set_many(self, data: dict[str, bytes | int], timeout: int | None,
                  publish: tuple[str, bytes] | None = None) -> bool:
@@ -260,7 +336,7 @@ class RedisL2:
                     pipe.set(key, raw, ex=timeout)
             self._publish(c, pipe, publish)
             return True
-        return self.run(op, False, write=True)
+        return self.run(op, False, write=True, keys=data)
 
     def delete(self, keys: Iterable[str], publish: tuple[str, bytes] | None = None) -> int | Any:
         """DEL; how many keys existed, UNAVAILABLE when down."""
@@ -272,7 +348,7 @@ class RedisL2:
                 pipe.delete(key)
             results = self._publish(c, pipe, publish)
             return sum(int(r) for r in results[:len(keys)])
-        return self.run(op, UNAVAILABLE, write=True)
+        return self.run(op, UNAVAILABLE, write=True, keys=keys)
 
     def touch(self, key: str, timeout: int | None,
               publish: tuple[str, bytes] | None = None) -> bool:
@@ -288,7 +364,7 @@ class RedisL2:
                 pipe.expire(key, timeout)
             results = self._publish(c, pipe, publish)
             return bool(results[1]) if timeout is None else bool(results[0])
-        return self.run(op, False, write=True)
+        return self.run(op, False, write=True, keys=(key,))
 
     def has_key(self, key: str) -> bool | Any:
         """EXISTS; UNAVAILABLE when down."""
@@ -306,7 +382,7 @@ class RedisL2:
             if value is not None and publish is not None:
                 c.publish(*publish)
             return None if value is None else int(value)
-        return self.run(op, UNAVAILABLE, write=True)
+        return self.run(op, UNAVAILABLE, write=True, keys=(key,))
 
     def incr_create(self, key: str, delta: int, timeout: int | None) -> int | Any:
         """INCRBY creating the key at 0 (atomic counters); UNAVAILABLE when down."""
@@ -316,7 +392,7 @@ class RedisL2:
             if timeout is not None:
                 pipe.expire(key, timeout, nx=True)
             return int(pipe.execute()[0])
-        return self.run(op, UNAVAILABLE, write=True)
+        return self.run(op, UNAVAILABLE, write=True, keys=(key,))
 
     def clear(self, publish: tuple[str, bytes] | None = None) -> bool:
         """FLUSHDB (every primary of a cluster); False if Redis was unreachable."""

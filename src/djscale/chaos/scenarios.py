@@ -117,6 +117,8 @@ class ChaosReport:
     """What the target is: ``primary``, ``replica`` (PostgreSQL) or ``other``."""
     target_replicas: list[str] = field(default_factory=list)
     """Replica aliases a network fault cuts off from the app hosts, or slows down."""
+    target_reads_during: int | None = None
+    """Reads the target replicas served while the fault was in place."""
     target_reads_stopped_seconds: float | None = None
     """From the start of the fault to the last read a target replica served during it."""
     target_reads_back_seconds: float | None = None
@@ -188,7 +190,8 @@ class ChaosReport:
         if self.target_replicas:
             stopped = self.target_reads_stopped_seconds
             returned = self.target_reads_back_seconds
-            lines.append(f"read set   {', '.join(self.target_replicas)}: last read "
+            lines.append(f"read set   {', '.join(self.target_replicas)}: "
+                         f"{self.target_reads_during} reads while the fault was in place; last "
                          + ("none once the fault was in place" if stopped is None
                             or stopped <= 0 else f"{stopped:.2f} s into the fault")
                          + f" (in place {self.setup_seconds:.2f} s after it began)"
@@ -430,10 +433,12 @@ def _network_judge(report: ChaosReport, load: LoadResult, t0: float, t1: float) 
     targets = set(report.target_replicas)
     if targets:
         on_target = [s for s in load.samples if s.method == "GET" and s.tag in targets]
-        during = [s.started for s in on_target if t0 <= s.started < t1]
+        # From the moment the rules were in place (starting a delayer takes a moment) to
+        # the moment their removal began (t1 is when it ended).
+        begun, ended = t0 + report.setup_seconds, t1 - report.recovery_seconds
+        during = [s.started for s in on_target if begun <= s.started < ended]
         after = [s.started for s in on_target if s.started >= t1]
-        # From the moment the rules were in place (starting a delayer takes a moment).
-        begun = t0 + report.setup_seconds
+        report.target_reads_during = len(during)
         report.target_reads_stopped_seconds = max(during) - begun if during else None
         report.target_reads_back_seconds = min(after) - t1 if after else None
         rounds = 2 * report.probe_seconds
