@@ -120,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--probe-seconds", type=float, default=1.0,
                        help="the app's replica probe interval (REPLICA_REFRESH_SECONDS): a "
                             "replica cut off or slowed must leave reads within two of them")
+    chaos.add_argument("--read-tag", default="read_db",
+                       help="JSON key of a read's answer to count reads by (default read_db: "
+                            "the database that served it)")
+    chaos.add_argument("--verify-path", default="",
+                       help="GET path checked after the load: each answer must say "
+                            "\"stale\": false")
     chaos.add_argument("--json", action="store_true", help="print the report as JSON")
 
     deploy = sub.add_parser("deploy", help="render the topology for a deployment target")
@@ -352,6 +358,7 @@ def _chaos(cluster: object, args: argparse.Namespace) -> int:
                            effect_sql=args.effect_sql, drain_seconds=args.drain_seconds,
                            target=args.target, target_args=tuple(args.more),
                            probe_seconds=args.probe_seconds, fault_after=args.fault_after,
+                           read_tag=args.read_tag, verify_path=args.verify_path,
                            max_seconds=bound)
     if args.more and args.scenario not in ("partition", "delay"):
         raise ClusterError(f"unexpected arguments for {args.scenario}: {' '.join(args.more)}")

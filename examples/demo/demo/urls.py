@@ -6,6 +6,7 @@ urlpatterns = [
     path("", include("djscale.urls")),
     path("whoami", views.whoami),
     path("visit", views.visit),
+    path("visits", views.visits),
     path("notes", views.notes),
     path("catalog", views.catalog),
     path("me", views.me),

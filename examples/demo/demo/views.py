@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 
+from django.core.cache import caches
 from django.db import connections, router, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from demo.consumers import MAX_WORK_MS
 from demo.models import Note, NoteIndexed, Visit
+from djscale.cache import TieredCache
 from djscale.edge import add_tags
 from djscale.events import publish
 from djscale.http.cache_control import public_cache
+
+VISITS_KEY = "demo:visits"
 
 
 def _server_port(alias: str) -> int:
@@ -45,8 +49,30 @@ def visit(request: HttpRequest) -> JsonResponse:
     port = _server_port(alias)
     # The write is the last database operation: once it commits, the answer is 201.
     Visit.objects.create(app_server=server)
+    caches["default"].delete(VISITS_KEY)  # cache-aside: the count below is recomputed on next read
     return JsonResponse({"app_server": server, "write_db": alias, "write_db_port": port},
                         status=201)
+
+
+def visits(request: HttpRequest) -> JsonResponse:
+    """GET: the number of visits, cached (L1, then Redis), and whether that is stale.
+
+    ``source`` says where the value came from (``l1``, ``redis``, or ``db`` when it was
+    computed: a miss, or Redis unreachable); ``stale`` compares it with the primary's
+    count read just before (only meaningful while nobody writes: the chaos scenarios'
+    check after the load).
+    """
+    cache = caches["default"]
+    actual = Visit.objects.using("default").count()
+    in_l1 = isinstance(cache, TieredCache) and cache.l1.get(cache.make_key(VISITS_KEY))
+    value = cache.get(VISITS_KEY)
+    source = "l1" if in_l1 and value is not None else "redis"
+    if value is None:
+        value, source = Visit.objects.using("default").count(), "db"
+        cache.set(VISITS_KEY, value, timeout=300)
+    return JsonResponse({"app_server": os.environ.get("DJSCALE_SERVICE", "?"),
+                         "pid": os.getpid(), "visits": value, "source": source,
+                         "stale": value != actual})
 
 
 @csrf_exempt

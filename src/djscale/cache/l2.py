@@ -496,6 +496,9 @@ class RedisL2:
                     ask = (exc.host, exc.port)
                 continue
             self._outages.pop(node, None)
+            if self._dropped:
+                with self._dropped_lock:  # this write supersedes a dropped one: keep it
+                    self._dropped.discard(key)
             acks = int(results[-1]) if wait else 0
             if replicas > 0 and acks < replicas:
                 # A master without (enough) live replicas, e.g. just promoted: do not make

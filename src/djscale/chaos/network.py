@@ -137,6 +137,9 @@ class Partition:
         if both:
             raise ClusterError(f"a host cannot be partitioned from itself: {', '.join(both)}")
 
+    def prepare(self) -> None:
+        """Nothing to get ready: the rules go in at once."""
+
     def describe(self) -> str:
         """One line for the report."""
         return (f"dropped every packet between {','.join(h.name for h in self.left)} and "
@@ -185,21 +188,40 @@ class Delay:
         return (f"delayed every packet {self.host.name} sends by {self.ms:g} ms{extra}"
                 + (f" ({how})" if how else ""))
 
-    def install(self) -> None:
-        """Add the netem qdisc, or start the user-space delayer and queue to it."""
+    def prepare(self) -> None:
+        """Get ready without delaying yet: a netem qdisc with no delay, or the delayer.
+
+        Starting the delayer takes a moment (a Python process); done before the fault,
+        the fault itself is one command.
+        """
         self._interface = _interface(self.host)
-        netem = ["delay", f"{self.ms:g}ms"] + ([f"{self.jitter_ms:g}ms"] if self.jitter_ms
-                                               else [])
-        if self.loss:
-            netem += ["loss", f"{self.loss:g}%"]
         proc = _run(self.host.netns, "tc", "qdisc", "add", "dev", self._interface, "root",
-                    "handle", NETEM_HANDLE, "netem", *netem, check=False)
+                    "handle", NETEM_HANDLE, "netem", "delay", "0ms", check=False)
         if proc.returncode == 0:
             self.mechanism = "netem"
             return
         if "unknown" not in proc.stderr.lower():
             raise ClusterError(f"tc netem on {self.host.name} failed: {proc.stderr.strip()}")
         self._start_delayer()
+
+    def install(self) -> None:
+        """Delay: set the netem qdisc's delay, or queue the host's packets to the delayer."""
+        if not self.mechanism:
+            self.prepare()
+        if self.mechanism == "netem":
+            netem = ["delay", f"{self.ms:g}ms"] + ([f"{self.jitter_ms:g}ms"] if self.jitter_ms
+                                                   else [])
+            if self.loss:
+                netem += ["loss", f"{self.loss:g}%"]
+            _run(self.host.netns, "tc", "qdisc", "change", "dev", self._interface, "root",
+                 "handle", NETEM_HANDLE, "netem", *netem)
+            return
+        ipt = ("iptables-legacy", "-w", "5")
+        ns = self.host.netns
+        _run(ns, *ipt, "-N", CHAIN)
+        _run(ns, *ipt, "-A", CHAIN, "-o", self._interface, "-j", "NFQUEUE", "--queue-num",
+             str(QUEUE), "--queue-bypass")
+        _run(ns, *ipt, "-I", "OUTPUT", "1", "-j", CHAIN)
 
     def _start_delayer(self) -> None:
         ns = self.host.netns
@@ -220,11 +242,6 @@ class Delay:
             error = self._delayer.stderr.read() if self._delayer.stderr else ""
             raise ClusterError(f"the packet delayer on {self.host.name} did not start: "
                                f"{error.strip()[-300:]}")
-        ipt = ("iptables-legacy", "-w", "5")
-        _run(ns, *ipt, "-N", CHAIN)
-        _run(ns, *ipt, "-A", CHAIN, "-o", self._interface, "-j", "NFQUEUE", "--queue-num",
-             str(QUEUE), "--queue-bypass")
-        _run(ns, *ipt, "-I", "OUTPUT", "1", "-j", CHAIN)
 
     def remove(self) -> None:
         """Remove the qdisc or the queue rule and stop the delayer (it releases what it holds)."""
@@ -337,9 +354,28 @@ class NetworkFaults:
     def __init__(self) -> None:
         self.faults: list[Partition | Delay] = []
 
-    def add(self, fault: Partition | Delay) -> Partition | Delay:
-        """Install ``fault`` (removing whatever part of it got installed if that fails)."""
+    def prepare(self, fault: Partition | Delay) -> Partition | Delay:
+        """Get ``fault`` ready without acting yet (undone by :meth:`remove` too)."""
         self.faults.append(fault)
+        try:
+            fault.prepare()
+        except BaseException:
+            self.remove()
+            raise
+        return fault
+
+    def install(self) -> None:
+        """Put every prepared fault in place (removing everything if one fails)."""
+        try:
+            for fault in self.faults:
+                fault.install()
+        except BaseException:
+            self.remove()
+            raise
+
+    def add(self, fault: Partition | Delay) -> Partition | Delay:
+        """Prepare and install ``fault`` (removing whatever got installed if that fails)."""
+        self.prepare(fault)
         try:
             fault.install()
         except BaseException:

@@ -24,9 +24,11 @@ read-only broker commands (:mod:`djscale.chaos.events`).
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +92,9 @@ class ChaosOptions:
     """JSON key of a read's answer naming the database that served it ('' : not recorded)."""
     probe_seconds: float = 1.0
     """The app's replica probe interval (``REPLICA_REFRESH_SECONDS``): a probe round."""
+    verify_path: str = ""
+    """GET path checked after the load stopped: every answer must say ``"stale": false``."""
+    verify_requests: int = 40
 
 
 @dataclass
@@ -127,6 +132,12 @@ class ChaosReport:
     """The app's replica probe interval the run was judged with (a probe round)."""
     setup_seconds: float = 0.0
     """How long putting the fault in place took (a network fault's reads count from then)."""
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Reads by the value of ``read_tag`` in their answer, before / during / after the fault."""
+    verified: int | None = None
+    """Answers of ``verify_path`` after the load (nobody writing any more)."""
+    stale_after: int | None = None
+    """Of those, answers that said their value was stale (or that failed)."""
     slowest_write_ms: float | None = None
     """Slowest write started during the fault (freeze of a primary)."""
     writes_back_seconds: float | None = None
@@ -235,6 +246,12 @@ class ChaosReport:
                              "unacknowledged messages when the worker was killed")
             lines.append(f"drained    {self.events_recovery_seconds:.2f} s after the restart "
                          "every event was consumed")
+        for phase, counts in self.sources.items():
+            lines.append(f"answers    {phase} the fault: " + ", ".join(
+                f"{k or '?'} {v}" for k, v in sorted(counts.items())))
+        if self.verified is not None:
+            lines.append(f"afterwards {self.verified} reads of the check path with nobody "
+                         f"writing: {self.stale_after} stale or failed")
         lines += [f"crashed    {c}" for c in self.crashed]
         lines += [f"note       {n}" for n in self.notes]
         lines.append(f"result     {'PASS' if self.passed else 'FAIL'}")
@@ -270,6 +287,8 @@ class _Scenario:
     events: bool = False
     network: bool = False
     """A network fault: events reconciled when the options name them; a longer tail."""
+    prepare: Callable[[_Fault], None] | None = None
+    """Runs before the load starts: checks arguments, gets the fault ready without acting."""
 
 
 def _on(action: Callable[[LocalCluster], None]) -> Callable[[_Fault], None]:
@@ -371,16 +390,16 @@ def _frozen(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool
     return _no_failed_reads(report, load, t0, t1)
 
 
-def _network_start(fault: _Fault, made: Partition | Delay,
-                   slowed: tuple[str, ...]) -> None:
-    """Install a network fault; note it and the replicas it takes from the app hosts."""
+def _network_prepare(fault: _Fault, made: Partition | Delay,
+                     slowed: tuple[str, ...]) -> None:
+    """Get a network fault ready; note it and the replicas it takes from the app hosts."""
     cluster = fault.cluster
     left = remove_leftovers(cluster.topology)
     if left:
         fault.report.notes.append("removed what an earlier run left: " + "; ".join(
             f"{host}: {', '.join(what)}" for host, what in left.items()))
     fault.network = NetworkFaults()
-    fault.network.add(made)
+    fault.network.prepare(made)
     fault.report.target = " ".join(fault.args)
     fault.report.target_replicas = [
         str(p.extra.get("alias", p.name)) for p in cluster.processes()
@@ -394,7 +413,7 @@ def _app_hosts(cluster: LocalCluster) -> set[str]:
             and (h := cluster.topology.host_at(p.host)) is not None}
 
 
-def _partition(fault: _Fault) -> None:
+def _prepare_partition(fault: _Fault) -> None:
     if len(fault.args) != 2:
         raise ClusterError("partition takes two sides: `djscale chaos partition A B` (hosts or "
                            "services, several joined with commas, e.g. app1,app2 db-replica1)")
@@ -405,10 +424,10 @@ def _partition(fault: _Fault) -> None:
     # A replica is cut off from reads when the app hosts are on the other side.
     cut = tuple(h.name for side, other in ((left, right), (right, left))
                 if apps & {o.name for o in other} for h in side)
-    _network_start(fault, Partition(left, right), cut)
+    _network_prepare(fault, Partition(left, right), cut)
 
 
-def _delay(fault: _Fault) -> None:
+def _prepare_delay(fault: _Fault) -> None:
     if not fault.args:
         raise ClusterError("delay takes HOST MS [JITTER] [LOSS%], e.g. "
                            "`djscale chaos delay db-replica1 300`")
@@ -418,7 +437,12 @@ def _delay(fault: _Fault) -> None:
     if len(hosts) != 1:
         raise ClusterError("delay acts on one host; run it once per host")
     ms, jitter, loss = parse_delay(fault.args[1:])
-    _network_start(fault, Delay(hosts[0], ms, jitter, loss), (hosts[0].name,))
+    _network_prepare(fault, Delay(hosts[0], ms, jitter, loss), (hosts[0].name,))
+
+
+def _network_install(fault: _Fault) -> None:
+    if fault.network is not None:
+        fault.network.install()
 
 
 def _heal_network(fault: _Fault) -> None:
@@ -451,6 +475,9 @@ def _network_judge(report: ChaosReport, load: LoadResult, t0: float, t1: float) 
             ok = False
     if report.events_published is not None:
         ok = ok and _events_delivered(report, load, t0, t1)
+    if report.stale_after:
+        report.notes.append(f"{report.stale_after} reads after the fault served a stale value")
+        ok = False
     return ok
 
 
@@ -629,13 +656,15 @@ SCENARIOS: dict[str, _Scenario] = {
         "zero failed requests; a replica cut off from the app hosts stops serving reads "
         "within two probe rounds and serves them again after the fault; events (when "
         "given) consumed exactly once",
-        _partition, _heal_network, True, _network_judge, network=True),
+        _network_install, _heal_network, True, _network_judge, network=True,
+        prepare=_prepare_partition),
     "delay": _Scenario(
         "delay every packet one host sends (tc netem, or an NFQUEUE delayer), optionally "
         "with jitter and loss; remove it after",
         "zero failed requests; a delayed replica stops serving reads within two probe rounds "
         "and serves them again after the fault",
-        _delay, _heal_network, True, _network_judge, network=True),
+        _network_install, _heal_network, True, _network_judge, network=True,
+        prepare=_prepare_delay),
     "kill-primary": _Scenario(
         "SIGKILL the postmaster of the Patroni leader (Patroni restarts it or fails over)",
         "zero failed reads; failed writes are 503s within 1 s; writes succeed again within "
@@ -661,6 +690,24 @@ FAILOVER = frozenset({"kill-primary", "kill-primary-node", "switchover"})
 
 TARGETED = frozenset({"freeze", "partition", "delay"})
 """Scenarios that need a target service (``ChaosOptions.target``)."""
+
+
+def _verify(host: str, port: int, opts: ChaosOptions) -> tuple[int, int]:
+    """GET ``verify_path`` a few times: (answers, answers stale or failed)."""
+    bad = 0
+    for _ in range(opts.verify_requests):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", opts.verify_path)
+            resp = conn.getresponse()
+            body = json.loads(resp.read() or b"{}")
+            fresh = resp.status == 200 and isinstance(body, dict) and body.get("stale") is False
+            bad += not fresh
+        except (OSError, http.client.HTTPException, ValueError):
+            bad += 1
+        finally:
+            conn.close()
+    return opts.verify_requests, bad
 
 
 def _json_tag(key: str) -> Callable[[str, bytes], str]:
@@ -732,17 +779,19 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
             return "POST", opts.write_path
         return "GET", opts.read_path
 
+    if scenario.prepare is not None:
+        scenario.prepare(fault)  # before any load: bad arguments fail here
     stop = threading.Event()
     box: dict[str, LoadResult] = {}
     loader = threading.Thread(target=lambda: box.setdefault("r", run_load(
         host, port, plan, requests=opts.requests, max_seconds=opts.max_seconds,
         concurrency=opts.concurrency, stop=stop, tag=tag)), daemon=True)
-    started = time.monotonic()
-    loader.start()
-    time.sleep(opts.fault_after)
-    fault_at = heal_at = time.monotonic()
+    started = fault_at = heal_at = time.monotonic()
     healing = interrupted = False
     try:
+        loader.start()
+        time.sleep(opts.fault_after)
+        fault_at = heal_at = time.monotonic()
         scenario.inject(fault)
         report.setup_seconds = time.monotonic() - fault_at
         time.sleep(opts.fault_seconds)
@@ -763,7 +812,8 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
             # long enough to see it.
             time.sleep(max(opts.tail_seconds, 8.0) if scenario.network else opts.tail_seconds)
         stop.set()
-        loader.join(opts.max_seconds + 30)
+        if loader.ident is not None:  # started
+            loader.join(opts.max_seconds + 30)
     load = box.get("r") or LoadResult()
 
     report.requests = len(load.samples)
@@ -789,6 +839,14 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
         # true duplicates.
         report.ambiguous = max(0, min(report.writes_failed, added - report.writes_ok))
         report.duplicated = max(0, added - report.writes_ok - report.writes_failed)
+    if opts.read_tag:
+        for phase, since, until in (("before", started, fault_at), ("during", fault_at, heal_at),
+                                    ("after", heal_at, float("inf"))):
+            counts = Counter(s.tag for s in load.window(since, until) if s.method == "GET")
+            if any(counts):
+                report.sources[phase] = dict(counts)
+    if opts.verify_path:
+        report.verified, report.stale_after = _verify(host, port, opts)
     if ledger is not None:
         _reconcile_events(fault, ledger, opts, since_heal=time.monotonic() - healed_at)
     report.passed = scenario.judge(report, load, fault_at, healed_at)
