@@ -22,6 +22,7 @@ a run that fails part-way continues where it stopped when started again.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -150,7 +151,8 @@ def lock_timeout(connection: BaseDatabaseWrapper, milliseconds: int) -> Iterator
         yield
     finally:
         if connection.connection is not None and not connection.needs_rollback:
-            with connection.cursor() as cursor:
+            # Never hide the migration's own error behind a failed RESET.
+            with contextlib.suppress(DatabaseError), connection.cursor() as cursor:
                 cursor.execute("RESET lock_timeout")
 
 
