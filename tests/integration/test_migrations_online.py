@@ -27,11 +27,17 @@ LOCK_TIMEOUT_MS = 1000
 
 
 @pytest.fixture(scope="module")
-def online(djscale_cluster_factory: Any) -> LocalCluster:
-    """The cluster at release N with 10,000 items per shard (the app server starts later)."""
+def online(djscale_cluster_factory: Any) -> Iterator[LocalCluster]:
+    """The cluster at release N with 10,000 items per shard (the app server starts later).
+
+    Stopped after this module's tests (not at the end of the session) to free the machine.
+    """
     cluster = scenario.boot(djscale_cluster_factory, name="onlinemig")
-    scenario.load_rows(cluster, 10_000)
-    return cluster
+    try:
+        scenario.load_rows(cluster, 10_000)
+        yield cluster
+    finally:
+        cluster.down(purge=True)
 
 
 def _columns(cluster: LocalCluster, alias: str) -> set[str]:
