@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -238,3 +241,19 @@ def test_up_again_keeps_pgbouncer_and_a_crashed_one_restarts_on_its_port(
     after = cluster.process("pgbouncer-shard1")
     assert after.pid != before.pid and after.port == before.port
     assert pgb.ready(after.host, after.port, "djscale", "pgbtest")
+
+
+def test_migrate_through_transaction_pooling_sets_no_session_lock_timeout(
+        cluster: LocalCluster) -> None:
+    """A session-level SET would stay on a server connection the app servers get next."""
+    env = {**os.environ, **cluster.env("migrate-test")}
+    done = subprocess.run([sys.executable, "-m", "django", "migrate", "--database", "default"],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "default: lock_timeout not set: the database is reached through PgBouncer in " \
+           "transaction mode" in done.stderr
+    host, port = cluster.address("pgbouncer-default")
+    for _ in range(POOL_SIZE):  # whichever server connection PgBouncer hands out
+        with psycopg.connect(host=host, port=port, user="djscale", dbname="pgbtest",
+                             autocommit=True, prepare_threshold=None) as conn:
+            assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)

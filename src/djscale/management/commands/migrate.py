@@ -80,10 +80,23 @@ class Command(migrate.Command):
                     self.stdout.write(f"  dropped invalid index {name} left by an "
                                       "interrupted CREATE INDEX CONCURRENTLY")
 
+        pooled = conf.get().deployment.pgbouncer == "transaction"
+        if pooled and milliseconds:
+            # A session-level SET through transaction pooling would stay on a server
+            # connection other clients get next, and miss the next statement of ours.
+            self.stderr.write(f"{connection.alias}: lock_timeout not set: the database is "
+                              "reached through PgBouncer in transaction mode; migrate "
+                              "against the primary directly (DJSCALE_ADDR_PG_* = host:port) "
+                              "to bound lock waits")
+            milliseconds = 0
+
         def attempt() -> None:
             seen.clear()
             try:
-                with online.lock_timeout(connection, milliseconds):
+                if milliseconds:
+                    with online.lock_timeout(connection, milliseconds):
+                        super(Command, self).handle(*args, **options)
+                else:
                     super(Command, self).handle(*args, **options)
             finally:
                 options["skip_checks"] = True  # checked once, on the first attempt
