@@ -19,8 +19,9 @@ many processes share the client (proof in docs/services.md, "Rate limit").
 
 The batch ``n`` adapts per client and process: 1 for a client seen for the first time
 (so a handful of requests are counted exactly, as before), then the number this process
-admitted for the client in its previous bucket, or twice the current lease when it runs
-out early, capped at ``max_batch`` (default ``limit // (4 * (buckets + 1))``, at least 1).
+admitted for the client in its previous bucket, or twice what it admitted so far in this
+bucket when the lease runs out early, capped at ``max_batch`` (default
+``limit // (4 * (buckets + 1))``, at least 1).
 Requests of a client that arrive while its lease is being fetched wait for that one call.
 A refusal is remembered until Redis says a token frees up (``Retry-After``), so a client
 that hammers a closed limit costs no Redis call per request either.

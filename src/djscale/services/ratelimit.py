@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -113,7 +113,7 @@ class RateLimiter:
         self._script: Any = client.register_script(self.SCRIPT)
 
     @classmethod
-    def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> RateLimiter:
+    def from_url(cls, url: str, *, cluster: bool | None = None, **kwargs: Any) -> Self:
         """A limiter on the Redis at ``url`` with short socket timeouts.
 
         ``url`` may list several Redis Cluster nodes, comma-separated; ``cluster``

@@ -446,7 +446,8 @@ class UpstreamPool:
             now = self.loop.time()
             while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely closed
-                if conn.closed or now - conn.idle_since > self.keepalive_expiry:
+                if conn.closed or now - conn.idle_since > self.keepalive_expiry \
+                        or conn.transport is None or conn.transport.is_closing():
                     conn.close()
                     continue
                 conn.reused = True
