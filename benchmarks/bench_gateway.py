@@ -11,17 +11,23 @@ gunicorn app servers x 2 workers behind HAProxy) serves ``GET /api/products/cate
   with its rate limit on (``rate_limit`` far above what a run reaches: every request is
   counted, none refused), with 1 and with 2 uvicorn workers.
 
-``wrk`` (16 connections) measures each in alternating rounds; the rows are medians. Every
-process shares the machine's cores with wrk, PostgreSQL and the app servers: what the
-gateway costs shows as requests/s the app servers lose.
+``wrk`` (16 connections) measures each in many short rounds, the order rotating from
+round to round so that no path always runs after the same one; the rows are medians.
+Every process shares the machine's cores with wrk, PostgreSQL and the app servers (and,
+on a shared machine, with whatever else runs): what the gateway costs shows as
+requests/s the app servers lose. Because requests/s swing with the machine's load, the
+notes also give the CPU time per request of the gateway's processes and of the products
+service's (gunicorn, HAProxy, PostgreSQL, Redis, from ``/proc``), which load barely moves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
 import tomllib
+from pathlib import Path
 
 from benchmarks.common import ROOT, Context, Result, start_lb, wrk
 from djscale.cluster import LocalCluster
@@ -34,6 +40,35 @@ from djscale.topology import LoadBalancerSpec
 TOPIC = "gateway"
 SHOP = ROOT / "examples/shop"
 PATH = "/api/products/categories/"
+
+
+def _tree(roots: list[int]) -> list[int]:
+    """``roots`` and all their descendants."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parent[int(entry.name)] = int(fields[1])
+    found = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return sorted(found)
+
+
+def _cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (processes gone since count 0)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _gateway(ctx: Context, topology: str, redis_url: str, workers: int) -> ManagedProcess:
@@ -85,15 +120,22 @@ def run(ctx: Context) -> list[Result]:
                 "nginx": f"http://127.0.0.1:{procs[0].port}{PATH}",
                 "gateway-1w": f"http://127.0.0.1:{procs[1].port}{PATH}",
                 "gateway-2w": f"http://127.0.0.1:{procs[2].port}{PATH}"}
-        seconds = 3 if ctx.quick else 5
-        rounds = 1 if ctx.quick else 5
+        trees = {"direct": _tree([p.pid for p in products.processes() if p.pid]),
+                 "nginx": _tree([procs[0].pid]), "gateway-1w": _tree([procs[1].pid]),
+                 "gateway-2w": _tree([procs[2].pid])}
+        seconds = 2 if ctx.quick else 3
+        rounds = 2 if ctx.quick else 10
         for url in urls.values():
             wrk(url, seconds=2, connections=16)  # warm up: caches, pools, leases
         rps: dict[str, list[float]] = {k: [] for k in urls}
+        cpu_us: dict[str, list[float]] = {k: [] for k in urls}
         errors = dict.fromkeys(urls, 0)
-        for _ in range(rounds):
-            for key, url in urls.items():
-                r = wrk(url, seconds=seconds, connections=16)
+        keys = list(urls)
+        for n in range(rounds):
+            for key in keys[n % len(keys):] + keys[:n % len(keys)]:
+                before = _cpu(trees[key])
+                r = wrk(urls[key], seconds=seconds, connections=16)
+                cpu_us[key].append((_cpu(trees[key]) - before) / max(1, r.requests) * 1e6)
                 rps[key].append(r.requests_per_second)
                 errors[key] += r.errors
     finally:
@@ -101,6 +143,7 @@ def run(ctx: Context) -> list[Result]:
             proc.stop()
         products.down(purge=True)
     med = {k: statistics.median(v) for k, v in rps.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_us.items()}
     best = max(("gateway-1w", "gateway-2w"), key=lambda k: med[k])
 
     def spread(key: str, base: str) -> str:
@@ -116,6 +159,9 @@ def run(ctx: Context) -> list[Result]:
                target=">= 0.8x", met=med[best] >= 0.8 * med["direct"],
                notes=f"per-round ratio {spread(best, 'direct')}; 1 worker: "
                f"{med['gateway-1w']:,.0f} req/s, 2 workers: {med['gateway-2w']:,.0f} req/s; "
+               f"CPU per request: the products service {cpu['direct']:,.0f} us (gunicorn, "
+               f"HAProxy, PostgreSQL, Redis), the gateway {cpu['gateway-1w']:.0f} us with 1 "
+               f"worker, {cpu['gateway-2w']:.0f} us with 2, nginx {cpu['nginx']:.0f} us; "
                + common),
         Result(TOPIC, f"shop products via the gateway ({best[-2]} worker"
                f"{'s' if best[-2] != '1' else ''}) vs nginx proxy_pass", med[best],
