@@ -28,7 +28,6 @@ from djscale.cluster.local import http_ok
 from djscale.cluster.supervisor import ManagedProcess, free_port
 from djscale.services.leased_ratelimit import BUCKETS, LeasedRateLimiter
 from djscale.testing import write_topology
-from tests.integration.test_gateway import Hit, Reply, Upstream
 
 pytestmark = pytest.mark.integration
 
@@ -39,44 +38,53 @@ SECONDS = 3.5
 CLIENT = "203.0.113.9"
 
 
-def _ok(hit: Hit) -> Reply:
-    return 200, {}, {"ok": True}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _uvicorn(name: str, args: list[str], port: int, log: Path,
+             env: dict[str, str]) -> ManagedProcess:
+    return ManagedProcess(
+        name=name, kind="uvicorn", port=port,
+        cmd=[sys.executable, "-m", "uvicorn", *args, "--host", "127.0.0.1", "--port",
+             str(port), "--no-proxy-headers", "--no-access-log", "--log-level", "warning"],
+        log=str(log), env={"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", **env})
 
 
 @pytest.fixture()
 def gateways(tmp_path: Path, djscale_cluster: LocalCluster) -> Iterator[list[str]]:
-    upstream = Upstream(_ok)
+    # The upstream runs in its own process (the trivial app of bench_services), so that
+    # this test's client loops never slow it down into timeouts.
+    up_port = free_port()
+    upstream = _uvicorn("upstream", ["benchmarks.bench_services:upstream_app"], up_port,
+                        tmp_path / "upstream.log", {})
     host, port = djscale_cluster.address("redis")
     topology = write_topology({
         "project": {"name": f"rlacc{time.time_ns() % 10**9}"},
-        "services": {"api": {"urls": [upstream.url]}},
+        "services": {"api": {"urls": [f"http://127.0.0.1:{up_port}"], "timeout": 10.0,
+                             "breaker_minimum_calls": 1000}},
         "gateway": {"routes": [{"prefix": "/api/", "service": "api"}],
                     "rate_limit": LIMIT, "rate_window": WINDOW},
     }, tmp_path / "djscale.toml", base=tmp_path)
     assert topology.gateway.rate_limit == LIMIT
-    procs: list[ManagedProcess] = []
+    procs: list[ManagedProcess] = [upstream]
     try:
+        upstream.start()
         for i in range(PROCESSES):
-            gw_port = free_port()
-            proc = ManagedProcess(
-                name=f"gateway-{i}", kind="gateway", port=gw_port,
-                cmd=[sys.executable, "-m", "uvicorn", "--factory",
-                     "djscale.services.gateway:create_app", "--host", "127.0.0.1", "--port",
-                     str(gw_port), "--no-proxy-headers", "--no-access-log", "--log-level",
-                     "warning", "--http", "djscale.gateway_server:GatewayHttpProtocol"],
-                log=str(tmp_path / f"gateway-{i}.log"),
-                env={"DJSCALE_TOPOLOGY": str(tmp_path / "djscale.toml"),
-                     "DJSCALE_GATEWAY_REDIS_URL": f"redis://{host}:{port}/0"})
+            proc = _uvicorn(
+                f"gateway-{i}", ["--factory", "djscale.services.gateway:create_app", "--http",
+                                 "djscale.gateway_server:GatewayHttpProtocol"],
+                free_port(), tmp_path / f"gateway-{i}.log",
+                {"DJSCALE_TOPOLOGY": str(tmp_path / "djscale.toml"),
+                 "DJSCALE_GATEWAY_REDIS_URL": f"redis://{host}:{port}/0"})
             procs.append(proc)
             proc.start()
         for proc in procs:
             proc.wait_ready(lambda p=proc: http_ok("127.0.0.1", p.port, "/"),  # type: ignore[misc]
                             60)
-        yield [f"http://127.0.0.1:{p.port}" for p in procs]
+        yield [f"http://127.0.0.1:{p.port}" for p in procs[1:]]
     finally:
         for proc in procs:
             proc.stop()
-        upstream.close()
 
 
 async def _hammer(urls: list[str]) -> list[tuple[float, float, int]]:
