@@ -9,6 +9,8 @@ Metrics (all prefixed ``djscale_``; counters get ``_total`` from prometheus_clie
 =====================================  ===================================================
 ``http_requests_total``                requests by method, status class and view
 ``http_request_duration_seconds``      request latency histogram by method
+``http_request_latency_seconds``       latency since the load balancer got the request
+                                       (its ``X-Request-Start``): queueing included
 ``router_decisions_total``             reads/writes routed to primary / replica / fallback
 ``replica_lag_seconds`` / ``_bytes``   last measured lag of each replica
 ``shard_queries_total``                queries routed to each physical shard (by the shard
@@ -184,6 +186,13 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_REQUEST_DURATION = Histogram(
     "djscale_http_request_duration_seconds", "Time Django spent answering a request.",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+HTTP_REQUEST_LATENCY = Histogram(
+    "djscale_http_request_latency_seconds",
+    "Time from the load balancer receiving a request (X-Request-Start) to Django answering "
+    "it: queueing in front of the workers included.",
     ["method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

@@ -310,7 +310,9 @@ class AutoscaleSpec:
     cooldown: float = 30.0
     """Seconds between two scaling actions, and that the metric must stay low to scale in."""
     interval: float = 2.0
-    """Seconds between two measurements (the window of one p95 / CPU sample)."""
+    """Seconds between two measurements."""
+    window: float = 10.0
+    """Seconds of requests one p95 / CPU figure covers (the last measurements merged)."""
 
 
 @dataclass(frozen=True)
@@ -1377,7 +1379,7 @@ def _autoscale(raw: object, servers: int) -> AutoscaleSpec | None:
         raise TopologyError(f"app.autoscale = {raw!r} is invalid: expected a table such as "
                             "{ min = 1, max = 4, metric = \"latency\", target = 250 }")
     s = _Section(raw, "app.autoscale", ("min", "max", "metric", "target", "cooldown",
-                                        "interval"))
+                                        "interval", "window"))
     low = s.get_int("min", 1, minimum=1, maximum=64)
     spec = AutoscaleSpec(
         min=low,
@@ -1386,6 +1388,7 @@ def _autoscale(raw: object, servers: int) -> AutoscaleSpec | None:
         target=s.get_float("target", 250.0, minimum=0.001),
         cooldown=s.get_float("cooldown", 30.0),
         interval=s.get_float("interval", 2.0, minimum=0.2),
+        window=s.get_float("window", 10.0, minimum=0.2),
     )
     if spec.max < spec.min:
         raise TopologyError(f"app.autoscale.max = {spec.max} is below app.autoscale.min = "

@@ -134,6 +134,8 @@ MEANINGS: dict[str, str] = {
     "app.autoscale.cooldown": "seconds between two scaling actions; and that the metric "
                               "must stay low before a server is removed",
     "app.autoscale.interval": "seconds between two measurements",
+    "app.autoscale.window": "seconds of requests one p95 or CPU figure covers (smooths "
+                            "single slow requests; at least interval)",
     "lb.kind": "the load balancer",
     "lb.method": "balancing method",
     "lb.host": "where the load balancer listens",

@@ -122,3 +122,23 @@ def test_hpa_falls_back_to_cpu_without_prometheus_adapter() -> None:
     cpu = _hpa(_topology({"servers": 1, "autoscale": {"metric": "cpu", "target": 55}}))
     assert cpu["metrics"] == [{"type": "Resource", "resource": {
         "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 55}}}]
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("t=1764800000.123", 1764800000.123),  # nginx $msec
+    ("t=1764800000123456", 1764800000.123456),  # HAProxy date(0,us)
+    ("t=1764800000123", 1764800000.123),  # milliseconds
+    ("1764800000", 1764800000.0),
+])
+def test_x_request_start_is_read_in_seconds_milliseconds_or_microseconds(
+        header: str, seconds: float) -> None:
+    from djscale.http.metrics import request_start
+
+    assert request_start(header) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("header", ["", "t=", "t=abc", "t=-5", "t=nan", "t=" + "9" * 40])
+def test_an_unreadable_x_request_start_is_ignored(header: str) -> None:
+    from djscale.http.metrics import request_start
+
+    assert request_start(header) is None

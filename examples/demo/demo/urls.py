@@ -11,4 +11,5 @@ urlpatterns = [
     path("catalog", views.catalog),
     path("me", views.me),
     path("welcome", views.welcome),
+    path("wait", views.wait),
 ]

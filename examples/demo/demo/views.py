@@ -120,3 +120,24 @@ def welcome(request: HttpRequest) -> JsonResponse:
     response = JsonResponse({"page": "welcome"})
     response.set_cookie("first_visit", os.urandom(4).hex())
     return response
+
+
+MAX_WAIT_MS = 1000
+
+
+def wait(request: HttpRequest) -> JsonResponse:
+    """GET: a read that spends ``?ms=N`` (0-1000) waiting on a replica, as a slow query would.
+
+    Its time is I/O, not CPU: a sync gunicorn worker answers at most ``1000 / N`` of these
+    a second whatever the machine, which is what the autoscaling benchmark needs to show
+    that adding app servers adds capacity even on a small shared machine.
+    """
+    raw = request.GET.get("ms", "0")
+    if not raw.isdigit() or int(raw) > MAX_WAIT_MS:
+        return JsonResponse({"error": f"ms must be an integer from 0 to {MAX_WAIT_MS}"},
+                            status=400)
+    alias = router.db_for_read(Visit) or "default"
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [int(raw) / 1000])
+    return JsonResponse({"app_server": os.environ.get("DJSCALE_SERVICE", "?"),
+                         "waited_ms": int(raw)})

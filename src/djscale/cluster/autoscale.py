@@ -3,11 +3,14 @@
 Every ``interval`` seconds :class:`Sampler` measures the app servers from outside, the
 way Prometheus and the Kubernetes HPA would:
 
-- **latency**: each app server's ``/metrics`` (djscale's
-  ``djscale_http_request_duration_seconds`` histogram, summed over its gunicorn workers)
-  is scraped; the bucket counts that grew since the previous scrape, added over all
-  servers, give the p95 of the requests of that window (interpolated inside its bucket,
-  as PromQL's ``histogram_quantile`` does) and the request rate;
+- **latency**: each app server's ``/metrics`` (summed over its gunicorn workers) is
+  scraped; the bucket counts that grew since the previous scrape, added over all servers,
+  give the p95 of the requests of that window (interpolated inside its bucket, as PromQL's
+  ``histogram_quantile`` does) and the request rate. The histogram is
+  ``djscale_http_request_latency_seconds`` (from the load balancer's ``X-Request-Start``:
+  the wait for a free worker included) when the requests carry that header, else
+  ``djscale_http_request_duration_seconds`` (Django's own time). Only the first shows an
+  overloaded sync-worker server: its requests wait in the listen backlog, before Django;
 - **cpu**: the CPU time of each app server's process group (``/proc``) over the window,
   as a percentage of one core per gunicorn worker.
 
@@ -45,7 +48,8 @@ from djscale.topology import AutoscaleSpec
 __all__ = ["Autoscaler", "Measurement", "Policy", "Sampler", "TracePoint", "histogram_quantile",
            "run_autoscaler"]
 
-HISTOGRAM = "djscale_http_request_duration_seconds"
+HISTOGRAMS = ("djscale_http_request_latency_seconds", "djscale_http_request_duration_seconds")
+"""Followed in this order: the first with requests in the window wins."""
 TOLERANCE = 0.1
 """Kubernetes' default: no change while observed/target is within 10 % of 1."""
 
@@ -127,9 +131,21 @@ class Policy:
 
 
 @dataclass
+class _Delta:
+    """What grew in one measurement window, over all servers."""
+
+    at: float
+    buckets: dict[str, dict[float, float]]
+    counts: dict[str, float]
+    ticks: float
+    seconds: float
+    servers: int
+
+
+@dataclass
 class _Scrape:
-    buckets: dict[float, float]
-    count: float
+    buckets: dict[str, dict[float, float]]
+    count: dict[str, float]
     cpu_ticks: float
     at: float
 
@@ -137,10 +153,12 @@ class _Scrape:
 class Sampler:
     """Measure the app servers of ``cluster`` over successive windows."""
 
-    def __init__(self, cluster: LocalCluster, *, workers: int) -> None:
+    def __init__(self, cluster: LocalCluster, *, workers: int, window: float = 0.0) -> None:
         self.cluster = cluster
         self.workers = workers
+        self.window = window
         self._last: dict[str, _Scrape] = {}
+        self._recent: list[_Delta] = []
 
     def measure(self) -> Measurement:
         """The load since the previous call (the first call only sets the baseline)."""
@@ -149,25 +167,55 @@ class Sampler:
             scrape = self._scrape(name)
             if scrape is not None:
                 scrapes[name] = scrape
-        merged: dict[float, float] = {}
-        count = ticks = seconds = 0.0
+        merged: dict[str, dict[float, float]] = {h: {} for h in HISTOGRAMS}
+        counts = dict.fromkeys(HISTOGRAMS, 0.0)
+        ticks = seconds = 0.0
         servers = 0
         for name, now in scrapes.items():
             before = self._last.get(name)
-            if before is None or now.count < before.count:
+            if before is None or any(now.count.get(h, 0.0) < before.count.get(h, 0.0)
+                                     for h in HISTOGRAMS):
                 continue  # new (or restarted) server: this scrape is its baseline
-            for bound, value in now.buckets.items():
-                merged[bound] = merged.get(bound, 0.0) + value - before.buckets.get(bound, 0.0)
-            count += now.count - before.count
+            for h in HISTOGRAMS:
+                for bound, value in now.buckets.get(h, {}).items():
+                    merged[h][bound] = (merged[h].get(bound, 0.0) + value
+                                        - before.buckets.get(h, {}).get(bound, 0.0))
+                counts[h] += now.count.get(h, 0.0) - before.count.get(h, 0.0)
             ticks += max(0.0, now.cpu_ticks - before.cpu_ticks)
             seconds = max(seconds, now.at - before.at)
             servers += 1
         self._last = scrapes
-        p95 = histogram_quantile(0.95, merged) if count > 0 else None
+        now_at = time.monotonic()
+        self._recent.append(_Delta(now_at, merged, counts, ticks, seconds, servers))
+        # One figure covers the last `window` seconds: a p95 of a handful of requests
+        # would follow single slow requests rather than the load.
+        self._recent = [d for d in self._recent if now_at - d.at < max(self.window, 1e-9)]
+        return self._combine(self._recent)
+
+    def reset(self) -> None:
+        """Forget the recent windows (the servers changed: measure the new shape only)."""
+        self._recent = []
+
+    def _combine(self, deltas: list[_Delta]) -> Measurement:
+        merged: dict[str, dict[float, float]] = {h: {} for h in HISTOGRAMS}
+        counts = dict.fromkeys(HISTOGRAMS, 0.0)
+        ticks = seconds = 0.0
+        worker_seconds = 0.0
+        for d in deltas:
+            for h in HISTOGRAMS:
+                for bound, value in d.buckets[h].items():
+                    merged[h][bound] = merged[h].get(bound, 0.0) + value
+                counts[h] += d.counts[h]
+            ticks += d.ticks
+            seconds += d.seconds
+            worker_seconds += d.seconds * d.servers * self.workers
+        used = next((h for h in HISTOGRAMS if counts[h] > 0), HISTOGRAMS[-1])
+        count = counts[used]
+        p95 = histogram_quantile(0.95, merged[used]) if count > 0 else None
         rate = count / seconds if seconds > 0 else 0.0
         cpu = None
-        if seconds > 0 and servers:
-            cpu = 100.0 * ticks / os.sysconf("SC_CLK_TCK") / seconds / (servers * self.workers)
+        if worker_seconds > 0:
+            cpu = 100.0 * ticks / os.sysconf("SC_CLK_TCK") / worker_seconds
         return Measurement(p95_ms=None if p95 is None else p95 * 1000.0,
                            requests_per_second=rate, cpu_percent=cpu)
 
@@ -188,17 +236,18 @@ class Sampler:
             return None
         if resp.status != 200:
             return None
-        buckets: dict[float, float] = {}
-        count = 0.0
+        buckets: dict[str, dict[float, float]] = {h: {} for h in HISTOGRAMS}
+        count = dict.fromkeys(HISTOGRAMS, 0.0)
         for family in text_string_to_metric_families(body.decode("utf-8", "replace")):
-            if family.name != HISTOGRAM:
+            if family.name not in HISTOGRAMS:
                 continue
+            h = family.name
             for sample in family.samples:
-                if sample.name == HISTOGRAM + "_bucket":
+                if sample.name == h + "_bucket":
                     bound = float(sample.labels["le"])
-                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
-                elif sample.name == HISTOGRAM + "_count":
-                    count += sample.value
+                    buckets[h][bound] = buckets[h].get(bound, 0.0) + sample.value
+                elif sample.name == h + "_count":
+                    count[h] += sample.value
         return _Scrape(buckets, count, _cpu_ticks(proc.pid), time.monotonic())
 
 
@@ -237,7 +286,8 @@ class Autoscaler:
 
     def __post_init__(self) -> None:
         self.policy = Policy(self.spec)
-        self.sampler = Sampler(self.cluster, workers=self.cluster.topology.app.workers)
+        self.sampler = Sampler(self.cluster, workers=self.cluster.topology.app.workers,
+                               window=self.spec.window)
         self.pool = AppPool(self.cluster)
         self._t0 = time.monotonic()
 
@@ -252,8 +302,9 @@ class Autoscaler:
             action = self._resize(servers, want)
             if action:
                 self.policy.changed(time.monotonic())
-                # The window that follows a change measures the new shape only.
+                # The windows that follow a change measure the new shape only.
                 self.sampler.measure()
+                self.sampler.reset()
         point = TracePoint(t=round(now - self._t0, 3), servers=len(self.pool.servers()),
                            p95_ms=measured.p95_ms,
                            requests_per_second=measured.requests_per_second,

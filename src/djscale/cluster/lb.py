@@ -10,8 +10,9 @@ Both configurations:
   weights;
 - retry a failed request on the next server only for idempotent methods (nginx's default
   for ``proxy_next_upstream``; HAProxy's ``retry-on`` is limited to safe methods);
-- set ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and a
-  ``X-Request-ID`` when the client sent none;
+- set ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host``, a
+  ``X-Request-ID`` when the client sent none, and ``X-Request-Start`` (when the proxy got
+  the request, for :mod:`djscale.http.metrics`' queue-inclusive latency);
 - keep connections to the upstreams alive;
 - refuse ``/metrics`` (Prometheus scrapes each app server directly);
 - eject failing servers: nginx passively (``max_fails``/``fail_timeout``), HAProxy actively
@@ -114,6 +115,8 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
             proxy_set_header X-Request-ID $djscale_request_id;
+            # When this proxy got the request: the app's latency metric includes queueing.
+            proxy_set_header X-Request-Start "t=${{msec}}";
             proxy_hide_header X-Request-ID;
             add_header X-Request-ID $djscale_request_id always;
             add_header X-Upstream $upstream_addr always;
@@ -185,6 +188,8 @@ frontend djscale_front
     http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
     http-request set-header X-Forwarded-Proto http unless {{ ssl_fc }}
     http-request set-header X-Forwarded-Host %[req.hdr(Host)]
+    # When this proxy got the request: the app's latency metric includes queueing.
+    http-request set-header X-Request-Start t=%[date(0,us)]
     # Retry only safe methods on another server; never replay a POST.
     http-request disable-l7-retry unless METH_GET or METH_HEAD or METH_OPTIONS
     http-response set-header X-Upstream %[srv_name]

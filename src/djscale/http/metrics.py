@@ -10,7 +10,13 @@ Set ``DJSCALE["METRICS_TOKEN"]`` to require ``Authorization: Bearer <token>``; w
 keep ``/metrics`` off the public load balancer (it names views and services).
 
 :class:`MetricsMiddleware` counts requests by method, status class and view name and
-records their latency.
+records their latency: ``djscale_http_request_duration_seconds`` from the moment Django
+got the request, and, when the load balancer stamped it with ``X-Request-Start`` (djscale's
+nginx and HAProxy configs do: ``t=<epoch>`` in seconds, milliseconds or microseconds),
+``djscale_http_request_latency_seconds`` from that moment: the time the request waited
+for a free worker is in it. A busy sync-worker app server shows overload only there: its
+requests queue in the listen backlog, where Django's own timing cannot see them. The
+local autoscaler follows it (:mod:`djscale.cluster.autoscale`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from djscale import conf, metrics
 
-__all__ = ["MetricsMiddleware", "metrics_view"]
+__all__ = ["MetricsMiddleware", "metrics_view", "request_start"]
 
 
 def _registry() -> CollectorRegistry:
@@ -74,6 +80,36 @@ class MetricsMiddleware:
             view = (match.view_name or "?") if match is not None else "<unresolved>"
             metrics.HTTP_REQUESTS.labels(method, f"{status // 100}xx", view).inc()
             metrics.HTTP_REQUEST_DURATION.labels(method).observe(time.perf_counter() - started)
+            since = request_start(request.META.get("HTTP_X_REQUEST_START", ""))
+            if since is not None:
+                metrics.HTTP_REQUEST_LATENCY.labels(method).observe(
+                    min(_MAX_LATENCY, max(0.0, time.time() - since)))
+
+
+_MAX_LATENCY = 3600.0
+
+
+def request_start(value: str) -> float | None:
+    """The epoch seconds of an ``X-Request-Start`` header (``t=...``), None if unreadable.
+
+    Accepts seconds with a fraction (nginx's ``$msec``), or whole milliseconds or
+    microseconds (HAProxy's ``date(0,us)``), told apart by their size.
+    """
+    raw = value.strip().removeprefix("t=")
+    if not raw or len(raw) > 32:
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        return None
+    if number != number or number <= 0:  # NaN or nonsense
+        return None
+    if "." not in raw:
+        if number > 1e14:
+            number /= 1e6
+        elif number > 1e11:
+            number /= 1e3
+    return number
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
