@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -121,11 +122,17 @@ def pending_findings(alias: str) -> list[Finding]:
     return findings_of_plan(connection, executor, plan)
 
 
+#: Set by djscale's ``migrate`` while its guard reports the hazards itself (no duplicates).
+guard_reports: ContextVar[bool] = ContextVar("djscale_guard_reports", default=False)
+
+
 @register(Tags.database, "djscale")
 def check_pending_migrations(app_configs: Any = None, databases: Any = None,
                              **kwargs: Any) -> list[CheckMessage]:
     """One warning per lock hazard in the unapplied migrations of ``databases``."""
     messages: list[CheckMessage] = []
+    if guard_reports.get():
+        return messages
     for alias in databases or ():
         if alias not in connections:
             continue

@@ -344,9 +344,11 @@ class _Walker:
         db_default = getattr(f, "db_default", models.NOT_PROVIDED)
         if db_default is not models.NOT_PROVIDED:
             if not _constant(db_default):
-                self.flag("djscale.W311", label, f"adds {where} with db_default "
-                          f"{db_default!r}: PostgreSQL rewrites the table row by row under "
-                          "ACCESS EXCLUSIVE")
+                function = getattr(db_default, "extra", {}).get("function") or getattr(
+                    db_default, "function", None)
+                shown = f"{function}()" if isinstance(function, str) else repr(db_default)
+                self.flag("djscale.W311", label, f"adds {where} with db_default {shown}: "
+                          "PostgreSQL rewrites the table row by row under ACCESS EXCLUSIVE")
         elif not f.null and not f.has_default():
             self.flag("djscale.W311", label, f"adds {where} NOT NULL without a default: it "
                       "fails on a table with rows")

@@ -44,6 +44,16 @@ class Command(migrate.Command):
         parser.add_argument("--attempts", type=int, default=None, metavar="N",
                             help="attempts after lock timeouts before giving up")
 
+    def execute(self, *args: Any, **options: Any) -> Any:
+        """Django's, without the W310-W318 check warnings when the guard names them."""
+        guarded = conf.get().migrations.guard and not options.get("allow_unsafe") and not any(
+            options.get(o) for o in ("fake", "plan", "check_unapplied", "prune"))
+        token = online.guard_reports.set(guarded)
+        try:
+            return super().execute(*args, **options)
+        finally:
+            online.guard_reports.reset(token)
+
     def handle(self, *args: Any, **options: Any) -> None:
         """Run Django's migrate under the guard, lock_timeout and retries."""
         connection = connections[options["database"]]
