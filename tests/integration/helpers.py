@@ -191,7 +191,10 @@ def wrk_load(url: str, *, script: str = "", connections: int = 8,
     """Run ``wrk`` against ``url`` for the duration of the block; the list gets its report.
 
     wrk is stopped with SIGINT at the end of the block (it prints its totals then);
-    ``max_seconds`` only bounds a block that never ends.
+    ``max_seconds`` only bounds a block that never ends. wrk's ``--timeout`` is set to
+    30 s, the load balancers' server timeout: wrk counts a slower answer as a "timeout"
+    socket error although it still arrives, and on a shared 2-core machine an answer may
+    take over wrk's default 2 s without anything having failed.
     """
     import re
     import shutil
@@ -199,7 +202,7 @@ def wrk_load(url: str, *, script: str = "", connections: int = 8,
 
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (run `make setup`)")
-    cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max_seconds}s",
+    cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max_seconds}s", "--timeout", "30s",
            *(["-s", script] if script else []), url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})

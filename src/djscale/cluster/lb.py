@@ -177,6 +177,9 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout http-request 10s
+    # A readiness probe may take its whole 1 s deadline and more on a busy machine:
+    # without this, HAProxy gives a check only `inter` and takes healthy servers out.
+    timeout check 3s
 
 frontend djscale_front
     bind {spec.host}:{listen_port}

@@ -128,25 +128,27 @@ class LiveBalancer:
                 f"the running HAProxy has no server slot for {', '.join(missing)} (it has "
                 f"{len(slots)}): restart the load balancer to get more slots "
                 "(`djscale cluster down` / `up`), or scale to fewer servers")
-        leaving = []
-        for name, row in slots.items():
-            target = wanted.get(name)
-            if target is None or target.down:
-                if row.get("status", "").startswith("MAINT"):
-                    continue
-                self.command(f"set server {BACKEND}/{name} state drain")
-                leaving.append(name)
+        # Those staying in rotation first, and healthy, before any other leaves it: a
+        # server leaving while the rest are not up yet would leave HAProxy none.
+        for target in wanted.values():
+            if target.down:
                 continue
-            self.command(f"set server {BACKEND}/{name} addr {target.host} port {target.port}")
-            self.command(f"set server {BACKEND}/{name} weight {target.weight}")
-            self.command(f"set server {BACKEND}/{name} state ready")
-        # A server put back in rotation is used once its health check passes: wait for it,
-        # so that a caller that removes another one next never leaves none.
+            self.command(f"set server {BACKEND}/{target.name} addr {target.host} "
+                         f"port {target.port}")
+            self.command(f"set server {BACKEND}/{target.name} weight {target.weight}")
+            self.command(f"set server {BACKEND}/{target.name} state ready")
         joining = [u.name for u in upstreams if not u.down]
         if not wait_until(lambda: all(self.stats()[n].get("status", "").startswith("UP")
                                       for n in joining), self.drain_timeout, interval=0.1):
             raise ClusterError(f"HAProxy did not see {', '.join(joining)} healthy within "
                                f"{self.drain_timeout:.0f} s (check /health/ready)")
+        leaving = []
+        for name, row in slots.items():
+            keep = wanted.get(name)
+            if (keep is None or keep.down) and not row.get("status", "").startswith(
+                    "MAINT"):
+                self.command(f"set server {BACKEND}/{name} state drain")
+                leaving.append(name)
         for name in leaving:
             if not wait_until(lambda n=name: self.stats()[n].get("scur") == "0",  # type: ignore[misc]
                               self.drain_timeout, interval=0.05):
