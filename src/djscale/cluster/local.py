@@ -486,9 +486,12 @@ class LocalCluster:
         """The API gateway (uvicorn) on its recorded or configured port."""
         spec = self.topology.gateway
         port = self._port("gateway", spec.host, spec.port)
+        # One worker: measured against two in front of the shop's products service on a
+        # machine whose cores the services share (benchmarks/bench_gateway.py, notes of
+        # its rows in docs/benchmarks.md), one served more requests in every run.
         cmd = [sys.executable, "-m", "uvicorn", "--factory",
                "djscale.services.gateway:create_app", "--host", spec.host, "--port", str(port),
-               "--workers", "2", "--no-proxy-headers", "--no-access-log", "--log-level",
+               "--workers", "1", "--no-proxy-headers", "--no-access-log", "--log-level",
                "warning", "--http", "djscale.gateway_server:GatewayHttpProtocol"]
         proc = ManagedProcess(name="gateway", kind="gateway", role="gateway", host=spec.host,
                               port=port, cmd=cmd, log=str(self._log("gateway")),
