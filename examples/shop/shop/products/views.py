@@ -8,6 +8,8 @@ process and purges them at the edge (djscale.edge), so no view invalidates by ha
 
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.http import HttpRequest, JsonResponse
 
@@ -29,6 +31,8 @@ from shop.api import (
     validated,
 )
 from shop.products.models import Category, Product
+
+_SLUG = re.compile(r"[-a-zA-Z0-9_]+")
 
 
 @cached(timeout=300, tags=lambda product_id: [f"products.product:{product_id}"])
@@ -87,6 +91,10 @@ def products(request: HttpRequest) -> JsonResponse:
                                          featured=data["featured"])
         return JsonResponse(product.as_json(), status=201)
     slug = request.GET.get("category")
+    if slug and not _SLUG.fullmatch(slug):
+        # No category has such a slug, and it must not reach the Surrogate-Key header
+        # (control or non-ASCII characters there are a 500): an empty list, class-tagged.
+        return add_tags(JsonResponse({"results": []}), "products.category")
     if slug:
         return add_tags(JsonResponse({"results": category_page(slug)}),
                         f"products.category:{slug}")
