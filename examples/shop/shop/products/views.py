@@ -117,6 +117,10 @@ def product(request: HttpRequest, product_id: int) -> JsonResponse:
         if "name" in raw and not data["name"]:
             raise ApiError(400, "invalid_request", "some fields are invalid",
                            {"name": ["This field may not be blank."]})
+        if "price_cents" in raw and data["price_cents"] is None:
+            # Django's IntegerField takes null, "", [] and {} for "no value": not here.
+            raise ApiError(400, "invalid_request", "some fields are invalid",
+                           {"price_cents": ["This field may not be empty."]})
         for name in ("name", "price_cents", "featured"):
             if name in raw:
                 setattr(found, name, data[name])
