@@ -57,6 +57,7 @@ TagItem = Any
 """A tag string, a model instance, a ``(model, pk)`` pair or a model class."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+_Response = TypeVar("_Response", bound=HttpResponseBase)
 
 
 def model_tags(obj: Model | type[Model], pk: Any = None) -> list[str]:
@@ -88,7 +89,7 @@ def tags_of(items: Iterable[TagItem]) -> list[str]:
     return list(found)
 
 
-def add_tags(response: HttpResponseBase, *items: TagItem) -> HttpResponseBase:
+def add_tags(response: _Response, *items: TagItem) -> _Response:
     """Add the tags of ``items`` to ``response``'s ``Surrogate-Key``; return ``response``.
 
     When the header would grow past what edges accept, the instance tags are dropped for
