@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from unittest import mock
 
 import pytest
@@ -10,7 +11,7 @@ from django.contrib.auth.models import Group, User
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
 
-from djscale.edge import TAG_HEADER, add_tags, edge_tags, model_tags, tags_of
+from djscale.edge import TAG_HEADER, add_tags, edge_tags, model_tags, tag_token, tags_of
 from djscale.edge.purge import sigv4_headers
 
 
@@ -26,10 +27,32 @@ def test_tags_of_mixes_strings_instances_pairs_and_classes_once_each() -> None:
         "a", "auth.user", "auth.user:1", "auth.group"]
 
 
-@pytest.mark.parametrize("bad", ["two words", "", "x" * 257, 3.5])
-def test_a_tag_that_cannot_be_a_header_token_is_refused(bad: object) -> None:
+@pytest.mark.parametrize("bad", ["", 3.5, None])
+def test_an_empty_tag_or_an_item_that_is_no_tag_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="tag"):
         tags_of([bad])
+
+
+@pytest.mark.parametrize("text", ["two words", "nul\x00byte", "caf\u00e9", "cr\r\nSet-Cookie: x",
+                                  "100% sure", "x" * 257, "\u00e9" * 300])
+def test_any_text_becomes_one_visible_ascii_token_of_at_most_256(text: str) -> None:
+    token = tag_token(f"shop.category:{text}")
+    assert re.fullmatch(r"[\x21-\x7e]{1,256}", token), token
+    assert tags_of([f"shop.category:{text}"]) == [token]  # the purge names the same tag
+    response = add_tags(HttpResponse(), f"shop.category:{text}")
+    assert response[TAG_HEADER] == token
+
+
+def test_tokens_of_different_texts_differ() -> None:
+    texts = ["a b", "a+b", "a\x00b", "x" * 300, "x" * 301, "\u00e9", "\u00e8"]
+    assert len({tag_token(t) for t in texts}) == len(texts)
+
+
+def test_visible_ascii_tags_and_integer_pks_are_unchanged_and_tokens_are_their_own() -> None:
+    assert tag_token("products.category:shoes-2") == "products.category:shoes-2"
+    for text in ["a b", "100%", "\u00e9" * 300, "x" * 999]:
+        assert tag_token(tag_token(text)) == tag_token(text)
+    assert model_tags(User, "a b") == ["auth.user", "auth.user:a%20b"]
 
 
 def test_add_tags_merges_into_one_header_for_fastly_and_varnish_and_one_for_cloudflare() -> None:

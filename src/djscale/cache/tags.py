@@ -24,15 +24,18 @@ The edge uses the same stamps (:func:`djscale.edge.tags.add_tags`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from django.core.cache import BaseCache
 
-__all__ = ["index_entry", "invalidate_tags", "invalidated_at", "tag_key"]
+__all__ = ["index_entry", "invalidate_tags", "invalidated_at", "tag_key", "tag_token"]
 
 log = logging.getLogger("djscale.cache")
 
@@ -41,9 +44,34 @@ _STAMP = "djscale:tagt:"
 _DEFAULT_INDEX_TTL = 24 * 3600
 
 
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: one header token as it is
+_MAX_TAG = 256
+
+
+def tag_token(text: str) -> str:
+    """``text`` as one header token: what a tag string or a primary key becomes.
+
+    Visible ASCII stays as it is; anything else (spaces, control or non-ASCII characters)
+    is percent-encoded in UTF-8, so a tag built from request data (a slug, a search term)
+    can never break a header or smuggle a second tag; a token longer than 256 characters
+    keeps its first 200 and a hash of the whole. Tokens are tokens of themselves, so the
+    cache entries, the response header and the invalidation always name the same tag
+    (texts that differ only as ``%20`` vs a space share one: a purge of one purges both,
+    never too little).
+    """
+    if not text:
+        raise ValueError("an edge tag cannot be empty")
+    if _TOKEN_RE.fullmatch(text) is None:
+        text = "".join(char if _TOKEN_RE.fullmatch(char) else quote(char, safe="")
+                       for char in text)
+    if len(text) > _MAX_TAG:
+        text = f"{text[:200]}~{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+    return text
+
+
 def tag_key(tag: str) -> str:
     """The key of ``tag``'s index."""
-    return _PREFIX + tag
+    return _PREFIX + tag_token(tag)
 
 
 def _member(key: str, version: int | None) -> str:
@@ -94,7 +122,7 @@ def invalidated_at(cache: BaseCache, tags: Iterable[str]) -> list[float]:
     invalidation it must reveal). Never raises: without the stamps, the caller cannot
     detect a race and behaves as before.
     """
-    tags = list(tags)
+    tags = [tag_token(t) for t in tags]
     if not tags:
         return []
     client = _l2_client(cache)
@@ -128,7 +156,7 @@ def invalidate_tags(cache: BaseCache, tags: Iterable[str], *, now: float | None 
     """
     client = _l2_client(cache)
     members: set[str] = set()
-    tags = list(tags)
+    tags = [tag_token(t) for t in tags]
     stamp = time.time() if now is None else now
     _stamp(cache, tags, stamp)
     for tag in tags:

@@ -11,7 +11,7 @@ The edge itself (Varnish in the local cluster, its VCL) is tooling:
 """
 
 from djscale.edge.invalidation import flush, invalidate, register
-from djscale.edge.tags import TAG_HEADER, add_tags, edge_tags, model_tags, tags_of
+from djscale.edge.tags import TAG_HEADER, add_tags, edge_tags, model_tags, tag_token, tags_of
 
 __all__ = ["TAG_HEADER", "add_tags", "edge_tags", "flush", "invalidate", "model_tags",
-           "register", "tags_of"]
+           "register", "tag_token", "tags_of"]

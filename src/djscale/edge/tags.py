@@ -28,7 +28,6 @@ that is on its way (the stamps of :func:`djscale.cache.tags.invalidated_at`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import Any, TypeVar
@@ -38,17 +37,17 @@ from django.db.models import Model
 from django.http import HttpResponseBase
 
 from djscale import conf
-from djscale.cache.tags import invalidated_at
+from djscale.cache.tags import invalidated_at, tag_token
 from djscale.http.cache_control import request_started
 
-__all__ = ["TAG_HEADER", "TagItem", "add_tags", "edge_tags", "model_tags", "tags_of"]
+__all__ = ["TAG_HEADER", "TagItem", "add_tags", "edge_tags", "model_tags", "tag_token",
+           "tags_of"]
 
 TAG_HEADER = "Surrogate-Key"
 """The response header carrying the tags (stripped by the edge)."""
 
 CLOUDFLARE_HEADER = "Cache-Tag"
 
-_TAG_RE = re.compile(r"^[\x21-\x7e]{1,256}$")  # visible ASCII, no spaces: one header token
 _MAX_HEADER = 16_000  # Fastly's limit is 16 KB; Varnish's default http_resp_hdr_len is 8 KB
 RACE_MARGIN = 0.05
 """Seconds of clock difference between hosts that a stamp comparison tolerates."""
@@ -64,20 +63,21 @@ def model_tags(obj: Model | type[Model], pk: Any = None) -> list[str]:
     """The tags of a model instance (class tag and instance tag), or of a model class."""
     if isinstance(obj, type):
         label = obj._meta.label_lower
-        return [label] if pk is None else [label, f"{label}:{pk}"]
+        return [label] if pk is None else [label, tag_token(f"{label}:{pk}")]
     label = obj._meta.label_lower
-    return [label, f"{label}:{obj.pk}"] if obj.pk is not None else [label]
+    return [label, tag_token(f"{label}:{obj.pk}")] if obj.pk is not None else [label]
 
 
 def tags_of(items: Iterable[TagItem]) -> list[str]:
-    """The tags of ``items`` (see module), each once, in order; ValueError on a bad tag."""
+    """The tags of ``items`` (see module), each once, in order.
+
+    Tag strings and primary keys pass through :func:`tag_token`; ValueError on an empty
+    tag or an item that is not a tag string, a model (instance or class) or a pair.
+    """
     found: dict[str, None] = {}
     for item in items:
         if isinstance(item, str):
-            if not _TAG_RE.match(item):
-                raise ValueError(f"invalid edge tag {item!r}: 1-256 visible ASCII "
-                                 "characters, no spaces")
-            found[item] = None
+            found[tag_token(item)] = None
         elif isinstance(item, Model) or (isinstance(item, type) and issubclass(item, Model)):
             found.update(dict.fromkeys(model_tags(item)))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], type) \
