@@ -387,7 +387,8 @@ def declare_cache_location(*, location: str) -> None:
         CACHE_COMPUTATIONS.labels(reason)
     for direction in ("sent", "received"):
         CACHE_INVALIDATIONS.labels(direction)
-    for reason in ("resubscribed", "subscription_lost", "listener_error", "remote_clear"):
+    for reason in ("resubscribed", "subscription_lost", "redis_back", "listener_error",
+                   "remote_clear"):
         CACHE_L1_FLUSHES.labels(reason)
 
 

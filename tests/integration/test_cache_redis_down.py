@@ -140,3 +140,46 @@ def test_a_write_dropped_while_redis_was_silent_never_serves_the_old_value_after
     assert cache.get("colour") is None
     # This process's own L1 may still hold its own last write; never the old "big".
     assert cache.get("size") in ("small", None)
+
+
+def test_l1_of_the_outage_goes_when_redis_answers_before_the_listener_is_back(
+        dedicated: tuple[LocalCluster, str]) -> None:
+    from djscale.cache import TieredCache
+
+    cluster, url = dedicated
+    raw = redis.Redis.from_url(url)
+    # A cache of its own (own client, L1 and listener), with an L1 that would keep an
+    # entry for a minute: only a flush can take it out within this test.
+    cache = TieredCache(url, {"KEY_PREFIX": "back", "OPTIONS": {
+        "L1_TIMEOUT": 60, "SOCKET_TIMEOUT": 0.4, "RESET_TIMEOUT": 0.2,
+        "MAX_RESET_TIMEOUT": 1.0, "CHANNEL": "djscale:test:redis-back"}})
+    bus = cache.bus
+    assert bus is not None and bus.wait_connected(5)
+    # The listener stays away, as it does in its back-off after a partition or while the
+    # node it subscribes on is still cut off: its flush on resubscribing comes later.
+    bus.stop()
+    try:
+        cluster.stop_service("redis")
+        try:
+            cache.get("warm-up-failure-1")
+            cache.get("warm-up-failure-2")
+            assert cache.l2.breaker.state == "open"
+            cache.set("price", 10, timeout=None)  # dropped; this process keeps it in L1
+            assert cache.get("price") == 10
+        finally:
+            cluster.start_service("redis")
+        assert wait_until(cache.ping, 10)  # the first call that reaches Redis again
+        assert bus.flushes.get("redis_back") == 1
+        assert bus.flushed_entries >= 1
+        # Another process writes the key now; its invalidation cannot reach this one.
+        raw.set(cache.make_key("price"), 12)
+        assert cache.get("price") == 12  # not the 10 from the outage
+        assert cache.l1.get(cache.make_key("price")) is None  # no fills until subscribed
+        bus.start()
+        assert bus.wait_connected(5)
+        assert bus.flushes.get("resubscribed", 0) >= 2  # at start and now
+        assert cache.get("price") == 12
+        assert wait_until(lambda: cache.get("price") == 12
+                          and cache.l1.get(cache.make_key("price")) is not None, 5)
+    finally:
+        bus.stop()

@@ -114,6 +114,31 @@ def test_a_delayed_replica_leaves_the_read_set_within_two_probe_rounds(
     assert installed(cluster.topology) == {}
 
 
+def test_a_cache_partition_flushes_l1_and_serves_nothing_stale_after(
+        cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Long enough for every listener to give up on its silent subscription (about 5 s).
+    options = replace(OPTIONS, target="app", target_args=("cache",), read_path="/visits",
+                      write_path="/visit", write_every=10,
+                      count_sql="SELECT count(*) FROM demo_visit", read_tag="source",
+                      verify_path="/visits", fault_seconds=12.0)
+    report, seen = _run_watching(cluster, "partition", options, monkeypatch)
+    print(report.text())
+    assert set(seen) == {"app", "cache"}
+    assert report.cache_cut and report.target_replicas == []
+    assert report.passed, report.text()
+    assert report.reads_failed == 0 and report.writes_failed == 0
+    assert report.lost == 0 and report.duplicated == 0
+    # Every app process seen before and after dropped its L1 (lost subscription, and
+    # again once Redis answered or the listener was back), then filled it again, and no
+    # answer afterwards was stale.
+    assert report.l1_processes and report.l1_flushed_processes == report.l1_processes
+    assert report.l1_flushes.get("subscription_lost", 0) >= report.l1_processes
+    assert report.sources["during"].get("db", 0) > 0
+    assert report.sources["after"].get("l1", 0) > 0
+    assert report.stale_after == 0 and report.verified
+    assert installed(cluster.topology) == {}
+
+
 @pytest.mark.parametrize(("scenario", "args", "signum"), [
     ("partition", ["app", "replica1"], signal.SIGINT),
     ("delay", ["replica1", "200", "20", "1%"], signal.SIGTERM),

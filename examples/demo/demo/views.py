@@ -60,7 +60,9 @@ def visits(request: HttpRequest) -> JsonResponse:
     ``source`` says where the value came from (``l1``, ``redis``, or ``db`` when it was
     computed: a miss, or Redis unreachable); ``stale`` compares it with the primary's
     count read just before (only meaningful while nobody writes: the chaos scenarios'
-    check after the load).
+    check after the load). ``l1_flushes`` counts this process's whole-L1 flushes by reason
+    (a lost or regained subscription, Redis answering again) and ``l1_flushed_entries``
+    the entries they dropped: the chaos report compares them before and after a fault.
     """
     cache = caches["default"]
     actual = Visit.objects.using("default").count()
@@ -70,9 +72,12 @@ def visits(request: HttpRequest) -> JsonResponse:
     if value is None:
         value, source = Visit.objects.using("default").count(), "db"
         cache.set(VISITS_KEY, value, timeout=300)
+    stats = cache.stats() if isinstance(cache, TieredCache) else {}
     return JsonResponse({"app_server": os.environ.get("DJSCALE_SERVICE", "?"),
                          "pid": os.getpid(), "visits": value, "source": source,
-                         "stale": value != actual})
+                         "stale": value != actual,
+                         "l1_flushes": stats.get("l1_flushes", {}),
+                         "l1_flushed_entries": stats.get("l1_flushed_entries", 0)})
 
 
 @csrf_exempt

@@ -172,6 +172,9 @@ class TieredCache(BaseCache):
                     bus = _buses[bus_key] = InvalidationBus(l2, channel)
                     # Keys repaired after an outage are evicted from every process's L1.
                     l2.repair_message = bus.keys_message
+                    # Redis answering again before the listener has resubscribed: what L1
+                    # holds from the outage may be stale (see bus.py).
+                    l2.on_reachable.append(bus.redis_back)
             flight = _flights.setdefault(l1_key, SingleFlight())
             valid = _valid_keys.setdefault(l1_key, set())
         self._l2 = l2
@@ -534,6 +537,8 @@ class TieredCache(BaseCache):
             "l2_breaker": self._l2.breaker.state,
             "subscribed": bool(self._bus and self._bus.connected.is_set()),
             "invalidations_received": self._bus.received if self._bus else 0,
+            "l1_flushes": dict(self._bus.flushes) if self._bus else {},
+            "l1_flushed_entries": self._bus.flushed_entries if self._bus else 0,
         }
 
 

@@ -10,7 +10,11 @@ A process that is not subscribed cannot know what others wrote, so the listener
 flushes every registered L1 store when it loses its subscription *and* again when it
 has resubscribed (values cached in between may be stale), and :attr:`connected` tells
 the cache not to fill L1 from Redis meanwhile. The listener reconnects by itself with a
-short back-off.
+short back-off. If the cache's own calls reach Redis again before the listener has
+resubscribed (its back-off, a pub/sub node still cut off), the cache flushes too
+(:meth:`InvalidationBus.redis_back`): what this process cached during the outage may
+have been overwritten by a write it was not told about. :attr:`flushes` counts the
+flushes by reason and :attr:`flushed_entries` the entries they dropped (chaos reports).
 
 Wire format: ``<origin hex>|k|key\\0key...`` (evict keys) or ``<origin hex>|f|`` (flush).
 """
@@ -51,6 +55,10 @@ class InvalidationBus:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.received = 0
+        self.flushes: dict[str, int] = {}
+        """Whole-L1 flushes of this process by reason (also the metric)."""
+        self.flushed_entries = 0
+        """Entries those flushes dropped."""
 
     # ------------------------------------------------------------------ publishing side
 
@@ -88,6 +96,8 @@ class InvalidationBus:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = None
+        self.flushes = {}
+        self.flushed_entries = 0
         if len(self._stores):
             self.start()
 
@@ -103,9 +113,24 @@ class InvalidationBus:
         """Block until subscribed; return False on timeout."""
         return self.connected.wait(timeout)
 
+    def redis_back(self) -> None:
+        """The cache reached Redis again after failures: flush L1 unless subscribed.
+
+        While the listener is subscribed, every write another process made reached this
+        L1 as an invalidation (or will, as the repair of a dropped one), so nothing needs
+        to go. While it is not, L1 holds only what this process cached during the outage
+        (fills from Redis are refused without a subscription), and a write elsewhere may
+        have replaced any of it: drop it all now rather than when the listener is back.
+        """
+        if not self.connected.is_set():
+            self._flush_all("redis_back")
+
     def _flush_all(self, reason: str) -> None:
+        dropped = 0
         for store in list(self._stores):
-            store.flush()
+            dropped += store.flush()
+        self.flushes[reason] = self.flushes.get(reason, 0) + 1
+        self.flushed_entries += dropped
         metrics.record_l1_flush(reason=reason)
 
     def _export_stats(self) -> None:

@@ -156,12 +156,14 @@ class LocalStore:
                 if key in self._data:
                     self._drop(key)
 
-    def flush(self) -> None:
-        """Evict everything and make every in-flight fill fail."""
+    def flush(self) -> int:
+        """Evict everything and make every in-flight fill fail; how many entries it held."""
         with self._lock:
             self._epoch += 1
+            held = len(self._data)
             self._data.clear()
             self._bytes = 0
+        return held
 
     def after_fork(self) -> None:
         """In a forked child: new lock (another thread may have held it) and empty."""

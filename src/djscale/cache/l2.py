@@ -176,6 +176,9 @@ class RedisL2:
         self._dropped_lock = threading.Lock()
         self.repair_message: Callable[[list[str]], tuple[str, bytes] | None] | None = None
         """Builds the eviction message published for repaired keys (set by the cache)."""
+        self.on_reachable: list[Callable[[], None]] = []
+        """Called on the first call that reaches Redis after failed ones (the caches
+        flush L1 there when their listener is not subscribed yet)."""
 
     # ------------------------------------------------------------------ failure policy
 
@@ -210,6 +213,8 @@ class RedisL2:
         if self._warned.is_set():
             self._warned.clear()
             log.warning("Redis cache %s reachable again", self.location)
+            for callback in self.on_reachable:
+                callback()
         self.breaker.on_success()
         return result
 

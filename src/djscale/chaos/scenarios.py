@@ -93,7 +93,11 @@ class ChaosOptions:
     probe_seconds: float = 1.0
     """The app's replica probe interval (``REPLICA_REFRESH_SECONDS``): a probe round."""
     verify_path: str = ""
-    """GET path checked after the load stopped: every answer must say ``"stale": false``."""
+    """GET path checked after the load stopped: every answer must say ``"stale": false``.
+
+    Answers that also carry ``pid`` and ``l1_flushes`` (the process's whole-L1 flushes by
+    reason, ``TieredCache.stats()``) are sampled before the load too, and the report says
+    which app processes flushed their L1 meanwhile."""
     verify_requests: int = 40
 
 
@@ -138,6 +142,16 @@ class ChaosReport:
     """Answers of ``verify_path`` after the load (nobody writing any more)."""
     stale_after: int | None = None
     """Of those, answers that said their value was stale (or that failed)."""
+    cache_cut: bool = False
+    """A partition between the app hosts and a Redis host (the cache's L1 must be flushed)."""
+    l1_processes: int | None = None
+    """App processes whose L1 flush counts were seen both before and after the run."""
+    l1_flushed_processes: int | None = None
+    """Of those, processes that flushed their whole L1 at least once meanwhile."""
+    l1_flushes: dict[str, int] = field(default_factory=dict)
+    """Their whole-L1 flushes meanwhile, by reason (subscription_lost, redis_back, ...)."""
+    l1_flushed_entries: int | None = None
+    """Entries those flushes dropped."""
     slowest_write_ms: float | None = None
     """Slowest write started during the fault (freeze of a primary)."""
     writes_back_seconds: float | None = None
@@ -252,6 +266,12 @@ class ChaosReport:
         if self.verified is not None:
             lines.append(f"afterwards {self.verified} reads of the check path with nobody "
                          f"writing: {self.stale_after} stale or failed")
+        if self.l1_processes is not None:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.l1_flushes.items()))
+            lines.append(f"L1         {self.l1_flushed_processes} of {self.l1_processes} app "
+                         "processes (seen before and after) flushed their L1 in the run: "
+                         f"{reasons or 'no flush'}; {self.l1_flushed_entries} entries "
+                         "dropped")
         lines += [f"crashed    {c}" for c in self.crashed]
         lines += [f"note       {n}" for n in self.notes]
         lines.append(f"result     {'PASS' if self.passed else 'FAIL'}")
@@ -425,6 +445,9 @@ def _prepare_partition(fault: _Fault) -> None:
     cut = tuple(h.name for side, other in ((left, right), (right, left))
                 if apps & {o.name for o in other} for h in side)
     _network_prepare(fault, Partition(left, right), cut)
+    redis_hosts = {h.name for p in cluster.processes() if p.kind == "redis"
+                   and (h := cluster.topology.host_at(p.host)) is not None}
+    fault.report.cache_cut = bool(redis_hosts & set(cut))
 
 
 def _prepare_delay(fault: _Fault) -> None:
@@ -477,6 +500,11 @@ def _network_judge(report: ChaosReport, load: LoadResult, t0: float, t1: float) 
         ok = ok and _events_delivered(report, load, t0, t1)
     if report.stale_after:
         report.notes.append(f"{report.stale_after} reads after the fault served a stale value")
+        ok = False
+    if (report.cache_cut and report.l1_processes and t1 - t0 >= _L1_MUST_FLUSH_AFTER
+            and report.l1_flushed_processes != report.l1_processes):
+        report.notes.append(f"{report.l1_processes - (report.l1_flushed_processes or 0)} app "
+                            "processes cut off from Redis did not flush their L1")
         ok = False
     return ok
 
@@ -654,8 +682,9 @@ SCENARIOS: dict[str, _Scenario] = {
         "drop every packet between hosts A and hosts B (nftables in their namespaces), "
         "remove the rules after",
         "zero failed requests; a replica cut off from the app hosts stops serving reads "
-        "within two probe rounds and serves them again after the fault; events (when "
-        "given) consumed exactly once",
+        "within two probe rounds and serves them again after the fault; app hosts cut off "
+        "from Redis for 10 s or more flush their L1, and the check path (when given) serves "
+        "nothing stale afterwards; events (when given) consumed exactly once",
         _network_install, _heal_network, True, _network_judge, network=True,
         prepare=_prepare_partition),
     "delay": _Scenario(
@@ -692,9 +721,18 @@ TARGETED = frozenset({"freeze", "partition", "delay"})
 """Scenarios that need a target service (``ChaosOptions.target``)."""
 
 
-def _verify(host: str, port: int, opts: ChaosOptions) -> tuple[int, int]:
-    """GET ``verify_path`` a few times: (answers, answers stale or failed)."""
+_L1_MUST_FLUSH_AFTER = 10.0
+"""A cache partition at least this long must make every app process flush its L1 (its
+listener gives up on a silent connection after about 5 s without an answer to PING)."""
+
+_Flushes = dict[int, tuple[dict[str, int], int]]
+"""pid -> (whole-L1 flushes by reason, entries dropped), as the check path reports them."""
+
+
+def _verify(host: str, port: int, opts: ChaosOptions) -> tuple[int, int, _Flushes]:
+    """GET ``verify_path`` a few times: (answers, answers stale or failed, L1 flushes)."""
     bad = 0
+    flushes: _Flushes = {}
     for _ in range(opts.verify_requests):
         conn = http.client.HTTPConnection(host, port, timeout=10)
         try:
@@ -703,11 +741,36 @@ def _verify(host: str, port: int, opts: ChaosOptions) -> tuple[int, int]:
             body = json.loads(resp.read() or b"{}")
             fresh = resp.status == 200 and isinstance(body, dict) and body.get("stale") is False
             bad += not fresh
-        except (OSError, http.client.HTTPException, ValueError):
+            if isinstance(body, dict) and isinstance(body.get("l1_flushes"), dict):
+                counts = {str(k): int(v) for k, v in body["l1_flushes"].items()}
+                seen = flushes.get(int(body.get("pid", 0)), ({}, 0))
+                if sum(counts.values()) >= sum(seen[0].values()):  # counters only grow
+                    flushes[int(body.get("pid", 0))] = (
+                        counts, int(body.get("l1_flushed_entries", 0)))
+        except (OSError, http.client.HTTPException, ValueError, TypeError):
             bad += 1
         finally:
             conn.close()
-    return opts.verify_requests, bad
+    return opts.verify_requests, bad, flushes
+
+
+def _l1_flushes(report: ChaosReport, before: _Flushes, after: _Flushes) -> None:
+    """Note the whole-L1 flushes of the app processes seen before and after the run."""
+    both = sorted(set(before) & set(after))
+    if not both:
+        return
+    total: Counter[str] = Counter()
+    flushed = entries = 0
+    for pid in both:
+        (was, was_entries), (now, now_entries) = before[pid], after[pid]
+        delta = {k: v - was.get(k, 0) for k, v in now.items() if v > was.get(k, 0)}
+        total.update(delta)
+        flushed += bool(delta)
+        entries += now_entries - was_entries
+    report.l1_processes = len(both)
+    report.l1_flushed_processes = flushed
+    report.l1_flushes = dict(total)
+    report.l1_flushed_entries = entries
 
 
 def _json_tag(key: str) -> Callable[[str, bytes], str]:
@@ -781,6 +844,7 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
 
     if scenario.prepare is not None:
         scenario.prepare(fault)  # before any load: bad arguments fail here
+    flushes_before = _verify(host, port, opts)[2] if opts.verify_path else {}
     stop = threading.Event()
     box: dict[str, LoadResult] = {}
     loader = threading.Thread(target=lambda: box.setdefault("r", run_load(
@@ -846,7 +910,8 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
             if any(counts):
                 report.sources[phase] = dict(counts)
     if opts.verify_path:
-        report.verified, report.stale_after = _verify(host, port, opts)
+        report.verified, report.stale_after, flushes_after = _verify(host, port, opts)
+        _l1_flushes(report, flushes_before, flushes_after)
     if ledger is not None:
         _reconcile_events(fault, ledger, opts, since_heal=time.monotonic() - healed_at)
     report.passed = scenario.judge(report, load, fault_at, healed_at)
