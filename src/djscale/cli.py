@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("target", nargs="?", default="",
                        help="the service a targeted scenario acts on (freeze SERVICE, e.g. "
                             "pg-default-replica1; see `djscale cluster status`), or the first "
-                            "side of a partition / the host to delay")
+                            "side of a partition / the host to delay, or the replication group "
+                            "of kill-primary, kill-primary-node, switchover (default: default; "
+                            "a shard's name, e.g. shard1)")
     chaos.add_argument("more", nargs="*", default=[],
                        help="partition: the other side (hosts or services, comma-separated); "
                             "delay: MS [JITTER] [LOSS%%]")

@@ -19,6 +19,7 @@ of the fault without restarting an app server, nothing duplicated and, when the 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -31,11 +32,11 @@ from djscale.errors import ClusterError
 if TYPE_CHECKING:
     from djscale.chaos.scenarios import ChaosReport, _Fault
 
-__all__ = ["GROUP", "heal_node", "heal_postgres", "heal_switchover", "judge", "kill_node",
-           "kill_postgres", "switchover"]
+__all__ = ["GROUP", "group_of", "heal_node", "heal_postgres", "heal_switchover", "judge",
+           "kill_node", "kill_postgres", "switchover"]
 
 GROUP = "default"
-"""The replication group the scenarios act on."""
+"""The replication group the scenarios act on unless told another (a shard's name)."""
 
 FAST_503_SECONDS = 1.0
 """A write refused during an election must be answered within this."""
@@ -44,23 +45,33 @@ SLOW_503_ALLOWANCE = 0.01
 """Share of refused writes that may take longer (queued behind other requests)."""
 
 
-def _spec(cluster: LocalCluster) -> tuple[int, bool]:
-    group = cluster.topology.postgres
+def group_of(fault: _Fault) -> str:
+    """The replication group a scenario acts on: its target argument, else ``default``."""
+    return (fault.args[0] if fault.args else "") or GROUP
+
+
+def _spec(cluster: LocalCluster, name: str) -> tuple[int, bool]:
+    group = next((g for g in cluster.topology.database_groups if g.name == name), None)
+    if group is None:
+        known = ", ".join(g.name for g in cluster.topology.database_groups)
+        raise ClusterError(f"no replication group {name!r} in the topology (groups: {known})")
     if group.ha != "patroni":
-        raise ClusterError("this scenario needs a primary run by Patroni: set "
-                           '[postgres] ha = "patroni" in the topology and run '
+        raise ClusterError(f"this scenario needs a primary run by Patroni: set "
+                           f'ha = "patroni" for group {name!r} in the topology and run '
                            "`djscale cluster up` (docs/ha.md)")
     return group.ha_ttl, group.synchronous
 
 
 def _begin(fault: _Fault) -> str:
     """Note the leader and timeline before the fault; return the leader's name."""
-    ttl, synchronous = _spec(fault.cluster)
-    current = ha.view(fault.cluster, GROUP)
+    group = group_of(fault)
+    ttl, synchronous = _spec(fault.cluster, group)
+    current = ha.view(fault.cluster, group)
     if current.leader is None:
-        raise ClusterError(f"group {GROUP!r} has no leader right now; wait for Patroni "
+        raise ClusterError(f"group {group!r} has no leader right now; wait for Patroni "
                            "(`djscale cluster status`) and run the scenario again")
     report = fault.report
+    report.group = group
     report.target = fault.target = current.leader.name
     report.target_role = "primary"
     report.ttl_seconds = ttl
@@ -75,11 +86,21 @@ def _struck(fault: _Fault) -> None:
 
 
 def _wait_leader(fault: _Fault, *, other_than: str = "", timeout: float) -> pt.Member:
+    """Wait for a leader (other than ``other_than``) on a timeline after the fault's.
+
+    Every way a leader comes back is a promotion, so a new timeline: a failover, and also
+    a leader whose crashed PostgreSQL Patroni restarted (it starts as a standby, then
+    promotes itself because it still holds the leader key). Until then /cluster may still
+    name the old leader on the old timeline, which does not accept writes yet.
+    """
     found: list[pt.Member] = []
+    before = fault.report.timeline_before or 0
 
     def elected() -> bool:
-        leader = ha.view(fault.cluster, GROUP).leader
+        leader = ha.view(fault.cluster, group_of(fault)).leader
         if leader is None or (other_than and leader.name == other_than):
+            return False
+        if leader.timeline is None or leader.timeline <= before:
             return False
         found.append(leader)
         fault.report.leader_seconds = time.monotonic() - (fault.report.fault_monotonic
@@ -87,24 +108,49 @@ def _wait_leader(fault: _Fault, *, other_than: str = "", timeout: float) -> pt.M
         return True
 
     if not wait_until(elected, timeout, interval=0.1):
-        raise ClusterError(f"no new leader of group {GROUP!r} within {timeout:.0f} s; see "
-                           "`djscale cluster status` and the pg-* logs")
+        raise ClusterError(f"no new leader of group {group_of(fault)!r} within "
+                           f"{timeout:.0f} s; see `djscale cluster status` and the pg-* logs")
     return found[-1]
 
 
 def _finish(fault: _Fault, leader: pt.Member) -> None:
     report = fault.report
     report.leader_after = leader.name
-    report.timeline_after = ha.view(fault.cluster, GROUP).timeline
+    report.timeline_after = ha.view(fault.cluster, group_of(fault)).timeline
 
 
-def _rejoin(fault: _Fault, name: str, timeout: float, *, started: float = 0.0) -> None:
+def _log_size(fault: _Fault, name: str) -> int:
+    try:
+        return os.path.getsize(fault.cluster.process(name).log)
+    except (OSError, ClusterError):
+        return 0
+
+
+def _rewound(fault: _Fault, name: str, since: int) -> str:
+    """What Patroni's log of ``name`` says about pg_rewind after byte ``since`` ('' : none)."""
+    try:
+        with open(fault.cluster.process(name).log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+    except (OSError, ClusterError):
+        return ""
+    diverged = next((line.split("pg_rewind: ", 1)[1] for line in text.splitlines()
+                     if "pg_rewind: servers diverged" in line), "")
+    if "pg_rewind: Done!" in text:
+        return f"pg_rewind rewound it ({diverged})" if diverged else "pg_rewind rewound it"
+    return "pg_rewind ran and failed (see its log)" if "pg_rewind exit code" in text else ""
+
+
+def _rejoin(fault: _Fault, name: str, timeout: float, *, started: float = 0.0,
+            log_from: int | None = None) -> None:
     started = started or time.monotonic()
-    ha.wait_rejoined(fault.cluster, GROUP, name, timeout)
+    ha.wait_rejoined(fault.cluster, group_of(fault), name, timeout)
     fault.report.rejoined = True
-    fault.report.timeline_after = ha.view(fault.cluster, GROUP).timeline
+    fault.report.timeline_after = ha.view(fault.cluster, group_of(fault)).timeline
+    how = _rewound(fault, name, log_from) if log_from is not None else ""
     fault.report.notes.append(f"{name} rejoined as a replica of {fault.report.leader_after} "
-                              f"{time.monotonic() - started:.1f} s after Patroni was started again")
+                              f"{time.monotonic() - started:.1f} s after Patroni was started again"
+                              + (f"; {how}" if how else ""))
 
 
 def kill_postgres(fault: _Fault) -> None:
@@ -125,11 +171,12 @@ def heal_postgres(fault: _Fault) -> None:
     else:
         # Patroni starts the crashed leader as a standby, then promotes it again (a new
         # timeline): done once every member streams on the leader's timeline again.
-        for member in ha.view(fault.cluster, GROUP).members:
+        group = group_of(fault)
+        for member in ha.view(fault.cluster, group).members:
             if member.name != leader.name:
-                ha.wait_rejoined(fault.cluster, GROUP, member.name, 60)
+                ha.wait_rejoined(fault.cluster, group, member.name, 60)
         fault.report.rejoined = True
-        fault.report.timeline_after = ha.view(fault.cluster, GROUP).timeline
+        fault.report.timeline_after = ha.view(fault.cluster, group).timeline
         fault.report.notes.append(f"Patroni restarted PostgreSQL on {leader.name}, which "
                                   "kept the leader key (crash recovery, no failover)")
 
@@ -151,25 +198,27 @@ def heal_node(fault: _Fault) -> None:
     leader = _wait_leader(fault, other_than=fault.target,
                           timeout=fault.report.ttl_seconds + 60)
     _finish(fault, leader)
-    started = time.monotonic()
+    started, log_from = time.monotonic(), _log_size(fault, fault.target)
     fault.cluster.start_service(fault.target, timeout=120)  # pg_rewind happens here
     fault.killed.discard(fault.target)
-    _rejoin(fault, fault.target, 120, started=started)
+    _rejoin(fault, fault.target, 120, started=started, log_from=log_from)
 
 
 def switchover(fault: _Fault) -> None:
     """``patronictl switchover`` from the leader to a running replica."""
     name = _begin(fault)
-    current = ha.view(fault.cluster, GROUP)
+    current = ha.view(fault.cluster, group_of(fault))
     replicas = sorted((m for m in current.members if not m.leads and m.state == "running"),
                       key=lambda m: (m.role != "sync_standby", m.lag or 0, m.name))
     if not replicas:
-        raise ClusterError(f"group {GROUP!r} has no running replica to switch over to")
+        raise ClusterError(f"group {group_of(fault)!r} has no running replica to switch over to")
     candidate = replicas[0].name
     proc = fault.cluster.process(name)
+    fault.log_from = _log_size(fault, name)
     _struck(fault)
     pt.switchover(proc.extra["config"], leader=name, candidate=candidate,
-                  group=fault.cluster.topology.postgres,
+                  group=next(g for g in fault.cluster.topology.database_groups
+                             if g.name == group_of(fault)),
                   log=fault.cluster.log_dir / "patronictl.log")
     fault.report.notes.append(f"switched over from {name} to {candidate} (patronictl)")
 
@@ -179,7 +228,7 @@ def heal_switchover(fault: _Fault) -> None:
     leader = _wait_leader(fault, other_than=fault.target,
                           timeout=fault.report.ttl_seconds + 60)
     _finish(fault, leader)
-    _rejoin(fault, fault.target, 120)
+    _rejoin(fault, fault.target, 120, log_from=fault.log_from)
 
 
 def judge(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool:

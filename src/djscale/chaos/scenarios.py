@@ -172,6 +172,8 @@ class ChaosReport:
     events_lost_in_broker: int | None = None
     events_redelivered: int | None = None
     """Events the relay sent again because their delivery was not confirmed in time."""
+    group: str = ""
+    """The replication group a failover scenario acted on (``default``, a shard's name)."""
     ttl_seconds: int = 0
     """Patroni's ``ttl`` of the group (failover scenarios)."""
     synchronous: bool = False
@@ -294,6 +296,8 @@ class _Fault:
     freezer: Freezer | None = None
     network: NetworkFaults | None = None
     args: tuple[str, ...] = ()
+    log_from: int = 0
+    """Size of the target's log when the fault struck (what it logged since: a rejoin)."""
 
 
 @dataclass(frozen=True)
