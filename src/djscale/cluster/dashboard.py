@@ -8,6 +8,7 @@ parallel and keeps one snapshot; the HTTP server answers
 - ``/``            the page (``dashboard_assets/index.html``: inline SVG, CSS and JS, so it
                    works offline), which polls ``/api/state`` every second;
 - ``/api/state``   the latest snapshot as JSON;
+- ``/metrics``     the edge cache's counters in Prometheus text (none without an edge);
 - ``/health/live`` 200 while the server runs (the cluster's readiness probe).
 
 What a snapshot holds, and where it comes from:
@@ -21,6 +22,10 @@ What a snapshot holds, and where it comes from:
   app server's ``/metrics`` (Prometheus text), HAProxy's stats socket (``stot`` per server),
   or request lines in the gunicorn access log (``DJSCALE_ACCESS_LOG=1``); else ``null``;
 - cache hit ratio from Redis ``INFO stats`` (``keyspace_hits`` / ``keyspace_misses``);
+- the edge cache (``[edge] kind = "varnish"``): hit ratio, passes, grace hits and purges
+  from ``varnishstat`` (:func:`djscale.cluster.varnish.edge_stats`), since it started and
+  over the last round; ``/metrics`` exports the same counters for Prometheus
+  (``djscale_edge_cache_*``), as a Varnish exporter would;
 - size of each primary's database (``pg_database_size``);
 - outbox backlog: unpublished rows of any table named like ``%outbox%`` (``null`` when
   there is none).
@@ -56,7 +61,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
-from djscale.cluster import ha
+from djscale.cluster import ha, varnish
 from djscale.cluster.state import ClusterState, default_state_dir
 from djscale.cluster.supervisor import ManagedProcess, tcp_ready
 from djscale.db import lag
@@ -66,6 +71,7 @@ __all__ = [
     "Collector",
     "DashboardServer",
     "count_access_lines",
+    "edge_metrics",
     "haproxy_server_totals",
     "main",
     "metrics_request_total",
@@ -270,6 +276,7 @@ class Collector:
         probes = self._probe_all(records, groups)
         now = time.monotonic()
         services, replicas, apps, caches, databases, outbox = [], [], [], [], [], []
+        edges = []
         primary_lsns: dict[str, int | None] = {}
         for rec, probe in zip(records, probes, strict=True):
             if rec.get("kind") == "postgres" and rec.get("role") == "primary":
@@ -300,6 +307,8 @@ class Collector:
                 caches.append(self._cache_row(name, role, probe, now))
             if kind == "gunicorn":
                 apps.append(self._app_row(rec, probe, haproxy, now))
+            if kind == "varnish":
+                edges.append(self._edge_row(name, probe, now))
             services.append({
                 "name": name, "kind": kind, "role": role, "group": group,
                 "address": f"{rec.get('host')}:{rec.get('port')}" if rec.get("port") else "",
@@ -319,6 +328,7 @@ class Collector:
                         "state_dir": str(self.state_dir), "topology": state.topology,
                         "lb_kind": lb.get("kind") if lb else None},
             "services": services, "replicas": replicas, "apps": apps, "caches": caches,
+            "edges": edges,
             "databases": databases, "outbox": outbox,
             "outbox_backlog": sum(backlog_known) if backlog_known else None,
         }
@@ -427,6 +437,9 @@ class Collector:
             ok = status < 500
             return {"health": HEALTHY if ok else DOWN, "detail": f"HTTP {status}",
                     "metrics_total": metrics}
+        if kind == "varnish":
+            edge = varnish.edge_stats(str(rec.get("data_dir") or ""))
+            return {"health": HEALTHY, "detail": edge.summary(), "edge": edge}
         if kind in ha.KINDS:
             # A Patroni member: its role, timeline and lag as Patroni reports them.
             ok, detail = ha.probe(ManagedProcess.from_record(rec))
@@ -522,6 +535,29 @@ class Collector:
                 "ops_per_second": probe.get("ops_per_second"), "memory": probe.get("memory"),
                 "health": probe["health"]}
 
+    def _edge_row(self, name: str, probe: Mapping[str, Any], now: float) -> dict[str, Any]:
+        stats: varnish.EdgeStats | None = probe.get("edge")
+        row: dict[str, Any] = {"name": name, "health": probe["health"], "hits": None,
+                               "misses": None, "passes": None, "grace_hits": None,
+                               "purges": None, "objects_purged": None, "requests": None,
+                               "hit_ratio": None, "recent_hit_ratio": None,
+                               "requests_per_second": None, "purges_per_second": None}
+        if stats is None:
+            for key in ("hits", "misses", "requests", "purges"):
+                self._rate(f"{name}:{key}", None, now)
+            return row
+        row.update(hits=stats.hits, misses=stats.misses, passes=stats.passes,
+                   grace_hits=stats.grace_hits, purges=stats.purges,
+                   objects_purged=stats.objects_purged, requests=stats.requests,
+                   hit_ratio=stats.hit_ratio)
+        hit_rate = self._rate(f"{name}:hits", stats.hits, now)
+        miss_rate = self._rate(f"{name}:misses", stats.misses, now)
+        if hit_rate is not None and miss_rate is not None and hit_rate + miss_rate > 0:
+            row["recent_hit_ratio"] = hit_rate / (hit_rate + miss_rate)
+        row["requests_per_second"] = self._rate(f"{name}:requests", stats.requests, now)
+        row["purges_per_second"] = self._rate(f"{name}:purges", stats.purges, now)
+        return row
+
     def _app_row(self, rec: Mapping[str, Any], probe: Mapping[str, Any],
                  haproxy: Mapping[str, int], now: float) -> dict[str, Any]:
         name = rec.get("name", "?")
@@ -576,6 +612,37 @@ class Collector:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+_EDGE_COUNTERS = (
+    ("hits", "djscale_edge_cache_hits_total", "Edge cache lookups that found a fresh or "
+     "graced object (varnishstat MAIN.cache_hit)."),
+    ("misses", "djscale_edge_cache_misses_total", "Edge cache lookups that went to the app "
+     "(MAIN.cache_miss)."),
+    ("passes", "djscale_edge_cache_passes_total", "Requests passed to the app without a "
+     "lookup: personal or not GET/HEAD (MAIN.s_pass)."),
+    ("grace_hits", "djscale_edge_cache_grace_hits_total", "Hits on stale objects served from "
+     "grace (MAIN.cache_hit_grace)."),
+    ("purges", "djscale_edge_cache_purges_total", "PURGE requests handled, by tag or URL "
+     "(MAIN.n_purges)."),
+    ("objects_purged", "djscale_edge_cache_objects_purged_total", "Objects removed by URL "
+     "purges (MAIN.n_obj_purged)."),
+)
+
+
+def edge_metrics(edges: Iterable[Mapping[str, Any]]) -> str:
+    """The edge rows of a snapshot in Prometheus text format (counters + hit ratio gauge)."""
+    rows = [e for e in edges if e.get("hits") is not None]
+    lines: list[str] = []
+    for key, metric, help_text in _EDGE_COUNTERS:
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+        lines += [f'{metric}{{edge="{e["name"]}"}} {int(e[key] or 0)}' for e in rows]
+    metric = "djscale_edge_cache_hit_ratio"
+    lines += [f"# HELP {metric} Hits / (hits + misses) since the edge started.",
+              f"# TYPE {metric} gauge"]
+    lines += [f'{metric}{{edge="{e["name"]}"}} {e["hit_ratio"]}' for e in rows
+              if e.get("hit_ratio") is not None]
+    return "\n".join(lines) + "\n"
+
+
 def _sum_backlog(tables: Iterable[Mapping[str, Any]] | None) -> int | None:
     if not tables:
         return None
@@ -608,6 +675,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/state":
             body = json.dumps(self.server.collector.snapshot()).encode()
             self._send(200, "application/json", body)
+        elif path == "/metrics":
+            body = edge_metrics(self.server.collector.snapshot().get("edges") or []).encode()
+            self._send(200, "text/plain; version=0.0.4; charset=utf-8", body)
         elif path in ("/health/live", "/health/ready"):
             self._send(200, "text/plain", b"ok\n")
         else:

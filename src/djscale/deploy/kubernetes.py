@@ -15,6 +15,9 @@ topology                    Kubernetes
 ``[postgres]``, ``[[shards]]``  one CloudNativePG ``Cluster`` per replication group
                             (primary + ``replicas`` standbys; the operator makes its PDB)
 ``[pgbouncer]``             one CloudNativePG ``Pooler`` per primary, same pool mode/size
+``[edge] kind = "varnish"``  Varnish Deployment + Service + the VCL of the local cluster
+                            (ConfigMap, :func:`djscale.cluster.varnish.vcl`) in front of the
+                            app (or gateway) Service; the Ingress points at it
 ``[redis]``                 a StatefulSet (not an operator): one node, or a Redis Cluster
                             of ``masters x (1 + replicas_per_master)`` pods formed by a
                             Job; plus a broker node for Celery in cluster mode
@@ -33,12 +36,14 @@ at the autoscaler's maximum.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from djscale.cluster import varnish
 from djscale.deploy.connections import connection_budget
 from djscale.errors import DjscaleError, MissingDependency, TopologyError
 from djscale.settings import address_variable
@@ -59,6 +64,9 @@ APP_PORT = 8000
 GATEWAY_PORT = 8080
 REDIS_PORT = 6379
 PG_PORT = 5432
+EDGE_PORT = 8080
+EDGE_IMAGE = "varnish:7.6"
+"""The official Varnish image; it ships varnish-modules (the VCL needs ``xkey``)."""
 TOPOLOGY_MOUNT = "/etc/djscale"
 RUN_DIR = "/var/run/djscale"
 _NAME_LIMIT = 63
@@ -145,6 +153,9 @@ class _Builder:
             if self.t.pgbouncer.enabled:
                 env[address_variable(f"pgbouncer-{group.name}")] = (
                     f"{self.pooler_name(group)}:{PG_PORT}")
+        if self.t.edge.enabled:
+            # The Varnish purger of the app pods (djscale.edge.purge) reads it.
+            env[address_variable("edge")] = f"{self.name('edge')}:80"
         redis = self.t.redis
         if redis.mode == "single":
             env[address_variable("redis")] = f"{self.name('redis')}:{REDIS_PORT}"
@@ -489,8 +500,9 @@ class _Builder:
         }
         rule: Obj = {"http": {"paths": [{
             "path": "/", "pathType": "Prefix",
-            # With a gateway, it is the public entry point; else the app servers are.
-            "backend": {"service": {"name": self.name("gateway") if self.has_gateway else name,
+            # The edge when there is one, else the gateway, else the app servers.
+            "backend": {"service": {"name": self.name("edge") if self.t.edge.enabled
+                                    else self.origin,
                                     "port": {"name": "http"}}},
         }]}}
         if k.ingress_host:
@@ -532,6 +544,72 @@ class _Builder:
     @property
     def has_gateway(self) -> bool:
         return bool(self.t.gateway.routes or self.t.gateway.compositions)
+
+    @property
+    def origin(self) -> str:
+        """The Service behind the public entry: the gateway when there is one, else the app."""
+        return self.name("gateway") if self.has_gateway else self.name("app")
+
+    def edge(self) -> Manifest | None:
+        """Varnish in front of the origin Service, with the local cluster's VCL.
+
+        One replica: the app pods purge it through its Service (``DJSCALE_ADDR_EDGE``), and
+        a purge sent to a Service reaches one pod only; more Varnish pods need one
+        ``edge.purge_urls`` entry each. ``edge.purge_from`` must hold the pod network the
+        app pods purge from (the default, loopback, refuses them).
+        """
+        spec = self.t.edge
+        if not spec.enabled:
+            return None
+        name = self.name("edge")
+        text = varnish.vcl(spec, backend_host=self.origin, backend_port=80)
+        live: Obj = {"httpGet": {"path": varnish.LIVE_PATH, "port": "http"},
+                     "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3}
+        memory = f"{spec.memory_mb + 128}Mi"  # storage + Varnish's own overhead
+        config = {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": self.meta(self.name("edge", "vcl"), "edge"),
+                  "data": {"default.vcl": text}}
+        deployment = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": self.meta(name, "edge"),
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": self.selector("edge")},
+                "template": {
+                    "metadata": {"labels": self.labels("edge"),
+                                 # A changed VCL rolls the pods.
+                                 "annotations": {"djscale.io/vcl-sha1":
+                                                 hashlib.sha1(text.encode()).hexdigest()}},
+                    "spec": {
+                        "containers": [{
+                            "name": "varnish", "image": EDGE_IMAGE,
+                            "command": ["varnishd", "-F", "-a", f":{EDGE_PORT}",
+                                        "-f", "/etc/varnish/default.vcl",
+                                        "-s", f"malloc,{spec.memory_mb}M",
+                                        "-p", "default_grace=0", "-p", "default_ttl=0",
+                                        "-p", f"thread_pool_min={spec.threads_min}",
+                                        "-p", "feature=+http2"],
+                            "ports": [{"name": "http", "containerPort": EDGE_PORT}],
+                            "readinessProbe": live, "livenessProbe": {**live},
+                            "resources": {"requests": {"cpu": self.k.cpu_request,
+                                                       "memory": memory},
+                                          "limits": {"cpu": self.k.cpu_limit,
+                                                     "memory": memory}},
+                            "volumeMounts": [{"name": "vcl", "mountPath": "/etc/varnish",
+                                              "readOnly": True}],
+                        }],
+                        "volumes": [{"name": "vcl", "configMap": {
+                            "name": self.name("edge", "vcl")}}],
+                    },
+                },
+            },
+        }
+        service = {
+            "apiVersion": "v1", "kind": "Service", "metadata": self.meta(name, "edge"),
+            "spec": {"selector": self.selector("edge"),
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }
+        return Manifest("57-edge.yaml", (config, deployment, service))
 
     def gateway(self) -> Manifest | None:
         """The ASGI API gateway (uvicorn), as the local cluster runs it."""
@@ -658,7 +736,7 @@ class _Builder:
     def build(self) -> list[Manifest]:
         manifests = [self.namespace(), self.config(), self.postgres(), self.redis(),
                      self.migrate(), self.app()]
-        for optional in (self.gateway(), self.celery()):
+        for optional in (self.gateway(), self.edge(), self.celery()):
             if optional is not None:
                 manifests.append(optional)
         kustomization = {

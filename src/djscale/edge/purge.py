@@ -93,9 +93,13 @@ class VarnishPurger(_HttpPurger):
         self.soft = soft
 
     def bases(self) -> list[str]:
-        """The Varnish base URLs: the configured ones, else the local cluster's edge."""
+        """The Varnish base URLs: the configured ones, else ``DJSCALE_ADDR_EDGE``
+        (``host:port``, set by the Kubernetes manifests), else the local cluster's edge."""
         if self._bases:
             return self._bases
+        override = os.environ.get("DJSCALE_ADDR_EDGE")
+        if override:
+            return [f"http://{override}"]
         address = LocalState.read(default_state_dir()).address("edge")
         if address is None:
             raise PurgeError("no edge.purge_urls and no local cluster edge in "
