@@ -388,6 +388,14 @@ class EdgeSettings:
                                        "refetches fresh data.", minimum=0)
     caches: tuple[str, ...] = setting(("default",), "Cache aliases whose tagged entries are "
                                       "evicted with the edge's.")
+    inline: bool = setting(True, "Purge in the request that committed, before it answers "
+                           "(one attempt; retries, batching and the repurge in the "
+                           "background): an update is visible at the edge once the write "
+                           "answered. False: every purge in the background thread.")
+    repurge_ms: int = setting(250, "Milliseconds after a purge when the same tags are "
+                              "evicted and purged once more (0: never): a fetch that read "
+                              "the old data before the first purge and stored it after is "
+                              "gone then.", minimum=0)
 
 
 @dataclass(frozen=True)

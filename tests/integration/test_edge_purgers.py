@@ -175,7 +175,8 @@ def test_submissions_arriving_together_are_purged_in_one_batch(api: tuple[str, S
         purge(tags, paths)
 
     edge.purge = slow  # type: ignore[method-assign]
-    invalidator = Invalidator(edge, settings=conf.EdgeSettings(purger="varnish", batch_ms=50))
+    invalidator = Invalidator(edge, settings=conf.EdgeSettings(purger="varnish", batch_ms=50,
+                                                               repurge_ms=0))
     invalidator.submit(["first"])
     for i in range(20):
         invalidator.submit([f"t{i}"])
@@ -184,3 +185,49 @@ def test_submissions_arriving_together_are_purged_in_one_batch(api: tuple[str, S
     headers = [r["headers"]["xkey-purge"] for r in seen.requests]
     assert len(headers) <= 2 and set(" ".join(headers).split()) == {
         "first", *(f"t{i}" for i in range(20))}
+
+
+def test_inline_purges_before_returning_and_purges_again_what_was_stored_after(
+        api: tuple[str, Seen]) -> None:
+    url, seen = api
+    tag = f"test.inline:{uuid.uuid4().hex}"
+    calls: list[int] = []
+
+    @cached(timeout=60, tags=lambda n: [tag])
+    def thing(n: int) -> int:
+        calls.append(n)
+        return len(calls)
+
+    assert thing(1) == 1
+    settings = conf.EdgeSettings(purger="varnish", batch_ms=1, retries=0, repurge_ms=200)
+    invalidator = Invalidator(VarnishPurger([url]), settings=settings)
+    invalidator.run([tag])
+    # Done when run() returns: the edge was told, the cache entry is gone.
+    assert [r["headers"]["xkey-purge"] for r in seen.requests] == [tag]
+    # A request that read the old data before the purge stores it after: the repurge
+    # removes it again, from the cache and the edge.
+    assert thing(1) == 2 and thing(1) == 2
+    assert invalidator.flush(10)
+    assert [r["headers"]["xkey-purge"] for r in seen.requests] == [tag, tag]
+    assert thing(1) == 3
+
+
+def test_a_failed_inline_purge_is_retried_in_the_background_and_counted(
+        api: tuple[str, Seen], caplog: pytest.LogCaptureFixture) -> None:
+    url, seen = api
+    seen.status = 503
+    settings = conf.EdgeSettings(purger="varnish", batch_ms=1, retries=5, repurge_ms=0)
+    invalidator = Invalidator(VarnishPurger([url]), settings=settings)
+    ok, failures, retries = (_value("djscale_edge_purges_total"),
+                             _value("djscale_edge_purge_failures_total"),
+                             _value("djscale_edge_purge_retries_total"))
+    with caplog.at_level(logging.WARNING, logger="djscale.edge"):
+        invalidator.run(["late"])
+        assert seen.requests  # tried once, in this thread
+        seen.status = 200
+        assert invalidator.flush(10)
+    assert seen.requests[-1]["headers"]["xkey-purge"] == "late"
+    assert _value("djscale_edge_purges_total") == ok + 1
+    assert _value("djscale_edge_purge_retries_total") >= retries + 1
+    assert _value("djscale_edge_purge_failures_total") == failures
+    assert "in the committing thread failed, retrying in the background" in caplog.text

@@ -8,8 +8,11 @@
 
 After each save or delete of a ``Product`` **that commits** (``transaction.on_commit``;
 a rolled-back write purges nothing), the instance's tags (``shop.product``,
-``shop.product:<pk>``, plus the ``tags`` callable's) are handed to one background thread
-per process, which:
+``shop.product:<pk>``, plus the ``tags`` callable's) are invalidated by steps 2-4 below
+in the committing thread itself (``EDGE["INLINE"]``, the default: one attempt, before the
+request answers, so an update is visible at the edge as soon as the write's response is;
+measured in docs/edge.md), or else handed to one background thread per process, which
+also takes over a failed inline attempt:
 
 1. gathers for ``EDGE["BATCH_MS"]`` whatever else arrives (one purge for a burst of writes);
 2. waits, at most ``EDGE["WAIT_FOR_REPLICAS"]`` seconds, until the replicas of the
@@ -24,6 +27,13 @@ retrying steps 3-4 ``EDGE["RETRIES"]`` times with exponential back-off. A batch 
 logged (error, with its tags) and counted (``djscale_edge_purge_failures_total``); its pages
 stay stale at the edge at most their TTL (``s-maxage``/``max-age``), which is why public
 pages should keep that TTL short when they are not purged.
+
+5. ``EDGE["REPURGE_MS"]`` later, steps 3-4 once more for the same tags. A request that
+   read the old data (an L1 not yet told, Redis not yet evicted) *before* the first purge
+   can finish *after* it and store the old page again, in Redis and at the edge, for its
+   whole TTL: measured, 1 update in 40 stayed stale 30 s at the edge without it. The
+   second pass removes what such in-flight requests stored; Varnish coalesces requests
+   for one object, so once the page is fresh at the edge no older fetch of it is pending.
 
 :func:`invalidate` asks for the same by hand (tags or objects), :func:`flush` waits until
 everything asked so far is done (tests, management commands before they exit).
@@ -59,6 +69,16 @@ log = logging.getLogger("djscale.edge")
 _BACKOFF = 0.05
 
 
+@dataclass(frozen=True)
+class _Item:
+    tags: list[str]
+    paths: list[str]
+    alias: str | None
+    at: float
+    purged: bool = False
+    """Already evicted and purged in the committing thread: only its repurge is left."""
+
+
 @dataclass
 class _Batch:
     tags: dict[str, None] = field(default_factory=dict)
@@ -82,20 +102,46 @@ class Invalidator:
                  ) -> None:
         self.settings = settings if settings is not None else conf.get().edge
         self.edge = edge if edge is not None else purger(self.settings)
-        self._queue: queue.Queue[tuple[list[str], list[str], str | None, float]] = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
         self._pending = 0
         self._done = threading.Condition()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._repurges: list[tuple[float, _Batch]] = []  # (due, batch), in due order
 
     def submit(self, tags: Sequence[str], paths: Sequence[str] = (), *,
                using: str | None = None) -> None:
         """Queue an invalidation (now: call it from ``on_commit``)."""
         if not tags and not paths:
             return
+        self._put(_Item(list(tags), list(paths), using, time.monotonic()))
+
+    def run(self, tags: Sequence[str], paths: Sequence[str] = (), *,
+            using: str | None = None) -> None:
+        """Invalidate now, in this thread (one attempt); on failure, as :meth:`submit`.
+
+        What ``EDGE["INLINE"]`` does from ``on_commit``: the request that wrote answers
+        once the edge and the caches forgot the old data, so whoever reads after that
+        answer, anywhere, gets the new one. A failed attempt is retried in the
+        background (and counted) as a submitted one is.
+        """
+        if not tags and not paths:
+            return
+        item = _Item(list(tags), list(paths), using, time.monotonic())
+        batch = _Batch()
+        batch.add(item.tags, item.paths, item.alias, item.at)
+        try:
+            done = self._process(batch, attempts=1, quiet=True)
+        except Exception:  # noqa: BLE001 - the background thread retries and reports
+            done = False
+        if done and not self.settings.repurge_ms:
+            return
+        self._put(_Item(item.tags, item.paths, using, item.at, purged=done))
+
+    def _put(self, item: _Item) -> None:
         with self._done:
             self._pending += 1
-        self._queue.put((list(tags), list(paths), using, time.monotonic()))
+        self._queue.put(item)
         self._start()
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -117,21 +163,67 @@ class Invalidator:
                                                 daemon=True)
                 self._thread.start()
 
+    def _next(self) -> _Item | None:
+        """The next submission, or None when a repurge is due first."""
+        while True:
+            if not self._repurges:
+                return self._queue.get()
+            left = self._repurges[0][0] - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                return self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+
+    def _repurge(self) -> None:
+        _, batch = self._repurges.pop(0)
+        tags, paths = list(batch.tags), list(batch.paths)
+        try:
+            for alias in self.settings.caches if tags else ():
+                invalidate_tags(caches[alias], tags)
+            if self.edge is not None:
+                self.edge.purge(tags, paths)
+        except Exception as exc:  # noqa: BLE001 - the first purge succeeded; TTL bounds it
+            log.warning("edge repurge of %s failed: %s", " ".join(tags), exc)
+        finally:
+            with self._done:
+                self._pending -= 1
+                self._done.notify_all()
+
+    def _schedule_repurge(self, batch: _Batch) -> None:
+        if not self.settings.repurge_ms:
+            return
+        with self._done:
+            self._pending += 1  # flush() waits for the repurge too
+        self._repurges.append((time.monotonic() + self.settings.repurge_ms / 1000, batch))
+
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            batch, count = _Batch(), 1
-            batch.add(first[0], first[1], first[2], first[3])
+            first = self._next()
+            if first is None:
+                self._repurge()
+                continue
+            batch, count = _Batch(), 0
+            items = [first]
             deadline = time.monotonic() + self.settings.batch_ms / 1000
             while True:
+                if items[-1].purged:
+                    # Purged in its own thread: only the repurge is left.
+                    done = _Batch()
+                    done.add(items[-1].tags, items[-1].paths, items[-1].alias, items[-1].at)
+                    self._schedule_repurge(done)
+                else:
+                    batch.add(items[-1].tags, items[-1].paths, items[-1].alias, items[-1].at)
+                count += 1
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    items.append(self._queue.get(
+                        timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
-                batch.add(item[0], item[1], item[2], item[3])
-                count += 1
             try:
-                self._process(batch)
+                if (batch.tags or batch.paths) and self._process(batch):
+                    self._schedule_repurge(batch)
             except Exception:
                 log.exception("edge invalidation of %s failed", " ".join(batch.tags))
             finally:
@@ -139,10 +231,14 @@ class Invalidator:
                     self._pending -= count
                     self._done.notify_all()
 
-    def _process(self, batch: _Batch) -> None:
+    def _process(self, batch: _Batch, *, attempts: int = 0, quiet: bool = False) -> bool:
+        """Evict and purge ``batch`` (with retries); False when given up.
+
+        ``quiet``: a failure is neither logged nor counted (the caller hands it on).
+        """
         tags, paths = list(batch.tags), list(batch.paths)
         self._wait_for_replicas(batch.aliases)
-        attempts = self.settings.retries + 1
+        attempts = attempts or self.settings.retries + 1
         failure: Exception | None = None
         for attempt in range(attempts):
             try:
@@ -158,7 +254,12 @@ class Invalidator:
                 metrics.record_edge_purge(result="ok",
                                           seconds=time.monotonic() - batch.committed_at,
                                           evicted=evicted)
-                return
+                return True
+            if quiet:
+                metrics.record_edge_purge(result="retry")
+                log.warning("edge purge of %d tag(s) in the committing thread failed, "
+                            "retrying in the background: %s", len(tags), failure)
+                return False
             if attempt + 1 < attempts:
                 metrics.record_edge_purge(result="retry")
                 log.warning("edge purge of %d tag(s) failed (attempt %d of %d), retrying: %s",
@@ -168,6 +269,7 @@ class Invalidator:
         log.error("edge purge gave up after %d attempts; these pages stay stale until their "
                   "TTL: tags=%s paths=%s (%s)", attempts, " ".join(tags), " ".join(paths),
                   failure)
+        return False
 
     def _wait_for_replicas(self, aliases: set[str]) -> None:
         limit = conf.get().edge.wait_for_replicas
@@ -198,18 +300,37 @@ class Invalidator:
                             "purge: %s", alias, exc)
 
 
+_EMIT_SQL = ("SELECT pg_logical_emit_message(true, 'djscale.edge', ''), "
+             "pg_current_wal_insert_lsn()::text")
+_MARK_SQL = "SELECT pg_current_xact_id(), pg_current_wal_insert_lsn()::text"
+_can_emit: dict[str, bool] = {}
+
+
 def _flushed_position(alias: str) -> int | None:
     """A WAL position at or past every commit so far on ``alias``, flushed now.
 
     With ``synchronous_commit = off`` a commit returns before its WAL is flushed and a
     replica receives it only after the WAL writer's next round (up to 3 x 200 ms). A
-    transaction that has an id and commits with ``synchronous_commit = on`` flushes
+    transaction that **writes WAL** and commits with ``synchronous_commit = on`` flushes
     everything before it, so the replicas get the write at once; its position read before
-    the commit is the target they must replay.
+    the commit is the target they must replay. The WAL it writes is one logical message
+    (``pg_logical_emit_message``, a few bytes, ignored by physical replicas). A transaction
+    that only takes an id writes no WAL before its commit record, and PostgreSQL then
+    commits it asynchronously whatever ``synchronous_commit`` says: measured, every other
+    purge waited ~200 ms for the WAL writer. A role that may not call
+    ``pg_logical_emit_message`` (not a superuser, no grant) falls back to that, and the
+    wait is bounded by ``EDGE["WAIT_FOR_REPLICAS"]``.
     """
+    emit = _can_emit.get(alias)
+    if emit is None:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT has_function_privilege("
+                           "'pg_logical_emit_message(boolean,text,text)', 'execute')")
+            row = cursor.fetchone()
+        emit = _can_emit[alias] = bool(row and row[0])
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         cursor.execute("SET LOCAL synchronous_commit = on")
-        cursor.execute("SELECT pg_current_xact_id(), pg_current_wal_insert_lsn()::text")
+        cursor.execute(_EMIT_SQL if emit else _MARK_SQL)
         row = cursor.fetchone()
     return lag.parse_lsn(row[1]) if row and row[1] else None
 
@@ -234,7 +355,11 @@ def invalidate(*items: TagItem, paths: Sequence[str] = (), using: str | None = N
     tags = tags_of(items)
 
     def later() -> None:
-        invalidator().submit(tags, paths, using=using)
+        worker = invalidator()
+        if worker.settings.inline:
+            worker.run(tags, paths, using=using)
+        else:
+            worker.submit(tags, paths, using=using)
     transaction.on_commit(later, using=using)
 
 
