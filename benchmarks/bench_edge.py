@@ -10,8 +10,10 @@ rounds only.
 
 Then 200 ``PATCH /api/products/<id>`` through the edge while ``wrk`` keeps the pages hot:
 after each write's response a checker reads the product page and its category page
-through the edge until both show the new price (how long that took is the visibility
-delay), then reads each twice more: a stale read there is an invalidation that failed.
+through the edge until both show the new price, then reads each twice more: a stale read
+there is an invalidation that failed. The visibility delay is from the write's response
+to the sending of the first read that found both pages fresh (the edge was up to date
+when that read reached it); how long that read took to answer is reported too.
 """
 
 from __future__ import annotations
@@ -79,8 +81,12 @@ def _staff_token() -> str:
 
 
 def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
-                       lua: Path) -> tuple[list[float], int]:
-    """``count`` product updates through the edge under wrk; (visibility delays, stale)."""
+                       lua: Path) -> tuple[list[float], list[float], int, int]:
+    """``count`` product updates through the edge under wrk.
+
+    Returns the visibility delays, the delays until the fresh read answered, how many
+    updates needed more than one read, and how many reads after that were stale.
+    """
     edge = cluster.address("edge")
     token = _staff_token()
     category = {pid: _get(edge, f"/api/products/{pid}")[1]["category"]  # type: ignore[index]
@@ -91,7 +97,8 @@ def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
                                     "script": str(lua)})
     load.start()
     delays: list[float] = []
-    stale = 0
+    answered: list[float] = []
+    retried = stale = 0
     try:
         for n in range(count):
             pid = random.randint(1, HOT)
@@ -102,15 +109,22 @@ def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
                 raise RuntimeError(f"PATCH answered {status}")
             written = time.monotonic()
             pages = (f"/api/products/{pid}", f"/api/products/?category={category[pid]}")
-            while not all(_price(_get(edge, p)[1], pid) == price for p in pages):
+            rounds = 0
+            while True:
+                rounds += 1
+                sent = time.monotonic()
+                if all(_price(_get(edge, p)[1], pid) == price for p in pages):
+                    break
                 if time.monotonic() - written > 10:
                     raise RuntimeError(f"update {n} of product {pid} not visible after 10 s")
                 time.sleep(0.001)
-            delays.append(time.monotonic() - written)
+            delays.append(sent - written)
+            answered.append(time.monotonic() - written)
+            retried += rounds > 1
             stale += sum(_price(_get(edge, p)[1], pid) != price for p in pages for _ in range(2))
     finally:
         load.join()
-    return delays, stale
+    return delays, answered, retried, stale
 
 
 def run(ctx: Context) -> list[Result]:
@@ -142,11 +156,12 @@ def run(ctx: Context) -> list[Result]:
     med = {k: statistics.median(v) for k, v in rps.items()}
     ratio = hits / (hits + misses) if hits + misses else 0.0
     count = 20 if ctx.quick else 200
-    delays, stale = updates_under_load(cluster, count, seconds_hint=15 if ctx.quick else 40,
-                                       lua=lua)
+    delays, answered, retried, stale = updates_under_load(
+        cluster, count, seconds_hint=15 if ctx.quick else 40, lua=lua)
     delays.sort()
+    answered.sort()
     p50 = delays[len(delays) // 2] * 1000
-    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000
+    worst = delays[-1] * 1000
     return [
         Result(TOPIC, "Varnish -> product + category pages", med["edge"], med["lb"], "req/s",
                "same pages without the edge (HAProxy -> app, tiered cache)",
@@ -156,11 +171,15 @@ def run(ctx: Context) -> list[Result]:
         Result(TOPIC, "edge hit ratio under that load", ratio * 100, 100, "%",
                "every lookup a hit", target=">= 95%", met=ratio >= 0.95,
                notes=f"{hits} hits, {misses} misses (varnishstat, edge rounds only)"),
-        Result(TOPIC, f"{count} product updates under load: visible at the edge, p50",
-               p50, 100, "ms", "100 ms", higher_is_better=False, target="<= 100 ms",
-               met=p50 <= 100,
-               notes=f"from the PATCH's response to both the product and its category "
-                     f"page fresh through Varnish: p99 {p99:.0f} ms, max "
-                     f"{delays[-1] * 1000:.0f} ms; {stale} stale reads after that point "
-                     "(2 more reads of each page per update)"),
+        Result(TOPIC, f"{count} product updates under load: visible at the edge, max",
+               worst, 100, "ms", "100 ms", higher_is_better=False, target="<= 100 ms",
+               met=worst <= 100 and stale == 0,
+               notes=f"from the PATCH's response to the sending of the first read that "
+                     f"found the product and its category page fresh through Varnish: p50 "
+                     f"{p50:.1f} ms, max {worst:.1f} ms, {retried} of {count} needed more "
+                     f"than one read; that read answered after p50 "
+                     f"{answered[len(answered) // 2] * 1000:.0f} ms, max "
+                     f"{answered[-1] * 1000:.0f} ms (its own latency under wrk); "
+                     f"{stale} stale reads after that point (2 more reads of each page per "
+                     "update)"),
     ]

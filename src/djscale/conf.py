@@ -391,7 +391,8 @@ class EdgeSettings:
     inline: bool = setting(True, "Purge in the request that committed, before it answers "
                            "(one attempt; retries, batching and the repurge in the "
                            "background): an update is visible at the edge once the write "
-                           "answered. False: every purge in the background thread.")
+                           "answered. False, and outside requests: in the background "
+                           "thread.")
     repurge_ms: int = setting(250, "Milliseconds after a purge when the same tags are "
                               "evicted and purged once more (0: never): a fetch that read "
                               "the old data before the first purge and stored it after is "

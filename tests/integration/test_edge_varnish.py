@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import tomllib
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +170,22 @@ def _price(answer: Answer, product_id: int) -> int | None:
     return int(data["price_cents"])
 
 
-def _fresh(shop: LocalCluster, pages: tuple[str, ...], pid: int, price: int) -> bool:
-    return all(_price(get(shop, p), pid) == price for p in pages)
+def _visible(shop: LocalCluster, pages: tuple[str, ...], pid: int, price: int,
+             timeout: float = 10) -> tuple[float, float, int]:
+    """Read ``pages`` through the edge until all show ``price``.
+
+    Returns (when the first read that found every page fresh was sent, when it was
+    answered, how many rounds it took): the edge was up to date when that read reached it.
+    """
+    deadline = time.monotonic() + timeout
+    rounds = 0
+    while True:
+        rounds += 1
+        sent = time.monotonic()
+        if all(_price(get(shop, p), pid) == price for p in pages):
+            return sent, time.monotonic(), rounds
+        assert time.monotonic() < deadline, f"product {pid} not fresh after {timeout} s"
+        time.sleep(0.002)
 
 
 def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
@@ -199,9 +212,11 @@ def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
     readers = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
     for t in readers:
         t.start()
-    visible_after: list[float] = []
-    updates: dict[int, list[tuple[float, int]]] = {}  # pid -> [(visible at, price)]
+    visible_after: list[float] = []  # from the write's response to the fresh read sent
+    answered_after: list[float] = []  # ... to that read answered (its own latency included)
+    updates: dict[int, list[tuple[float, int]]] = {}  # pid -> [(fresh read sent, price)]
     stale_after = 0
+    retried = 0
     try:
         for n in range(200):
             pid = random.randint(1, PRODUCTS)
@@ -211,10 +226,11 @@ def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
             assert answer.status == 200, answer.body
             written = time.monotonic()
             pages = (f"/api/products/{pid}", f"/api/products/?category={categories[pid]}")
-            assert wait_until(partial(_fresh, shop, pages, pid, price), 10, interval=0.002), pid
-            visible = time.monotonic()
-            visible_after.append(visible - written)
-            updates.setdefault(pid, []).append((visible, price))
+            sent, visible, rounds = _visible(shop, pages, pid, price)
+            visible_after.append(sent - written)
+            answered_after.append(visible - written)
+            retried += rounds > 1
+            updates.setdefault(pid, []).append((sent, price))
             # The checker: right after, every read of both pages is the new price.
             stale_after += sum(_price(get(shop, p), pid) != price for p in pages for _ in
                                range(2))
@@ -229,9 +245,14 @@ def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
         if done and shown is not None and shown < done[-1]:
             stale_reads += 1
     visible_after.sort()
-    print(f"200 updates: visible at the edge after p50 {visible_after[100] * 1000:.1f} ms, "
-          f"max {visible_after[-1] * 1000:.1f} ms; {len(seen)} reads under load, "
-          f"{stale_reads} stale, {stale_after} stale checker reads")
+    answered_after.sort()
+    print(f"200 updates: fresh at the edge for the first read sent after p50 "
+          f"{visible_after[100] * 1000:.1f} ms, max {visible_after[-1] * 1000:.1f} ms "
+          f"({retried} needed more than one read; that read answered after p50 "
+          f"{answered_after[100] * 1000:.1f} ms, max {answered_after[-1] * 1000:.1f} ms); "
+          f"{len(seen)} reads under load, {stale_reads} stale, {stale_after} stale checker "
+          "reads")
+    assert visible_after[-1] <= 0.1
     assert stale_after == 0
     assert stale_reads == 0
 
@@ -306,6 +327,8 @@ def test_two_users_and_anonymous_clients_crawl_the_shop_and_never_share(
 def test_an_app_outage_serves_public_pages_from_grace_and_personal_ones_fail(
         demo: LocalCluster) -> None:
     session = _demo_sessions(demo)["alice-edge"]
+    me = {"Cookie": f"sessionid={session}"}
+    assert get(demo, "/me", me).json()["user"] == "alice-edge"  # served while the app is up
     assert wait_until(lambda: get(demo, "/catalog").cache == "HIT", 10)
     page = get(demo, "/catalog").body
     with _stopped(demo):
@@ -313,10 +336,12 @@ def test_an_app_outage_serves_public_pages_from_grace_and_personal_ones_fail(
         assert wait_until(lambda: varnish.backend_healthy(work) is False, 10)
         started = time.monotonic()
         answers: list[tuple[float, Answer]] = []
+        personal: list[Answer] = []
 
         def past_window() -> bool:
             answer = get(demo, "/catalog", {"Cookie": "_ga=GA1.9.9"})
             answers.append((time.monotonic() - started, answer))
+            personal.append(get(demo, "/me", me))
             return answer.status != 200
 
         assert wait_until(past_window, 5 + GRACE + 10, interval=0.2)
@@ -324,12 +349,16 @@ def test_an_app_outage_serves_public_pages_from_grace_and_personal_ones_fail(
         # Every answer until the window closed was the cached page, from the cache.
         assert all(a.body == page and a.cache == "HIT" for _, a in served)
         oldest = max(int(a.headers.get("Age", "0")) for _, a in served)
-        assert oldest > 5, f"stale copies should outlive s-maxage=5 (oldest {oldest} s)"
+        # Served for the whole window: s-maxage 5 + grace (Age is whole seconds, read
+        # every 0.2 s), never past it.
+        assert 5 + GRACE - 1 <= oldest <= 5 + GRACE, f"oldest copy served: Age {oldest} s"
         assert answers[-1][1].status == 503
-        personal = get(demo, "/me", {"Cookie": f"sessionid={session}"})
-        assert personal.status == 503 and personal.cache != "HIT"
-        print(f"outage: public page served from grace up to Age {oldest} s "
-              f"(s-maxage 5 + grace {GRACE}), then 503; personal page 503")
+        # The personal page, asked all along: 503 every time, never a cached copy.
+        assert personal and all(a.status == 503 and a.cache != "HIT" for a in personal)
+        assert all(b"alice-edge" not in a.body for a in personal)
+        print(f"outage: public page served from grace for {served[-1][0]:.1f} s, up to Age "
+              f"{oldest} s (s-maxage 5 + grace {GRACE}), then 503; personal page 503 "
+              f"{len(personal)} times out of {len(personal)}")
 
 
 class _stopped:

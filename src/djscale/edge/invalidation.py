@@ -9,10 +9,10 @@
 After each save or delete of a ``Product`` **that commits** (``transaction.on_commit``;
 a rolled-back write purges nothing), the instance's tags (``shop.product``,
 ``shop.product:<pk>``, plus the ``tags`` callable's) are invalidated by steps 2-4 below
-in the committing thread itself (``EDGE["INLINE"]``, the default: one attempt, before the
-request answers, so an update is visible at the edge as soon as the write's response is;
-measured in docs/edge.md), or else handed to one background thread per process, which
-also takes over a failed inline attempt:
+in the committing request itself (``EDGE["INLINE"]``, the default: one attempt, before
+the request answers, so an update is visible at the edge as soon as the write's response
+is; measured in docs/edge.md), or else (outside a request, or ``INLINE`` off) handed to
+one background thread per process, which also takes over a failed inline attempt:
 
 1. gathers for ``EDGE["BATCH_MS"]`` whatever else arrives (one purge for a burst of writes);
 2. waits, at most ``EDGE["WAIT_FOR_REPLICAS"]`` seconds, until the replicas of the
@@ -61,6 +61,7 @@ from djscale.db import lag
 from djscale.edge.purge import Purger, purger
 from djscale.edge.tags import TagItem, tags_of
 from djscale.errors import PurgeError
+from djscale.http.cache_control import request_started
 
 __all__ = ["Invalidator", "flush", "invalidate", "invalidator", "register"]
 
@@ -356,7 +357,9 @@ def invalidate(*items: TagItem, paths: Sequence[str] = (), using: str | None = N
 
     def later() -> None:
         worker = invalidator()
-        if worker.settings.inline:
+        if worker.settings.inline and request_started() is not None:
+            # In a request: done before it answers. Scripts and commands (a loop of
+            # saves) keep the background thread's batching.
             worker.run(tags, paths, using=using)
         else:
             worker.submit(tags, paths, using=using)
