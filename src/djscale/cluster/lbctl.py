@@ -13,16 +13,23 @@ through it.
   (:func:`djscale.cluster.lb.haproxy_config`); a new server fills one (``set server ...
   addr``) and is enabled (``state ready``); a server leaving is set to ``drain`` (no new
   requests), waited for until its current sessions (``scur``) are 0, then put in ``maint``.
-- **nginx** has no runtime API in its open-source build: its config is rewritten and the
-  master re-reads it (``SIGHUP``, what ``nginx -s reload`` sends). New workers use the new
-  upstream list at once; the old ones finish their in-flight requests and exit, and that
-  exit is what is waited for. An old worker also closes its *idle* keep-alive client
-  connections at once (nginx's graceful shutdown does that), so a client that sends its
-  next request on such a connection in the same instant sees the connection close and has
-  to retry it, as HTTP/1.1 clients must for idempotent requests; HAProxy has no such window.
+- **nginx** has no runtime API in its open-source build. The local cluster's nginx
+  balances over fixed Unix-socket *slots* (:mod:`djscale.cluster.lb`, "nginx slots"), each
+  a link to the socket of one app server: the links are re-pointed (atomic ``rename``),
+  nginx is never reloaded, and a server leaving is waited for until no connection to its
+  socket is left (``/proc/net/unix``): nginx opens one per request, so none can reach it
+  afterwards.
+- **nginx without slots** (a load balancer or app server in a network namespace, which a
+  Unix socket does not cross): the config is rewritten and the master re-reads it
+  (``SIGHUP``, what ``nginx -s reload`` sends). New workers use the new upstream list at
+  once; the old ones finish their in-flight requests and exit, and that exit is what is
+  waited for. An old worker also closes its *idle* keep-alive client connections at once
+  (nginx's graceful shutdown does that), so a client that sends its next request on such
+  a connection in the same instant sees the connection close and has to retry it, as
+  HTTP/1.1 clients must for idempotent requests; the slots and HAProxy have no such window.
 
-Either way the config file on disk is rewritten too, so a load balancer restarted by the
-watchdog comes back with the current servers.
+The config file (HAProxy, nginx without slots) or the slot links on disk are what a load
+balancer restarted by the watchdog comes back with: the current servers.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ import io
 import os
 import signal
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from djscale.cluster.lb import Upstream, write_config
+from djscale.cluster.lb import Upstream, point_slots, unix_connections, write_config
 from djscale.cluster.supervisor import ManagedProcess, group_members, wait_until
 from djscale.errors import ClusterError
 from djscale.topology import LoadBalancerSpec
@@ -78,6 +86,11 @@ class LiveBalancer:
         self.slots = slots
         self.drain_timeout = drain_timeout
         self.run_dir = Path(str(proc.extra.get("config", ""))).parent
+        slot_dir = proc.extra.get("slot_dir") if spec.kind == "nginx" else None
+        self.slot_dir = Path(str(slot_dir)) if slot_dir else None
+        """nginx's Unix-socket slots (None: nginx reloads, or HAProxy)."""
+        if self.slot_dir is not None:
+            self.slots = int(proc.extra.get("slots") or slots)
 
     # ------------------------------------------------------------------ the one operation
 
@@ -90,6 +103,9 @@ class LiveBalancer:
         if not self.proc.alive():
             raise ClusterError("the load balancer is not running: start it with "
                                "`djscale cluster up --only lb`")
+        if self.slot_dir is not None:
+            self._apply_slots(upstreams)
+            return
         write_config(self.spec, upstreams, port=self.proc.port, run_dir=self.run_dir,
                      log=Path(self.proc.log), slots=self.slots, netns=self.proc.netns)
         if self.spec.kind == "haproxy":
@@ -157,6 +173,28 @@ class LiveBalancer:
             self.command(f"set server {BACKEND}/{name} state maint")
 
     # ------------------------------------------------------------------ nginx
+
+    def _apply_slots(self, upstreams: Sequence[Upstream]) -> None:
+        assert self.slot_dir is not None
+        try:
+            leaving = point_slots(self.slot_dir, self.slots, upstreams)
+        except ValueError as exc:
+            raise ClusterError(f"cannot point nginx's slots at the app servers: {exc}"
+                               ) from None
+        deadline = time.monotonic() + self.drain_timeout
+        for sock in sorted(leaving):
+            # Idle twice, 0.1 s apart: a connect that resolved the old link just before
+            # the rename is in the listen queue (and counted) by the second look.
+            while True:
+                left = max(0.0, deadline - time.monotonic())
+                if not wait_until(lambda s=sock: unix_connections(s) == 0,  # type: ignore[misc]
+                                  left, interval=0.05):
+                    raise ClusterError(
+                        f"{unix_connections(sock)} connection(s) to {sock} still open after "
+                        f"{self.drain_timeout:.0f} s of draining")
+                time.sleep(0.1)
+                if unix_connections(sock) == 0:
+                    break
 
     def workers(self) -> set[int]:
         """The nginx worker processes (the master's process group, without the master)."""

@@ -14,6 +14,8 @@ network namespace, and is probed from here over the network like any remote mach
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.client
 import os
 import shutil
@@ -371,13 +373,22 @@ class LocalCluster:
 
         Its port is the recorded one, else the configured one, else a leased free one.
         ``topology`` (default: the cluster's) lets a rollout start it with new settings.
+        Behind nginx's slots (:meth:`lb_slot_dir`) it listens on a Unix socket as well.
         """
         spec = (topology or self.topology).app
         name = f"app-{index + 1}"
         host = spec.host_of(index)
         port = self._port(name, host, spec.port(index))
+        extra: dict[str, Any] = {"weight": spec.weight(index)}
+        binds = ["--bind", f"{_bracket(host)}:{port}"]
+        slot_dir = self.lb_slot_dir()
+        if slot_dir is not None:
+            # nginx reaches it through its Unix socket (djscale.cluster.lb, nginx slots).
+            sock = str(slot_dir / f"{name}.sock")
+            binds += ["--bind", f"unix:{sock}"]
+            extra["socket"] = sock
         cmd = [sys.executable, "-m", "gunicorn", self.topology.project.wsgi,
-               "--bind", f"{_bracket(host)}:{port}", "--workers", str(spec.workers),
+               *binds, "--workers", str(spec.workers),
                "--threads", str(spec.threads), "--timeout", str(spec.timeout),
                "--graceful-timeout", "5", "--name", name,
                "--backlog", "2048", "--access-logfile", "-" if os.environ.get(
@@ -385,7 +396,7 @@ class LocalCluster:
         proc = ManagedProcess(name=name, kind="gunicorn", role="app", host=host,
                               port=port, cmd=cmd, log=str(self._log(name)),
                               env=self.env(name), stop_signal=signal.SIGTERM,
-                              extra={"weight": spec.weight(index)})
+                              extra=extra)
         proc.netns = self.topology.netns_of(host)
         proc.restart = True
         return proc
@@ -409,8 +420,34 @@ class LocalCluster:
         for name in names:
             host, port = self.address(name)
             index = int(name.rsplit("-", 1)[1]) - 1
-            ups.append(Upstream(name=name, host=host, port=port, weight=spec.weight(index)))
+            extra = (self.state.services.get(name) or {}).get("extra") or {}
+            ups.append(Upstream(name=name, host=host, port=port, weight=spec.weight(index),
+                                socket=str(extra.get("socket", ""))))
         return ups
+
+    def lb_slot_dir(self) -> Path | None:
+        """Where nginx's Unix-socket slots live (:mod:`djscale.cluster.lb`), or None.
+
+        nginx on this machine, with no app server or load balancer in a network namespace
+        (a namespace rehearses another machine, which a Unix socket cannot reach): a
+        short folder in /tmp (a socket path has at most 107 bytes), linked from the state
+        folder as ``lb-sockets``.
+        """
+        topo = self.topology
+        app_hosts = {topo.app.host, *topo.app.hosts}
+        if topo.lb.kind != "nginx" or any(topo.netns_of(h) for h in {topo.lb.host, *app_hosts}):
+            return None
+        link = self.state_dir / "lb-sockets"
+        if link.is_symlink():
+            return Path(os.readlink(link))
+        digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:12]
+        home = Path("/tmp") / f"djscale-lb-{digest}"
+        home.mkdir(mode=0o755, parents=True, exist_ok=True)
+        home.chmod(0o755)  # nginx's workers (maybe another user) follow the links
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            link.symlink_to(home)
+        return home
 
     def lb_slots(self) -> int:
         """Server lines of a HAProxy config: room for the most app servers this may run."""
@@ -425,7 +462,7 @@ class LocalCluster:
         port = self._port("lb", spec.host, spec.port)
         proc = lb_process(spec, self.upstreams(), port=port, run_dir=self.state_dir / "lb",
                           log=self._log("lb"), netns=self.topology.netns_of(spec.host),
-                          slots=self.lb_slots())
+                          slots=self.lb_slots(), slot_dir=self.lb_slot_dir())
         self._ensure(proc, lambda: http_ok(spec.host, port), 30)
 
     def _up_edge(self) -> None:
@@ -586,7 +623,8 @@ class LocalCluster:
                         record["supervision"]["state"] = "stopped"
             self.state.services = state.services
         if purge:
-            for linked in ("postgres", "edge"):  # homes kept in /tmp (pg_home, edge_home)
+            # homes kept in /tmp (pg_home, edge_home, lb_slot_dir)
+            for linked in ("postgres", "edge", "lb-sockets"):
                 home = self.state_dir / linked
                 if home.is_symlink():
                     shutil.rmtree(home.resolve(), ignore_errors=True)
