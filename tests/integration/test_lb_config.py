@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -10,9 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from djscale.cluster.lb import (NGINX_SLOTS, Upstream, haproxy_config, nginx_config,
-                                point_slots, slot_path, slot_targets, spread,
-                                unix_connections, validate)
+from djscale.cluster.lb import (
+    NGINX_SLOTS,
+    Upstream,
+    haproxy_config,
+    nginx_config,
+    point_slots,
+    slot_path,
+    slot_targets,
+    spread,
+    unix_connections,
+    validate,
+)
 from djscale.topology import LoadBalancerSpec
 
 UPSTREAMS = [Upstream("app-1", "127.0.0.1", 18001, weight=3),
@@ -98,7 +108,7 @@ def test_spread_shares_the_slots_by_weight_interleaved(weights: tuple[int, ...],
     assert Counter(picks) == expected
     if len(weights) > 1 and len(set(weights)) == 1:
         # nginx visits slots in turn: neighbours belong to different servers
-        assert all(x != y for x, y in zip(picks, picks[1:], strict=False))
+        assert all(x != y for x, y in itertools.pairwise(picks))
     # every live server gets a slot, even a light one among many slots
     assert set(spread([Upstream("h", "h", 1, weight=100, socket="h"),
                        Upstream("l", "l", 1, weight=1, socket="l")], 4)) == {"h", "l"}
