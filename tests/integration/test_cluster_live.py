@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 
+from djscale.chaos import ChaosOptions, run_scenario
+from djscale.chaos import scenarios as chaos
+from djscale.chaos.events import consumers_mid_task, unacked_task_ids
 from djscale.cluster import LocalCluster
 from djscale.cluster.lbctl import LiveBalancer
 from djscale.cluster.rollout import rollout
@@ -144,3 +147,68 @@ def test_scale_up_to_four_then_down_to_one_under_load_fails_no_request(
     assert demo.app_servers() == ["app-1"]
     assert {request(demo, "GET", "/whoami").json()["app_server"] for _ in range(4)} == {"app-1"}
     scale(demo, ScaleRequest(app=2), log=False)  # as the other tests expect it
+
+
+# The chaos harness's event load (docs/reliability.md): POST /notes publishes a
+# note_created event through the outbox; demo.index_note consumes it (50 ms) via an inbox.
+EVENTS = ChaosOptions(read_path="/whoami", write_path="/notes?work_ms=50",
+                      count_sql="SELECT count(*) FROM demo_note", write_every=10,
+                      event_topic="note_created", event_consumer="demo.index_note",
+                      effect_sql="SELECT event_id FROM demo_noteindexed",
+                      requests=4000, max_seconds=30, concurrency=6, fault_after=1.0,
+                      fault_seconds=1.0, tail_seconds=1.0, drain_seconds=45)
+
+
+def _roll_workers_mid_task(fault: chaos._Fault) -> None:
+    """``rollout --parts celery`` the moment a consumer is mid-task."""
+    seen = [0]
+
+    def mid_task() -> bool:
+        seen[0] = consumers_mid_task(fault.cluster)
+        return seen[0] > 0
+
+    wait_until(mid_task, 10, interval=0.01)
+    fault.report.mid_task_at_fault = seen[0]
+    report = rollout(fault.cluster, parts=("celery",))
+    fault.report.notes.append("rollout: " + "; ".join(report.text().splitlines()))
+    # Taken but not acknowledged now (the new worker's, and what the old one gave back
+    # unstarted): the report checks each is consumed exactly once.
+    fault.in_flight = unacked_task_ids(fault.cluster)
+    fault.report.in_flight_at_fault = len(fault.in_flight)
+
+
+def test_celery_rollout_mid_task_under_event_load_loses_and_repeats_no_event(
+        demo: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    if demo.topology.lb.kind != "nginx":
+        pytest.skip("the Celery part does not depend on the load balancer: run once")
+    before = {n: demo.process(n).pid for n in ("celery-1", "relay")}
+    log = Path(demo.process("celery-1").log)
+    offset = log.stat().st_size
+    monkeypatch.setitem(chaos.SCENARIOS, "rollout-celery", chaos._Scenario(
+        "rollout --parts celery (warm shutdown) while a consumer is mid-task",
+        "zero failed requests; every event consumed exactly once",
+        _roll_workers_mid_task, lambda fault: None, True,
+        lambda report, load, t0, t1: (report.reads_failed == 0 and report.writes_failed == 0
+                                      and bool(report.events_published)
+                                      and report.events_lost == 0
+                                      and not report.effects_duplicated),
+        events=True))
+    report = run_scenario(demo, "rollout-celery", EVENTS)
+    print(report.text())
+    assert report.mid_task_at_fault and report.mid_task_at_fault >= 1, report.text()
+    assert report.in_flight_consumed == report.in_flight_at_fault, report.text()
+    assert report.reads_failed == 0 and report.writes_failed == 0, report.text()
+    assert report.events_published and report.events_published == report.writes_ok, \
+        report.text()
+    assert report.events_lost == 0, report.text()
+    assert report.events_consumed == report.events_published, report.text()
+    assert report.effects_duplicated == 0, report.text()
+    assert report.passed, report.text()
+    after = {n: demo.process(n).pid for n in before}
+    assert all(after[n] != before[n] for n in before), (before, after)
+    # The old worker shut down warm (finished its running tasks), nothing was killed.
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode("utf-8", "replace")
+    assert "Warm shutdown" in text, text[-2000:]
+    assert "WorkerLostError" not in text and "SIGKILL" not in text, text[-2000:]
