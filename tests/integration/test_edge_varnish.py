@@ -257,6 +257,49 @@ def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
     assert stale_reads == 0
 
 
+def test_a_failed_purge_is_logged_and_the_page_is_stale_at_most_its_ttl(
+        shop: LocalCluster) -> None:
+    """The edge refuses every purge: the write is logged as given up, and the edge serves
+    the old page only until its TTL (the product page's max-age=30) runs out."""
+    pid = PRODUCTS  # the last product: the other tests write random ones, rarely this one
+    page = f"/api/products/{pid}"
+    assert get(shop, page, method="PURGE").status == 200  # a copy that lives 30 s from now
+    old = get(shop, page)
+    assert old.cache == "MISS" and get(shop, page).cache == "HIT"
+    fetched = time.monotonic()
+    price = int(old.json()["price_cents"]) + 1
+    code = (
+        "import dataclasses, logging, sys\n"
+        "from djscale import conf\n"
+        "from djscale.edge import invalidation as inv\n"
+        "from djscale.edge.purge import VarnishPurger\n"
+        "from shop.products.models import Product\n"
+        "logging.getLogger('djscale.edge').addHandler(logging.StreamHandler(sys.stdout))\n"
+        "settings = dataclasses.replace(conf.get().edge, retries=1, repurge_ms=0)\n"
+        "inv._invalidator = inv.Invalidator(VarnishPurger(['http://127.0.0.1:9']),\n"
+        "                                   settings=settings)\n"
+        f"p = Product.objects.get(pk={pid}); p.price_cents = {price}; p.save()\n"
+        "print('FLUSHED', inv.flush(30))\n"
+    )
+    out = shop.django_admin("shell", "-c", code, service="edge-failed-purge")
+    assert "FLUSHED True" in out
+    assert "edge purge gave up after 2 attempts" in out and f"products.product:{pid}" in out
+    # Stale at the edge (the purge never arrived), but only until its TTL runs out.
+    deadline = fetched + 30 + 3
+    stale: list[Answer] = []
+    while True:
+        answer = get(shop, page)
+        if _price(answer, pid) == price:
+            break
+        stale.append(answer)
+        assert time.monotonic() < deadline, "stale past the page's TTL"
+        time.sleep(0.25)
+    assert stale, "the edge should have kept the old page (the purge failed)"
+    assert all(int(a.headers.get("Age", "0")) <= 30 for a in stale)
+    print(f"failed purge: old page served {len(stale)} times, up to Age "
+          f"{max(int(a.headers.get('Age', '0')) for a in stale)} s (max-age 30), then fresh")
+
+
 # --------------------------------------------------------------------------- (c)
 
 
