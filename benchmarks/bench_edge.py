@@ -92,9 +92,15 @@ def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
     category = {pid: _get(edge, f"/api/products/{pid}")[1]["category"]  # type: ignore[index]
                 for pid in range(1, HOT + 1)}
     host, port = edge
-    load = threading.Thread(target=wrk, args=(f"http://{host}:{port}/",),
-                            kwargs={"seconds": seconds_hint, "connections": 16,
-                                    "script": str(lua)})
+    stop = threading.Event()
+    load_rps: list[float] = []
+
+    def keep_loading() -> None:  # in rounds, so the load lasts as long as the updates
+        while not stop.is_set():
+            load_rps.append(wrk(f"http://{host}:{port}/", seconds=seconds_hint, connections=16,
+                              script=str(lua)).requests_per_second)
+
+    load = threading.Thread(target=keep_loading)
     load.start()
     delays: list[float] = []
     answered: list[float] = []
@@ -123,7 +129,10 @@ def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
             retried += rounds > 1
             stale += sum(_price(_get(edge, p)[1], pid) != price for p in pages for _ in range(2))
     finally:
+        stop.set()
         load.join()
+    print(f"edge: updates under wrk at {statistics.median(load_rps):,.0f} req/s "
+          f"(median of {len(load_rps)} rounds)", file=sys.stderr)
     return delays, answered, retried, stale
 
 
@@ -157,7 +166,7 @@ def run(ctx: Context) -> list[Result]:
     ratio = hits / (hits + misses) if hits + misses else 0.0
     count = 20 if ctx.quick else 200
     delays, answered, retried, stale = updates_under_load(
-        cluster, count, seconds_hint=15 if ctx.quick else 40, lua=lua)
+        cluster, count, seconds_hint=3 if ctx.quick else 5, lua=lua)
     delays.sort()
     answered.sort()
     p50 = delays[len(delays) // 2] * 1000
