@@ -231,3 +231,29 @@ def test_a_failed_inline_purge_is_retried_in_the_background_and_counted(
     assert _value("djscale_edge_purge_retries_total") >= retries + 1
     assert _value("djscale_edge_purge_failures_total") == failures
     assert "in the committing thread failed, retrying in the background" in caplog.text
+
+
+def test_after_a_failed_inline_purge_the_next_ones_go_to_the_background(
+        api: tuple[str, Seen]) -> None:
+    url, seen = api
+    seen.status = 503
+    settings = conf.EdgeSettings(purger="varnish", batch_ms=1, retries=0, repurge_ms=0)
+    invalidator = Invalidator(VarnishPurger([url]), settings=settings)
+    invalidator.run(["first"])
+    assert invalidator.flush(10)
+    tried = len(seen.requests)  # inline, then the background's attempt
+    gate = threading.Event()
+    edge = invalidator.edge
+    assert edge is not None
+    purge = edge.purge
+
+    def slow(tags: Sequence[str], paths: Sequence[str]) -> None:
+        gate.wait(5)
+        purge(tags, paths)
+
+    edge.purge = slow  # type: ignore[method-assign]
+    invalidator.run(["second"])  # returns at once: the purge waits in the background
+    assert len(seen.requests) == tried
+    gate.set()
+    assert invalidator.flush(10)
+    assert seen.requests[-1]["headers"]["xkey-purge"] == "second"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -157,6 +158,28 @@ def test_public_pages_are_shared_and_tags_never_reach_the_client(shop: LocalClus
     assert "private" in bearer.headers["Cache-Control"]
     row = next(s for s in shop.status() if s.name == "edge")
     assert row.healthy and "hit ratio" in row.detail, row
+
+
+def test_status_the_dashboard_and_its_metrics_show_the_edge(shop: LocalCluster) -> None:
+    from djscale.cluster.dashboard import Collector, edge_metrics
+
+    for _ in range(3):
+        get(shop, "/api/products/5")
+    assert get(shop, "/", {"xkey-purge": "nothing.here"}, method="PURGE").status == 200
+    row = next(s for s in shop.status() if s.name == "edge")
+    assert re.search(r"hit ratio \d+\.\d%", row.detail) and " purges" in row.detail, row
+    collector = Collector(state_dir=shop.state_dir)
+    try:
+        edges = collector.collect()["edges"]
+    finally:
+        collector.close()
+    assert [e["name"] for e in edges] == ["edge"]
+    edge = edges[0]
+    assert edge["health"] == "healthy" and edge["hits"] >= 2 and edge["purges"] >= 1
+    assert 0 < edge["hit_ratio"] <= 1
+    text = edge_metrics(edges)
+    assert f'djscale_edge_cache_hits_total{{edge="edge"}} {edge["hits"]}' in text
+    assert f'djscale_edge_cache_purges_total{{edge="edge"}} {edge["purges"]}' in text
 
 
 # --------------------------------------------------------------------------- (b)

@@ -68,6 +68,11 @@ __all__ = ["Invalidator", "flush", "invalidate", "invalidator", "register"]
 log = logging.getLogger("djscale.edge")
 
 _BACKOFF = 0.05
+INLINE_BUDGET = 1.0
+"""Seconds an inline invalidation may take before the process stops doing them inline."""
+INLINE_PAUSE = 10.0
+"""Seconds the invalidations go to the background after a failed or slow inline one
+(an edge that hangs, a replica that lags), so writes do not each pay for it."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class Invalidator:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._repurges: list[tuple[float, _Batch]] = []  # (due, batch), in due order
+        self._inline_paused_until = 0.0
 
     def submit(self, tags: Sequence[str], paths: Sequence[str] = (), *,
                using: str | None = None) -> None:
@@ -124,17 +130,29 @@ class Invalidator:
         What ``EDGE["INLINE"]`` does from ``on_commit``: the request that wrote answers
         once the edge and the caches forgot the old data, so whoever reads after that
         answer, anywhere, gets the new one. A failed attempt is retried in the
-        background (and counted) as a submitted one is.
+        background (and counted) as a submitted one is. After a failed attempt, or one
+        slower than :data:`INLINE_BUDGET`, the next :data:`INLINE_PAUSE` seconds of
+        invalidations are submitted instead: an edge that hangs or a lagging replica
+        costs one write that wait, not every write.
         """
         if not tags and not paths:
             return
         item = _Item(list(tags), list(paths), using, time.monotonic())
+        if item.at < self._inline_paused_until:
+            self._put(item)
+            return
         batch = _Batch()
         batch.add(item.tags, item.paths, item.alias, item.at)
         try:
             done = self._process(batch, attempts=1, quiet=True)
         except Exception:  # noqa: BLE001 - the background thread retries and reports
             done = False
+        took = time.monotonic() - item.at
+        if not done or took > INLINE_BUDGET:
+            self._inline_paused_until = time.monotonic() + INLINE_PAUSE
+            log.warning("edge invalidation in the request %s (%.2f s): the next %.0f s of "
+                        "invalidations run in the background", "failed" if not done
+                        else "was slow", took, INLINE_PAUSE)
         if done and not self.settings.repurge_ms:
             return
         self._put(_Item(item.tags, item.paths, using, item.at, purged=done))
