@@ -81,12 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("scenario", help="kill-app-server, kill-replica, pause-replication, "
                                         "stop-redis, restart-primary, stop-broker, kill-worker, "
                                         "freeze, partition, delay, kill-primary, "
-                                        "kill-primary-node, switchover")
+                                        "kill-primary-node, switchover, isolate-primary")
     chaos.add_argument("target", nargs="?", default="",
                        help="the service a targeted scenario acts on (freeze SERVICE, e.g. "
                             "pg-default-replica1; see `djscale cluster status`), or the first "
                             "side of a partition / the host to delay, or the replication group "
-                            "of kill-primary, kill-primary-node, switchover (default: default; "
+                            "of kill-primary, kill-primary-node, switchover, isolate-primary "
+                            "(default: default; "
                             "a shard's name, e.g. shard1)")
     chaos.add_argument("more", nargs="*", default=[],
                        help="partition: the other side (hosts or services, comma-separated); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -259,3 +260,30 @@ def test_a_connect_within_the_deadline_returns_the_connection() -> None:
     with deadline.query_deadlines(30):
         assert bounded({}) is opened
     assert not opened.closed.is_set()
+
+
+def test_a_multi_host_connect_may_skip_each_other_host_for_one_connect_timeout() -> None:
+    from djscale.db.deadline import connect_allowance
+
+    assert connect_allowance({"HOST": "db", "OPTIONS": {"connect_timeout": 2}}) == 0.0
+    assert connect_allowance({"HOST": "a,b,c", "OPTIONS": {"connect_timeout": 2}}) == 4.0
+    assert connect_allowance({"HOST": "a,b", "OPTIONS": {"connect_timeout": 5}}) == 5.0
+    # libpq treats anything below 2 s as 2 s.
+    assert connect_allowance({"HOST": "a,b", "OPTIONS": {"connect_timeout": 1}}) == 2.0
+    assert connect_allowance({"HOST": "a,b"}) == 2.0
+
+
+def test_a_multi_host_connect_gets_past_a_host_that_never_answers() -> None:
+    from djscale.db import deadline
+
+    opened = _Opened()
+
+    def connect(params: object) -> _Opened:
+        time.sleep(0.3)  # the first host's connect_timeout ran out; the second answered
+        return opened
+
+    wrapper = _Wrapper(_primary())
+    wrapper.settings_dict = {"HOST": "a,b", "OPTIONS": {"connect_timeout": 2}}
+    bounded = deadline._bounded_connect(wrapper, connect)
+    with deadline.query_deadlines(0.1):  # alone it would have given up
+        assert bounded({}) is opened

@@ -136,3 +136,49 @@ def test_judge_fails_a_slow_503_a_late_write_and_a_synchronous_loss() -> None:
     report = _report(synchronous=False, lost=1)
     assert judge(report, ok, 9.5, 31.0)
     assert any("maximum_lag_on_failover" in n for n in report.notes)
+
+
+def _isolation(rounds: list[tuple[float, dict[str, str]]]) -> ChaosReport:
+    """Judge direct-write rounds of an isolate-primary run cut at t=10 and healed at t=40."""
+    from djscale.chaos.primary import WriteWatch, _judge_isolation
+    from djscale.chaos.scenarios import _Fault
+
+    watch = WriteWatch([("a", "h", 1), ("b", "h", 2), ("c", "h", 3)], "u", "d", rounds=rounds)
+    report = ChaosReport("isolate-primary", "", "")
+    fault = _Fault(cluster=None, report=report, target="a", watch=watch)  # type: ignore[arg-type]
+    _judge_isolation(fault, 10.0, 40.0)
+    return report
+
+
+ACCEPT, READ_ONLY = "accepted", "refused: cannot execute CREATE TABLE in a read-only transaction"
+
+
+def test_isolation_passes_when_the_old_leader_stops_before_another_starts() -> None:
+    report = _isolation([
+        (9.0, {"a": ACCEPT, "b": READ_ONLY, "c": READ_ONLY}),
+        (12.0, {"a": ACCEPT, "b": READ_ONLY, "c": READ_ONLY}),  # not demoted yet
+        (16.0, {"a": READ_ONLY, "b": READ_ONLY, "c": READ_ONLY}),  # demoted: nobody writes
+        (31.0, {"a": READ_ONLY, "b": ACCEPT, "c": READ_ONLY}),  # b promoted
+        (45.0, {"a": READ_ONLY, "b": ACCEPT, "c": READ_ONLY}),
+    ])
+    assert report.split_brain is False and report.old_refused is True
+    assert "accepted its last 2.00 s after the cut, refused from 6.00 s" in report.notes[-1]
+    assert "b accepted from 21.00 s" in report.notes[-1]
+
+
+def test_two_writable_nodes_in_one_round_are_a_split_brain() -> None:
+    report = _isolation([
+        (12.0, {"a": ACCEPT, "b": READ_ONLY, "c": READ_ONLY}),
+        (31.0, {"a": ACCEPT, "b": ACCEPT, "c": READ_ONLY}),
+        (35.0, {"a": READ_ONLY, "b": ACCEPT, "c": READ_ONLY}),
+    ])
+    assert report.split_brain is True
+    assert report.old_refused is True  # in the end: too late
+    assert "at most 2 node(s)" in report.notes[-1]
+
+
+def test_a_cut_off_leader_that_never_refuses_fails_the_isolation() -> None:
+    report = _isolation([(t, {"a": ACCEPT, "b": READ_ONLY, "c": READ_ONLY})
+                         for t in (12.0, 20.0, 30.0)])
+    assert report.old_refused is False and report.split_brain is False
+    assert "no other node accepted writes while it was cut off" in report.notes[-1]

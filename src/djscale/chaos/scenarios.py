@@ -187,6 +187,12 @@ class ChaosReport:
     """From the fault to Patroni's REST API naming the new leader (failover scenarios)."""
     rejoined: bool = False
     """The old leader runs as a replica of the new one again (failover scenarios)."""
+    split_brain: bool | None = None
+    """isolate-primary: two nodes accepted a direct write in the same round."""
+    cut_until: float = 0.0
+    """isolate-primary: ``time.monotonic()`` when the partition was removed."""
+    old_refused: bool | None = None
+    """isolate-primary: the cut-off leader refused direct writes (and accepted none after)."""
     fault_monotonic: float = 0.0
     """``time.monotonic()`` when the fault struck (failover scenarios; 0: fault start)."""
     crashed: list[str] = field(default_factory=list)
@@ -298,6 +304,8 @@ class _Fault:
     args: tuple[str, ...] = ()
     log_from: int = 0
     """Size of the target's log when the fault struck (what it logged since: a rejoin)."""
+    watch: Any = None
+    """isolate-primary: the :class:`~djscale.chaos.primary.WriteWatch` of direct writes."""
 
 
 @dataclass(frozen=True)
@@ -465,6 +473,12 @@ def _prepare_delay(fault: _Fault) -> None:
         raise ClusterError("delay acts on one host; run it once per host")
     ms, jitter, loss = parse_delay(fault.args[1:])
     _network_prepare(fault, Delay(hosts[0], ms, jitter, loss), (hosts[0].name,))
+
+
+def _prepare_isolate(fault: _Fault) -> None:
+    """Remove what a killed run may have left in the hosts' namespaces (before the load)."""
+    if fault.cluster.topology.hosts:
+        remove_leftovers(fault.cluster.topology)
 
 
 def _network_install(fault: _Fault) -> None:
@@ -711,6 +725,15 @@ SCENARIOS: dict[str, _Scenario] = {
         "ttl + 5 s without restarting app servers; the old leader rejoins; nothing "
         "duplicated (nothing lost with synchronous = true)",
         primary.kill_node, primary.heal_node, True, primary.judge),
+    "isolate-primary": _Scenario(
+        "cut the Patroni leader's host off from every other host (etcd, replicas, app "
+        "servers; nftables), until it refuses writes and another node leads; then reconnect "
+        "it: it rejoins as a replica",
+        "no split brain: the cut-off leader refuses a direct write, never two nodes accept "
+        "one; zero failed reads; writes succeed again within ttl + 5 s; the old leader "
+        "rejoins; nothing duplicated (nothing lost with synchronous = true)",
+        primary.isolate, primary.heal_isolate, True, primary.judge_isolate,
+        prepare=_prepare_isolate),
     "switchover": _Scenario(
         "planned switchover of the Patroni leader to a replica (patronictl switchover)",
         "zero failed reads; failed writes are 503s within 1 s; writes succeed again within "
@@ -718,7 +741,7 @@ SCENARIOS: dict[str, _Scenario] = {
         primary.switchover, primary.heal_switchover, True, primary.judge),
 }
 
-FAILOVER = frozenset({"kill-primary", "kill-primary-node", "switchover"})
+FAILOVER = frozenset({"kill-primary", "kill-primary-node", "switchover", "isolate-primary"})
 """Scenarios of a Patroni-run primary (:mod:`djscale.chaos.primary`)."""
 
 TARGETED = frozenset({"freeze", "partition", "delay"})

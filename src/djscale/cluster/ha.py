@@ -130,12 +130,15 @@ def up_group(cluster: LocalCluster, group: DatabaseGroup) -> None:
     pg.ensure_database(host, port, group.user, group.database)
 
 
-def view(cluster: LocalCluster, group: str, timeout: float = 1.0) -> patroni.ClusterView:
-    """Patroni's view of ``group``, from the first member whose REST API answers."""
+def view(cluster: LocalCluster, group: str, timeout: float = 1.0, *,
+         avoid: str = "") -> patroni.ClusterView:
+    """Patroni's view of ``group``, from the first member whose REST API answers.
+
+    Member ``avoid`` is asked last: one cut off from etcd answers with what it last knew.
+    """
     errors = []
-    for proc in cluster.processes():
-        if proc.kind != "patroni" or proc.group != group:
-            continue
+    procs = [p for p in cluster.processes() if p.kind == "patroni" and p.group == group]
+    for proc in sorted(procs, key=lambda p: p.name == avoid):
         try:
             return patroni.cluster_view(proc.host, int(proc.extra["api_port"]), timeout)
         except (OSError, ClusterError) as exc:

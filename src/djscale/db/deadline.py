@@ -60,7 +60,8 @@ from django.db import OperationalError, connections
 from djscale.db import config
 
 __all__ = ["RECHECK_SECONDS", "QueryDeadlineExceeded", "Timer", "Watchdog", "answered",
-           "bound_query", "deadline_for", "install", "is_silent", "query_deadlines", "watchdog"]
+           "bound_query", "connect_allowance", "deadline_for", "install", "is_silent",
+           "query_deadlines", "watchdog"]
 
 log = logging.getLogger("djscale.db.deadline")
 
@@ -393,18 +394,41 @@ def _bounded(conn: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def connect_allowance(settings_dict: Any) -> float:
+    """Extra seconds a connect to a multi-host alias (``HOST="h1,h2,h3"``) may take.
+
+    libpq (and psycopg) try the hosts one after the other, each for up to
+    ``connect_timeout`` (at least 2 s). A Patroni group's aliases list every node: when
+    the first node's machine is cut off (packets dropped, no refusal), reaching the leader
+    behind it takes one ``connect_timeout`` per host skipped, and a connect deadline of
+    ``query_deadline_ms`` alone would give up before the second host was ever tried.
+    """
+    hosts = [h for h in str(settings_dict.get("HOST") or "").split(",") if h.strip()]
+    if len(hosts) < 2:
+        return 0.0
+    options = settings_dict.get("OPTIONS") or {}
+    try:
+        per_host = max(2.0, float(options.get("connect_timeout") or 2))
+    except (TypeError, ValueError):
+        per_host = 2.0
+    return per_host * (len(hosts) - 1)
+
+
 def _bounded_connect(conn: Any, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``get_new_connection`` under the deadline (libpq's ``connect_timeout`` is >= 2 s).
 
     The connect runs in a short-lived thread (connections are opened rarely: they persist
     or come from a pool); past the deadline the worker goes on with an error and the
-    thread closes whatever it eventually opens.
+    thread closes whatever it eventually opens. A multi-host alias gets
+    :func:`connect_allowance` on top (one ``connect_timeout`` per host it may skip).
     """
 
     def call(conn_params: Any) -> Any:
         seconds = deadline_for(conn.alias)
         if seconds is not None and is_silent(conn.alias):
             raise QueryDeadlineExceeded(conn.alias, seconds, silent=True)
+        if seconds is not None:
+            seconds += connect_allowance(conn.settings_dict)
         if seconds is None or (conn.settings_dict.get("OPTIONS") or {}).get("pool"):
             return fn(conn_params)
         box: dict[str, Any] = {}
