@@ -196,7 +196,9 @@ def test_celery_rollout_mid_task_under_event_load_loses_and_repeats_no_event(
     report = run_scenario(demo, "rollout-celery", EVENTS)
     print(report.text())
     assert report.mid_task_at_fault and report.mid_task_at_fault >= 1, report.text()
-    assert report.in_flight_consumed == report.in_flight_at_fault, report.text()
+    # (nothing taken and unacknowledged at the end of the rollout: nothing to follow)
+    assert not report.in_flight_at_fault or \
+        report.in_flight_consumed == report.in_flight_at_fault, report.text()
     assert report.reads_failed == 0 and report.writes_failed == 0, report.text()
     assert report.events_published and report.events_published == report.writes_ok, \
         report.text()
