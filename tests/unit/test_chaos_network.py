@@ -69,3 +69,29 @@ def test_partition_without_a_running_cluster_is_one_line(
                  "--state-dir", str(tmp_path / "state")])
     err = capsys.readouterr().err
     assert code == 2 and "cluster up" in err and "Traceback" not in err
+
+
+def test_the_report_compares_l1_flushes_of_the_processes_seen_before_and_after() -> None:
+    from djscale.chaos.load import LoadResult
+    from djscale.chaos.scenarios import ChaosReport, _l1_flushes, _network_judge
+
+    before = {11: ({"resubscribed": 1}, 0), 12: ({"resubscribed": 1}, 0),
+              13: ({"resubscribed": 1}, 0)}
+    after = {11: ({"resubscribed": 2, "subscription_lost": 1}, 4),  # flushed twice
+             12: ({"resubscribed": 1}, 0),                          # did not flush
+             14: ({"resubscribed": 1}, 0)}                          # not seen before
+    report = ChaosReport("partition", "", "", requests=10, cache_cut=True)
+    _l1_flushes(report, before, after)
+    assert (report.l1_processes, report.l1_flushed_processes) == (2, 1)
+    assert report.l1_flushes == {"resubscribed": 1, "subscription_lost": 1}
+    assert report.l1_flushed_entries == 4
+    assert "1 of 2 app processes" in report.text()
+    # A cache partition of 10 s or more must have flushed every process seen twice...
+    assert _network_judge(report, LoadResult(), 0.0, 12.0) is False
+    assert "1 app processes cut off from Redis did not flush their L1" in report.notes
+    # ...a shorter one may end before a listener notices, and a replica partition need not.
+    assert _network_judge(ChaosReport("partition", "", "", requests=10, cache_cut=True,
+                                      l1_processes=2, l1_flushed_processes=1),
+                          LoadResult(), 0.0, 6.0) is True
+    assert _network_judge(ChaosReport("partition", "", "", requests=10, l1_processes=2,
+                                      l1_flushed_processes=0), LoadResult(), 0.0, 60.0) is True
