@@ -165,8 +165,8 @@ def kill_postgres(fault: _Fault) -> None:
     """SIGKILL the leader's postmaster (Patroni lives on)."""
     name = _begin(fault)
     proc = fault.cluster.process(name)
-    _struck(fault)
     pid = ha.kill_postgres(proc)
+    _struck(fault)  # once it is dead: a write answered before that was no recovery
     fault.report.notes.append(f"SIGKILLed the postmaster (pid {pid}) of leader {name}")
 
 
@@ -195,8 +195,8 @@ def kill_node(fault: _Fault) -> None:
     # Down until the heal step: a node that came straight back would keep its leader key.
     fault.cluster._supervise(name, state="stopped")
     proc = fault.cluster.process(name)
-    _struck(fault)
     ha.kill_node(proc)
+    _struck(fault)  # once both are dead: a write answered before that was no recovery
     fault.killed.add(name)
     fault.report.notes.append(f"SIGKILLed Patroni and PostgreSQL of leader {name}")
 
@@ -388,8 +388,8 @@ def isolate(fault: _Fault) -> None:
     watch.start()
     wait_until(lambda: len(watch.rounds) >= 2, 10, interval=0.05)  # the state before
     fault.network = NetworkFaults()
-    _struck(fault)
     fault.network.add(Partition((host,), others))
+    _struck(fault)  # once the rules are in: a write answered before that was no recovery
     fault.report.notes.append(f"cut host {host.name} (leader {name}) off from "
                               f"{', '.join(h.name for h in others)} (nftables)")
 
