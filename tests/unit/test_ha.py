@@ -123,6 +123,17 @@ def test_judge_passes_fast_503s_and_writes_back_within_ttl_plus_5() -> None:
     report = _report(synchronous=True, lost=0)
     assert judge(report, load, 9.5, 31.0)
     assert report.first_write_seconds == pytest.approx(20.02)
+    assert report.write_gap_seconds == pytest.approx(19.02)  # 11.0 refused -> 30.02 ok
+
+
+def test_the_write_outage_of_a_switchover_starts_at_the_first_refusal() -> None:
+    # The old leader takes writes for a while after the switchover began (t=10).
+    load = _load((10.5, 0.01, 201, "POST"), (12.0, 0.01, 503, "POST"),
+                 (12.2, 0.01, 503, "POST"), (12.9, 0.02, 201, "POST"))
+    report = _report(synchronous=False, lost=0)
+    assert judge(report, load, 9.5, 13.0)
+    assert report.first_write_seconds == pytest.approx(0.51)
+    assert report.write_gap_seconds == pytest.approx(0.92)
 
 
 def test_judge_fails_a_slow_503_a_late_write_and_a_synchronous_loss() -> None:

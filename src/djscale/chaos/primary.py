@@ -236,7 +236,8 @@ def heal_switchover(fault: _Fault) -> None:
     leader = _wait_leader(fault, other_than=fault.target,
                           timeout=fault.report.ttl_seconds + 60)
     _finish(fault, leader)
-    _rejoin(fault, fault.target, 120, log_from=fault.log_from)
+    _rejoin(fault, fault.target, 120, log_from=fault.log_from,
+            since="the new leader was named")
 
 
 def judge(report: ChaosReport, load: LoadResult, t0: float, t1: float) -> bool:
@@ -288,6 +289,13 @@ def _judge(report: ChaosReport, load: LoadResult, t0: float, t1: float, *,
     back = sorted(s.started + s.latency for s in load.samples
                   if s.method == "POST" and 200 <= s.status < 300 and s.started >= struck)
     report.first_write_seconds = back[0] - struck if back else None
+    # The outage as a client saw it: from the first refused write (sent after the fault or
+    # in flight at it) to the first write that succeeded after that one was sent.
+    refused = sorted(s.started for s in failed if s.started + s.latency >= struck)
+    if refused:
+        after = sorted(s.started + s.latency for s in load.samples if s.method == "POST"
+                       and 200 <= s.status < 300 and s.started >= refused[0])
+        report.write_gap_seconds = after[0] - refused[0] if after else None
     bound = report.ttl_seconds + 5
     in_time = report.first_write_seconds is not None and report.first_write_seconds <= bound
     if not in_time:
