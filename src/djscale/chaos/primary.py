@@ -19,6 +19,7 @@ of the fault without restarting an app server, nothing duplicated and, when the 
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -289,13 +290,15 @@ def _judge(report: ChaosReport, load: LoadResult, t0: float, t1: float, *,
     back = sorted(s.started + s.latency for s in load.samples
                   if s.method == "POST" and 200 <= s.status < 300 and s.started >= struck)
     report.first_write_seconds = back[0] - struck if back else None
-    # The outage as a client saw it: from the first refused write (sent after the fault or
-    # in flight at it) to the first write that succeeded after that one was sent.
-    refused = sorted(s.started for s in failed if s.started + s.latency >= struck)
-    if refused:
-        after = sorted(s.started + s.latency for s in load.samples if s.method == "POST"
-                       and 200 <= s.status < 300 and s.started >= refused[0])
-        report.write_gap_seconds = after[0] - refused[0] if after else None
+    # The outage as clients saw it: the longest stretch without a write answered 2xx, from
+    # the last one before the fault (a switchover's old leader takes writes for a while
+    # after it began, so the first write after the fault can be no recovery at all).
+    ok_ends = sorted(s.started + s.latency for s in load.samples
+                     if s.method == "POST" and 200 <= s.status < 300)
+    before = [t for t in ok_ends if t < struck]
+    marks = ([before[-1]] if before else [struck]) + [t for t in ok_ends if t >= struck]
+    gaps = [b - a for a, b in itertools.pairwise(marks)]
+    report.write_gap_seconds = max(gaps) if gaps else None
     bound = report.ttl_seconds + 5
     in_time = report.first_write_seconds is not None and report.first_write_seconds <= bound
     if not in_time:

@@ -184,8 +184,8 @@ class ChaosReport:
     first_write_seconds: float | None = None
     """From the fault to the first write answered 2xx (failover scenarios)."""
     write_gap_seconds: float | None = None
-    """From the first refused write to the first write that succeeded after it was sent
-    (failover scenarios; None: no write was refused)."""
+    """The longest stretch without a write answered 2xx, from the last one before the
+    fault (failover scenarios; None: no write succeeded after the fault)."""
     leader_seconds: float | None = None
     """From the fault to Patroni's REST API naming the new leader (failover scenarios)."""
     rejoined: bool = False
@@ -248,8 +248,8 @@ class ChaosReport:
                          f"{'synchronous' if self.synchronous else 'asynchronous'}); old "
                          f"leader {'rejoined' if self.rejoined else 'NOT rejoined'}")
             if self.write_gap_seconds is not None:
-                lines.append(f"outage     writes refused for {self.write_gap_seconds:.2f} s "
-                             "(first refused write sent -> next write answered 2xx)")
+                lines.append(f"outage     {self.write_gap_seconds:.2f} s without a successful "
+                             "write (the longest stretch, from the last one before the fault)")
         if self.rows_added is not None:
             lines.append(f"writes     {self.writes_ok} acknowledged, {self.rows_added} rows added: "
                          f"lost {self.lost}, duplicated {self.duplicated}, committed but "
