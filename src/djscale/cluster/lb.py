@@ -313,7 +313,10 @@ def lb_process(spec: LoadBalancerSpec, upstreams: Sequence[Upstream], *, port: i
     extra: dict[str, object] = {}
     if spec.kind == "nginx" and slot_dir is not None:
         slots = max(slots, NGINX_SLOTS)
-        point_slots(slot_dir, slots, upstreams)
+        try:
+            point_slots(slot_dir, slots, upstreams)
+        except ValueError as exc:
+            raise ServiceStartError("lb", str(exc)) from None
         extra = {"slot_dir": str(slot_dir), "slots": slots}
     else:
         slot_dir = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import os
 import shutil
 import signal
@@ -428,25 +429,28 @@ class LocalCluster:
     def lb_slot_dir(self) -> Path | None:
         """Where nginx's Unix-socket slots live (:mod:`djscale.cluster.lb`), or None.
 
-        nginx on this machine, with no app server or load balancer in a network namespace
-        (a namespace rehearses another machine, which a Unix socket cannot reach): a
+        For nginx with the load balancer and every app server on loopback addresses and in
+        no network namespace (a namespace or another address stands for another machine,
+        which a Unix socket would bypass; those keep the TCP upstream and its reload): a
         short folder in /tmp (a socket path has at most 107 bytes), linked from the state
         folder as ``lb-sockets``.
         """
         topo = self.topology
-        app_hosts = {topo.app.host, *topo.app.hosts}
-        if topo.lb.kind != "nginx" or any(topo.netns_of(h) for h in {topo.lb.host, *app_hosts}):
+        hosts = {topo.lb.host, topo.app.host, *topo.app.hosts}
+        if topo.lb.kind != "nginx" or any(topo.netns_of(h) or not _loopback(h) for h in hosts):
             return None
         link = self.state_dir / "lb-sockets"
         if link.is_symlink():
-            return Path(os.readlink(link))
-        digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:12]
-        home = Path("/tmp") / f"djscale-lb-{digest}"
+            home = Path(os.readlink(link))
+        else:
+            digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:12]
+            home = Path("/tmp") / f"djscale-lb-{digest}"
         home.mkdir(mode=0o755, parents=True, exist_ok=True)
         home.chmod(0o755)  # nginx's workers (maybe another user) follow the links
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            link.symlink_to(home)
+        if not link.is_symlink():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(home)
         return home
 
     def lb_slots(self) -> int:
@@ -730,6 +734,16 @@ def service_ready(proc: ManagedProcess, log_offset: int = 0) -> bool:
     if proc.kind == "varnish":
         return http_ok(proc.host, proc.port, varnish.LIVE_PATH)
     return True
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is a loopback address of this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bracket(host: str) -> str:
