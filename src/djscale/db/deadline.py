@@ -57,7 +57,7 @@ from typing import Any
 from django.core.signals import request_finished, request_started
 from django.db import OperationalError, connections
 
-from djscale.db import config
+from djscale.db import config, multihost
 
 __all__ = ["RECHECK_SECONDS", "QueryDeadlineExceeded", "Timer", "Watchdog", "answered",
            "bound_query", "connect_allowance", "deadline_for", "install", "is_silent",
@@ -294,7 +294,8 @@ def _recheck(alias: str) -> None:
         kwargs["application_name"] = "djscale-deadline-recheck"
         while True:
             try:
-                with psycopg.connect(**kwargs) as conn:
+                opened = multihost.connect(lambda params: psycopg.connect(**params), kwargs)
+                with opened as conn:
                     conn.execute("SELECT 1")
                 break
             except psycopg.Error:
@@ -430,14 +431,14 @@ def _bounded_connect(conn: Any, fn: Callable[[Any], Any]) -> Callable[[Any], Any
         if seconds is not None:
             seconds += connect_allowance(conn.settings_dict)
         if seconds is None or (conn.settings_dict.get("OPTIONS") or {}).get("pool"):
-            return fn(conn_params)
+            return multihost.connect(fn, conn_params)
         box: dict[str, Any] = {}
         lock = threading.Lock()
         done = threading.Event()
 
         def run() -> None:
             try:
-                box["conn"] = fn(conn_params)
+                box["conn"] = multihost.connect(fn, conn_params)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker
                 box["error"] = exc
             with lock:
