@@ -42,14 +42,16 @@ bench: setup
 
 # 20 failovers in a row (SIGKILL of the leader's node) of the demo on Patroni in strict
 # synchronous mode, under read/write load: every acknowledged write must be found
-# (docs/reliability.md, "Primary failover"). About 15 minutes.
+# (docs/reliability.md, "Primary failover"). About 15 minutes; the services' logs are
+# kept in .djscale/ha-loop-logs.
 HA_LOOP := examples/demo/ha-sync.toml
 HA_STATE := .djscale/ha-loop
 ha-loop: setup
 	djscale cluster up -t $(HA_LOOP) --state-dir $(HA_STATE) --only postgres,redis,migrate,app,lb
 	djscale chaos kill-primary-node -t $(HA_LOOP) --state-dir $(HA_STATE) --repeat 20 \
 		--write-path /visit --count-sql "SELECT count(*) FROM demo_visit"; \
-		rc=$$?; djscale cluster down -t $(HA_LOOP) --state-dir $(HA_STATE) --purge; exit $$rc
+		rc=$$?; rm -rf $(HA_STATE)-logs; cp -r $(HA_STATE)/logs $(HA_STATE)-logs; \
+		djscale cluster down -t $(HA_LOOP) --state-dir $(HA_STATE) --purge; exit $$rc
 
 clean:
 	rm -rf .djscale .pytest_cache .mypy_cache .ruff_cache .import_linter_cache build dist
