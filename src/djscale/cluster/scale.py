@@ -15,7 +15,7 @@ change the cluster through :class:`AppPool`, whose operations never drop a reque
 
 Celery workers are started and stopped the same way, without a load balancer: SIGTERM to
 the worker's main process is Celery's warm shutdown (it takes no new task and finishes
-the running ones; :func:`warm_stop`).
+the running ones; :meth:`ManagedProcess.stop`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 from djscale.cluster.lbctl import LiveBalancer
 from djscale.cluster.local import LocalCluster, http_ok, service_ready
 from djscale.cluster.state import ClusterState
-from djscale.cluster.supervisor import ManagedProcess, group_members, wait_until
+from djscale.cluster.supervisor import ManagedProcess
 from djscale.errors import ClusterError, ServiceStartError
 
-__all__ = ["AppPool", "ScaleRequest", "parse_scale_args", "reshaping", "scale", "warm_stop"]
+__all__ = ["AppPool", "ScaleRequest", "parse_scale_args", "reshaping", "scale"]
 
 
 @contextlib.contextmanager
@@ -99,10 +98,7 @@ class AppPool:
         """Stop service ``name`` gracefully, the watchdog told first; return its record."""
         self.cluster._supervise(name, state="stopped")
         proc = self.cluster.process(name)
-        if proc.kind == "celery":
-            warm_stop(proc, WORKER_STOP_TIMEOUT)
-        else:
-            proc.stop(timeout=self.stop_timeout)
+        proc.stop(timeout=WORKER_STOP_TIMEOUT if proc.kind == "celery" else self.stop_timeout)
         return proc
 
     def start(self, proc: ManagedProcess) -> None:
@@ -199,29 +195,13 @@ class AppPool:
         """Warm-shut-down and forget Celery worker ``name`` (default: the last one)."""
         name = name or self.workers()[-1]
         self.cluster._supervise(name, state="stopped")
-        warm_stop(self.cluster.process(name), timeout)
+        self.cluster.process(name).stop(timeout)  # a warm shutdown
         self._forget(name)
         return name
 
 
 WORKER_STOP_TIMEOUT = 60.0
 """How long a Celery worker's warm shutdown may take (its running tasks) before SIGKILL."""
-
-
-def warm_stop(proc: ManagedProcess, timeout: float = WORKER_STOP_TIMEOUT) -> None:
-    """Celery's warm shutdown of worker ``proc``: SIGTERM to its main process only.
-
-    The main process stops taking tasks, waits for the running ones, then ends its pool.
-    A SIGTERM to the whole process group (what :meth:`ManagedProcess.stop` sends) would
-    reach the pool's child processes too, which die mid-task (``WorkerLostError``): their
-    messages come back only through ``acks_late``, the task's work is done twice up to
-    its inbox. Whatever is left after ``timeout`` gets the group stop (then SIGKILL).
-    """
-    if proc.pid > 0:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(proc.pid, signal.SIGTERM)
-        wait_until(lambda: not proc.alive() and not group_members(proc.pid), timeout)
-    proc.stop(timeout=5.0)  # reaps it; SIGTERM/SIGKILL to the group if anything is left
 
 
 @dataclasses.dataclass(frozen=True)

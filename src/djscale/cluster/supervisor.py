@@ -227,22 +227,36 @@ class ManagedProcess:
             raise ServiceStartError(self.name, reason, tail(self.log, 40))
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the whole process group: ``stop_signal``, then SIGKILL after ``timeout``."""
+        """Stop the whole process group: ``stop_signal``, then SIGKILL after ``timeout``.
+
+        A Celery worker (kind ``celery``) first gets ``stop_signal`` on its main process
+        alone, Celery's warm shutdown: it stops taking tasks and waits for the running
+        ones. A signal to the whole group would reach the pool's children too, which die
+        mid-task (``WorkerLostError``: the task is redelivered and its work done twice up to
+        its inbox). The group is signalled only if the worker is not gone after ``timeout``.
+        """
         if self.pid <= 0:
             return
+        if self.kind == "celery":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, self.stop_signal)
+            if wait_until(lambda: not self._group_alive(), timeout):
+                self._reap()
+                return
+            timeout = 5.0
         self._signal_group(self.stop_signal)
         if not wait_until(lambda: not self._group_alive(), timeout):
             self._signal_group(signal.SIGKILL)
             wait_until(lambda: not self._group_alive(), 5)
-        child = _children.pop(self.pid, None)
-        if child is not None:
-            with contextlib.suppress(Exception):
-                child.wait(timeout=1)
+        self._reap()
 
     def kill(self) -> None:
         """Kill the process group at once with SIGKILL (a crash, for chaos tests)."""
         self._signal_group(signal.SIGKILL)
         wait_until(lambda: not self._group_alive(), 5)
+        self._reap()
+
+    def _reap(self) -> None:
         child = _children.pop(self.pid, None)
         if child is not None:
             with contextlib.suppress(Exception):
