@@ -223,3 +223,41 @@ def wrk_load(url: str, *, script: str = "", connections: int = 8,
                                    (int(g) for g in errors.groups()), strict=True))
             if errors else {},
             output=out))
+
+
+def url_patterns(cluster: LocalCluster) -> list[str]:
+    """Every URL pattern of the cluster's Django project, as paths (``/`` + the pattern)."""
+    code = (
+        "import json\n"
+        "from django.urls import get_resolver, URLResolver\n"
+        "def walk(patterns, prefix=''):\n"
+        "    for p in patterns:\n"
+        "        if isinstance(p, URLResolver):\n"
+        "            yield from walk(p.url_patterns, prefix + str(p.pattern))\n"
+        "        else:\n"
+        "            yield prefix + str(p.pattern)\n"
+        "print('URLS=' + json.dumps(sorted(set(walk(get_resolver().url_patterns)))))\n"
+    )
+    out = cluster.django_admin("shell", "-c", code, service="test-urls").splitlines()
+    urls = json.loads(next(x for x in out if x.startswith("URLS="))[5:])
+    return ["/" + u.lstrip("^").rstrip("$") for u in urls]
+
+
+def logged_in_sessions(cluster: LocalCluster, *names: str) -> dict[str, str]:
+    """Users ``names`` (created when missing), each logged in: name -> session key."""
+    code = (
+        "from importlib import import_module\n"
+        "from django.conf import settings\n"
+        "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, "
+        "HASH_SESSION_KEY\n"
+        f"for name in {list(names)!r}:\n"
+        "    u, _ = get_user_model().objects.get_or_create(username=name)\n"
+        "    s = import_module(settings.SESSION_ENGINE).SessionStore()\n"
+        "    s[SESSION_KEY] = str(u.pk)\n"
+        "    s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
+        "    s[HASH_SESSION_KEY] = u.get_session_auth_hash()\n"
+        "    s.save()\n"
+        "    print('SESSION', name, s.session_key)\n"
+    )
+    out = cluster.django_admin("shell", "-c", code, service="test-sessions").splitlines()
+    return {line.split()[1]: line.split()[2] for line in out if line.startswith("SESSION ")}

@@ -24,7 +24,7 @@ from djscale.cluster.local import http_ok
 from djscale.cluster.supervisor import free_port, wait_until
 from djscale.testing import ClusterFactory
 from djscale.topology import LoadBalancerSpec
-from tests.integration.helpers import request
+from tests.integration.helpers import logged_in_sessions, request, url_patterns
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples/demo/djscale.toml"
@@ -48,43 +48,13 @@ def edge(djscale_cluster_factory: ClusterFactory) -> LocalCluster:
                                    name="edge", source=DEMO)
 
 
-def _urls_and_session(cluster: LocalCluster) -> tuple[list[str], str]:
-    """Every URL pattern of the project, and the key of a logged-in user's session."""
-    code = (
-        "import json\n"
-        "from importlib import import_module\n"
-        "from django.conf import settings\n"
-        "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, "
-        "HASH_SESSION_KEY\n"
-        "from django.urls import get_resolver, URLResolver\n"
-        "def walk(patterns, prefix=''):\n"
-        "    for p in patterns:\n"
-        "        if isinstance(p, URLResolver):\n"
-        "            yield from walk(p.url_patterns, prefix + str(p.pattern))\n"
-        "        else:\n"
-        "            yield prefix + str(p.pattern)\n"
-        "print('URLS=' + json.dumps(sorted(set(walk(get_resolver().url_patterns)))))\n"
-        "u, _ = get_user_model().objects.get_or_create(username='edge-user')\n"
-        "u.set_password('pw'); u.save()\n"
-        "s = import_module(settings.SESSION_ENGINE).SessionStore()\n"
-        "s[SESSION_KEY] = str(u.pk)\n"
-        "s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
-        "s[HASH_SESSION_KEY] = u.get_session_auth_hash()\n"
-        "s.save()\n"
-        "print('SESSION=' + s.session_key)\n"
-    )
-    out = cluster.django_admin("shell", "-c", code, service="edge-urls").splitlines()
-    urls = json.loads(next(x for x in out if x.startswith("URLS="))[5:])
-    session = next(x for x in out if x.startswith("SESSION="))[8:]
-    return ["/" + u.lstrip("^").rstrip("$") for u in urls], session
-
-
 def _directives(headers: dict[str, str]) -> set[str]:
     return {d.strip().split("=")[0].lower() for d in headers.get("cache-control", "").split(",")}
 
 
 def test_no_demo_url_is_public_with_a_session_or_a_cookie(edge: LocalCluster) -> None:
-    urls, session = _urls_and_session(edge)
+    urls = url_patterns(edge)
+    session = logged_in_sessions(edge, 'edge-user')['edge-user']
     assert {"/health/live", "/health/ready", "/metrics", "/whoami", "/visit"} <= set(urls)
     checked = 0
     for url in urls:

@@ -23,6 +23,7 @@ import pytest
 from djscale.cluster import LocalCluster, varnish
 from djscale.cluster.supervisor import wait_until
 from djscale.testing import ClusterFactory
+from tests.integration.helpers import logged_in_sessions, url_patterns
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "examples/shop"
@@ -103,43 +104,6 @@ def _shop_token(user_id: int, *, staff: bool = False) -> str:
     finally:
         sys.path.remove(str(SHOP))
     return str(issue_token(user_id, staff=staff, key=SECRET))
-
-
-def _demo_sessions(cluster: LocalCluster) -> dict[str, str]:
-    """Two logged-in users of the demo: name -> session key."""
-    code = (
-        "from importlib import import_module\n"
-        "from django.conf import settings\n"
-        "from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, "
-        "HASH_SESSION_KEY\n"
-        "for name in ('alice-edge', 'bob-edge'):\n"
-        "    u, _ = get_user_model().objects.get_or_create(username=name)\n"
-        "    s = import_module(settings.SESSION_ENGINE).SessionStore()\n"
-        "    s[SESSION_KEY] = str(u.pk)\n"
-        "    s[BACKEND_SESSION_KEY] = 'django.contrib.auth.backends.ModelBackend'\n"
-        "    s[HASH_SESSION_KEY] = u.get_session_auth_hash()\n"
-        "    s.save()\n"
-        "    print('SESSION', name, s.session_key)\n"
-    )
-    out = cluster.django_admin("shell", "-c", code, service="edge-sessions").splitlines()
-    return {line.split()[1]: line.split()[2] for line in out if line.startswith("SESSION ")}
-
-
-def _demo_urls(cluster: LocalCluster) -> list[str]:
-    code = (
-        "import json\n"
-        "from django.urls import get_resolver, URLResolver\n"
-        "def walk(patterns, prefix=''):\n"
-        "    for p in patterns:\n"
-        "        if isinstance(p, URLResolver):\n"
-        "            yield from walk(p.url_patterns, prefix + str(p.pattern))\n"
-        "        else:\n"
-        "            yield prefix + str(p.pattern)\n"
-        "print('URLS=' + json.dumps(sorted(set(walk(get_resolver().url_patterns)))))\n"
-    )
-    out = cluster.django_admin("shell", "-c", code, service="edge-urls").splitlines()
-    urls = json.loads(next(x for x in out if x.startswith("URLS="))[5:])
-    return ["/" + u.lstrip("^").rstrip("$") for u in urls]
 
 
 # --------------------------------------------------------------------------- basics
@@ -339,7 +303,7 @@ def _check_crawl(answers: list[tuple[str, str, Answer]], names: dict[str, str]) 
 
 def test_two_users_and_anonymous_clients_crawl_the_demo_and_never_share(
         demo: LocalCluster) -> None:
-    sessions = _demo_sessions(demo)
+    sessions = logged_in_sessions(demo, 'alice-edge', 'bob-edge')
     clients = {
         "alice": {"Cookie": f"sessionid={sessions['alice-edge']}; _ga=GA1.1.1"},
         "bob": {"Cookie": f"_ga=GA1.1.2; sessionid={sessions['bob-edge']}"},
@@ -347,7 +311,7 @@ def test_two_users_and_anonymous_clients_crawl_the_demo_and_never_share(
         "anon-ga": {"Cookie": "_ga=GA1.2.3; _gid=GA1.2.4"},
         "anon": {},
     }
-    urls = _demo_urls(demo)
+    urls = url_patterns(demo)
     assert {"/catalog", "/me", "/welcome"} <= set(urls)
     answers: list[tuple[str, str, Answer]] = []
     for _ in range(3):
@@ -392,7 +356,7 @@ def test_two_users_and_anonymous_clients_crawl_the_shop_and_never_share(
 
 def test_an_app_outage_serves_public_pages_from_grace_and_personal_ones_fail(
         demo: LocalCluster) -> None:
-    session = _demo_sessions(demo)["alice-edge"]
+    session = logged_in_sessions(demo, 'alice-edge', 'bob-edge')["alice-edge"]
     me = {"Cookie": f"sessionid={session}"}
     assert get(demo, "/me", me).json()["user"] == "alice-edge"  # served while the app is up
     assert wait_until(lambda: get(demo, "/catalog").cache == "HIT", 10)

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from djscale.cluster.lbctl import LiveBalancer
@@ -107,13 +107,16 @@ class AppPool:
         Raises ServiceStartError (after stopping it) when it is not ready in time.
         """
         self.drain_path(proc.name).unlink(missing_ok=True)
+        self._boot(proc, lambda: http_ok(proc.host, proc.port, "/health/ready"),
+                   self.ready_timeout)
+
+    def _boot(self, proc: ManagedProcess, ready: Callable[[], bool], timeout: float) -> None:
         proc.pid = 0
         try:
             proc.start()
             # "stopped" until ready: the watchdog restarts nothing that is still booting.
             self.cluster._record(proc, state="stopped", recent=[])
-            proc.wait_ready(lambda: http_ok(proc.host, proc.port, "/health/ready"),
-                            self.ready_timeout)
+            proc.wait_ready(ready, timeout)
         except ServiceStartError:
             self.cluster._supervise(proc.name, state="stopped")
             proc.stop(timeout=self.stop_timeout)
@@ -122,18 +125,23 @@ class AppPool:
             self.cluster._release(proc.name)
         self.cluster._supervise(proc.name, state="running")
 
-    def add(self) -> str:
-        """Start one more app server and put it into rotation; return its name."""
-        taken = {int(n.rsplit("-", 1)[1]) for n in self.servers()}
-        index = next(i for i in range(len(taken) + 1) if i + 1 not in taken)
-        proc = self.cluster.app_process(index)
+    def _add(self, names: list[str], build: Callable[[int], ManagedProcess],
+             start: Callable[[ManagedProcess], None]) -> str:
+        """Build the lowest free index's process and start it; forget it when it fails."""
+        taken = {int(n.rsplit("-", 1)[1]) for n in names}
+        proc = build(next(i for i in range(len(taken) + 1) if i + 1 not in taken))
         try:
-            self.start(proc)
+            start(proc)
         except ServiceStartError:
             self._forget(proc.name)
             raise
-        self.rotate()
         return proc.name
+
+    def add(self) -> str:
+        """Start one more app server and put it into rotation; return its name."""
+        name = self._add(self.servers(), self.cluster.app_process, self.start)
+        self.rotate()
+        return name
 
     def remove(self, name: str | None = None) -> str:
         """Drain, stop and forget app server ``name`` (default: the highest-numbered one)."""
@@ -165,31 +173,11 @@ class AppPool:
         """Start a Celery worker (or the relay, or the gateway), wait until ready, record it."""
         log = Path(proc.log)
         offset = log.stat().st_size if log.exists() else 0
-        proc.pid = 0
-        try:
-            proc.start()
-            # "stopped" until ready: the watchdog restarts nothing that is still booting.
-            self.cluster._record(proc, state="stopped", recent=[])
-            proc.wait_ready(lambda: service_ready(proc, offset), timeout or self.ready_timeout)
-        except ServiceStartError:
-            self.cluster._supervise(proc.name, state="stopped")
-            proc.stop(timeout=self.stop_timeout)
-            raise
-        finally:
-            self.cluster._release(proc.name)
-        self.cluster._supervise(proc.name, state="running")
+        self._boot(proc, lambda: service_ready(proc, offset), timeout or self.ready_timeout)
 
     def add_worker(self) -> str:
         """Start one more Celery worker; return its name."""
-        taken = {int(n.rsplit("-", 1)[1]) for n in self.workers()}
-        index = next(i for i in range(len(taken) + 1) if i + 1 not in taken)
-        proc = self.cluster.celery_process(index)
-        try:
-            self.start_worker(proc)
-        except ServiceStartError:
-            self._forget(proc.name)
-            raise
-        return proc.name
+        return self._add(self.workers(), self.cluster.celery_process, self.start_worker)
 
     def remove_worker(self, name: str | None = None, timeout: float = 60.0) -> str:
         """Warm-shut-down and forget Celery worker ``name`` (default: the last one)."""
