@@ -75,6 +75,28 @@ while not os.path.exists(os.environ["HA_STOP_FILE"]):
     time.sleep(0.01)
 """
 
+# Reads on a replica alias, one per "request", saying whether a standby answered.
+READER = """
+import json, os, time
+from django.core.signals import request_finished, request_started
+from django.db import connections
+
+alias = os.environ["HA_ALIAS"]
+while not os.path.exists(os.environ["HA_STOP_FILE"]):
+    request_started.send(sender=None)
+    line = {"t": time.time(), "standby": None, "port": 0, "error": ""}
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT pg_is_in_recovery(), inet_server_port()")
+            line["standby"], line["port"] = cursor.fetchone()
+    except Exception as exc:
+        line["error"] = f"{type(exc).__name__}: {exc}"[:200]
+    finally:
+        request_finished.send(sender=None)
+    print(json.dumps(line), flush=True)
+    time.sleep(0.05)
+"""
+
 
 def _env(cluster: LocalCluster) -> dict[str, str]:
     state = Path(cluster.state_dir)
@@ -187,3 +209,46 @@ def test_one_shard_fails_over_while_the_other_keeps_serving(
     rows = {r.name: r for r in cluster.status()}
     old = rows[report.target]
     assert old.healthy and old.detail.startswith("replica"), old
+
+
+def test_replica_reads_leave_a_promoted_node_after_a_switchover(
+        sharded_ha: LocalCluster, tmp_path: Path) -> None:
+    """A replica alias's persistent connection does not stay on the node that was promoted.
+
+    Its connection (``CONN_MAX_AGE``) sat on shard2's standby; the switchover promotes that
+    node. Before djscale.db.failover.drop_promoted the alias went on reading from the new
+    leader until the connection aged out (60 s), and a kill of that leader then broke every
+    such alias at once (the read's retry included: one failed read in a `make ha-loop`).
+    """
+    cluster = sharded_ha
+    stop = tmp_path / "stop"
+    env = {**_env(cluster), "HA_STOP_FILE": str(stop), "HA_ALIAS": "shard2_replica1"}
+    out_path, err_path = tmp_path / "reads.jsonl", tmp_path / "reader.err"
+    with open(out_path, "wb") as out_file, open(err_path, "wb") as err_file:
+        reader = subprocess.Popen([sys.executable, "-m", "django", "shell", "-c", READER],
+                                  cwd=ROOT, env=env, stdout=out_file, stderr=err_file)
+    report = ChaosReport("switchover", "", "")
+    fault = _Fault(cluster, report, args=("shard2",))
+    try:
+        time.sleep(4.0)  # Django set up, the alias connected to the standby
+        primary.switchover(fault)
+        primary.heal_switchover(fault)  # the old leader runs as a replica again
+        healed = time.time()
+        time.sleep(4.0)
+    finally:
+        stop.touch()
+        reader.wait(timeout=60)
+    assert reader.returncode == 0, err_path.read_text(encoding="utf-8")[-5000:]
+    reads = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines()
+             if line.startswith("{")]
+    struck = report.fault_monotonic - time.monotonic() + time.time()
+    before = [r for r in reads if r["t"] < struck]
+    late = [r for r in reads if r["t"] >= healed + 1.0]
+    print(f"{len(reads)} reads: before the switchover {sum(r['standby'] for r in before)} "
+          f"of {len(before)} on a standby; from 1 s after the old leader rejoined "
+          f"{sum(bool(r['standby']) for r in late)} of {len(late)} on a standby "
+          f"(ports {sorted({r['port'] for r in late})}); errors "
+          f"{[r['error'] for r in reads if r['error']][:3]}")
+    assert before and all(r["standby"] for r in before), before[-3:]
+    assert not [r for r in reads if r["error"]]
+    assert late and all(r["standby"] for r in late), late[:3]

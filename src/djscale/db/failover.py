@@ -27,7 +27,8 @@ from djscale import metrics
 from djscale.db import config
 from djscale.db.pool import get_pool
 
-__all__ = ["failed_replicas", "failover_reads", "in_transaction", "multi_host", "recover"]
+__all__ = ["drop_promoted", "failed_replicas", "failover_reads", "in_transaction", "multi_host",
+           "recover"]
 
 log = logging.getLogger("djscale.db.failover")
 
@@ -94,6 +95,40 @@ def recover(aliases: list[str], reason: str) -> None:
         connections[alias].connection = None
         connections[alias].errors_occurred = False
         metrics.record_read_failover(alias=alias)
+
+
+def drop_promoted(**kwargs: object) -> list[str]:
+    """Close this thread's replica connections whose server is no longer a standby.
+
+    A replica alias of a group run by a failover manager lists every node and libpq picks
+    a standby at connect time (``prefer-standby``). A persistent connection
+    (``CONN_MAX_AGE``) stays on its node when that node is promoted: reads would go on
+    landing on the new leader, and when that leader is killed in the next failover every
+    replica alias whose connection sat there fails at once, the retry of a read included.
+    PostgreSQL reports ``in_hot_standby`` to the client (``ParameterStatus``) after the
+    first statement that follows a promotion, so the check costs no round trip; the next
+    use of the alias reconnects to a standby. Connected to ``request_finished`` and
+    Celery's ``task_postrun`` (:mod:`djscale.db.signals`). Pooled connections
+    (``OPTIONS["pool"]``) are back in their pool by then and are not checked.
+    """
+    dropped = []
+    for conn in connections.all(initialized_only=True):
+        group = config.group_of(conn.alias)
+        raw = conn.connection
+        if (group is None or conn.alias not in group.replicas or raw is None
+                or conn.in_atomic_block or not multi_host(conn.alias)):
+            continue
+        try:
+            standby = raw.info.parameter_status("in_hot_standby")
+        except Exception:  # noqa: BLE001 - a closed or foreign connection: leave it to Django
+            continue
+        if standby == "off":
+            log.info("replica alias %s: its server was promoted; reconnecting to a standby",
+                     conn.alias)
+            with contextlib.suppress(DatabaseError):
+                conn.close()
+            dropped.append(conn.alias)
+    return dropped
 
 
 def retryable(exc: BaseException) -> list[str]:

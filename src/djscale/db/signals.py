@@ -1,5 +1,7 @@
 """Signal handlers of the replica layer (connected once, from ``DjscaleConfig.ready()``).
 
+- ``request_finished`` (and Celery ``task_postrun``): replica connections whose server
+  was promoted are closed (:func:`djscale.db.failover.drop_promoted`).
 - ``connection_created``: every new connection to the primary of a replication group
   with replicas gets an execute wrapper that calls
   :func:`djscale.db.replicas.record_write` for each statement that is not a read. This is
@@ -19,10 +21,11 @@ from collections.abc import Callable
 from contextvars import Token
 from typing import Any
 
+from django.core.signals import request_finished
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
-from djscale.db import config, consistency
+from djscale.db import config, consistency, failover
 from djscale.db import deadline as _deadline  # noqa: F401 - connects the request hooks
 from djscale.db.replicas import record_write
 
@@ -53,6 +56,7 @@ def _install_wrapper(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any
 
 
 connection_created.connect(_install_wrapper, dispatch_uid="djscale.db.detect_writes")
+request_finished.connect(failover.drop_promoted, dispatch_uid="djscale.db.drop_promoted")
 
 
 # ---------------------------------------------------------------------- Celery
@@ -86,6 +90,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **kwargs: Any) -> None
 
 
 def _postrun(task_id: str | None = None, **kwargs: Any) -> None:
+    failover.drop_promoted()
     reset = _task_scopes.pop(task_id, None) if task_id is not None else None
     if reset is not None:
         try:
