@@ -105,6 +105,22 @@ def _env(cluster: LocalCluster) -> dict[str, str]:
             "DJSCALE_STATE_DIR": str(state), "PYTHONPATH": str(ROOT)}
 
 
+def _child(cluster: LocalCluster, script: str, tmp_path: Path, name: str,
+           **env: str) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
+    """Run ``script`` in a Django shell on ``cluster``, with ``env`` added.
+
+    Returns the process, the file that stops it (``HA_STOP_FILE``) and the files its
+    stdout and stderr go to (a pipe nobody reads until the end would fill up and stop it).
+    """
+    stop = tmp_path / f"{name}.stop"
+    env = {**_env(cluster), **env, "HA_STOP_FILE": str(stop)}
+    out_path, err_path = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.err"
+    with open(out_path, "wb") as out_file, open(err_path, "wb") as err_file:
+        child = subprocess.Popen([sys.executable, "-m", "django", "shell", "-c", script],
+                                 cwd=ROOT, env=env, stdout=out_file, stderr=err_file)
+    return child, stop, out_path, err_path
+
+
 @pytest.fixture(scope="module")
 def sharded_ha(djscale_cluster_factory: ClusterFactory) -> Iterator[LocalCluster]:
     """Main database plain; shard1 and shard2 each a Patroni leader + replica.
@@ -137,13 +153,8 @@ def test_one_shard_fails_over_while_the_other_keeps_serving(
     cluster = sharded_ha
     before = {g: ha.view(cluster, g) for g in ("shard1", "shard2")}
     assert before["shard1"].leader is not None and before["shard2"].leader is not None
-    stop = tmp_path / "stop"
-    env = {**_env(cluster), "HA_STOP_FILE": str(stop), "HA_FIRST_KEY": "1000000"}
-    # To files: a pipe nobody reads until the end would fill up and stop the writer.
-    out_path, err_path = tmp_path / "ops.jsonl", tmp_path / "writer.err"
-    with open(out_path, "wb") as out_file, open(err_path, "wb") as err_file:
-        writer = subprocess.Popen([sys.executable, "-m", "django", "shell", "-c", WRITER],
-                                  cwd=ROOT, env=env, stdout=out_file, stderr=err_file)
+    writer, stop, out_path, err_path = _child(cluster, WRITER, tmp_path, "writer",
+                                              HA_FIRST_KEY="1000000")
     report = ChaosReport("kill-primary-node", "", "")
     fault = _Fault(cluster, report, args=("shard1",))
     try:
@@ -218,15 +229,12 @@ def test_replica_reads_leave_a_promoted_node_after_a_switchover(
     Its connection (``CONN_MAX_AGE``) sat on shard2's standby; the switchover promotes that
     node. Before djscale.db.failover.drop_promoted the alias went on reading from the new
     leader until the connection aged out (60 s), and a kill of that leader then broke every
-    such alias at once (the read's retry included: one failed read in a `make ha-loop`).
+    such alias at once (the read's retry included: the likely cause of one failed read in a
+    `make ha-loop`).
     """
     cluster = sharded_ha
-    stop = tmp_path / "stop"
-    env = {**_env(cluster), "HA_STOP_FILE": str(stop), "HA_ALIAS": "shard2_replica1"}
-    out_path, err_path = tmp_path / "reads.jsonl", tmp_path / "reader.err"
-    with open(out_path, "wb") as out_file, open(err_path, "wb") as err_file:
-        reader = subprocess.Popen([sys.executable, "-m", "django", "shell", "-c", READER],
-                                  cwd=ROOT, env=env, stdout=out_file, stderr=err_file)
+    reader, stop, out_path, err_path = _child(cluster, READER, tmp_path, "reader",
+                                              HA_ALIAS="shard2_replica1")
     report = ChaosReport("switchover", "", "")
     fault = _Fault(cluster, report, args=("shard2",))
     try:
