@@ -19,7 +19,17 @@ happen before the gateway app sees the request, so nothing reaches an upstream. 
 (:mod:`djscale.services.gateway`) checks the path itself (dot segments, bytes that are
 not UTF-8) and bounds the time a body may take.
 
-Run it with::
+A graceful stop (SIGTERM) drains instead of cutting: uvicorn stops accepting, and each
+keep-alive connection that is idle at that moment is kept open for
+:attr:`~GatewayHttpProtocol.drain_seconds` more, so a request its client already sent is
+answered (with ``Connection: close``) rather than met by a closed socket; a request in
+flight is answered with ``Connection: close`` too.
+
+Run it with :func:`main` (``python -m djscale.gateway_server --host H --port P``, as the
+local cluster does), which binds the port with ``SO_REUSEPORT``: a new gateway starts on
+the same port beside the running one, and the old one is stopped only once the new one
+listens, so a rollout refuses no connection (:mod:`djscale.cluster.rollout`). Or with
+uvicorn's command line::
 
     uvicorn --factory djscale.services.gateway:create_app \\
         --http djscale.gateway_server:GatewayHttpProtocol ...
@@ -30,13 +40,17 @@ Subclass it to change the limits (class attributes). This module belongs to the
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import socket
+from collections.abc import Sequence
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["GatewayHttpProtocol"]
+__all__ = ["GatewayHttpProtocol", "bind", "main"]
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout",
             431: b"Request Header Fields Too Large"}
@@ -53,12 +67,39 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     """Largest request head (target plus header names and values), in bytes."""
     head_timeout = 10.0
     """Seconds a request head may take to arrive, from its first byte (or the connection's)."""
+    drain_seconds = 1.0
+    """How long an idle keep-alive connection stays open once a graceful stop began."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._draining = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ graceful stop
+
+    def shutdown(self) -> None:
+        """A graceful stop began: finish with this connection without cutting a request.
+
+        uvicorn closes an idle keep-alive connection at once, and a request its client sent
+        a moment before then meets a closed socket (a read error, or a reset, for that
+        client). Here an idle connection waits :attr:`drain_seconds` for one more request,
+        answered with ``Connection: close``; a request in flight is answered the same way.
+        """
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            if self._drain_timer is None and not self.transport.is_closing():
+                self._drain_timer = self.loop.call_later(self.drain_seconds, self._drained)
+        else:
+            self.cycle.keep_alive = False
+
+    def _drained(self) -> None:
+        self._drain_timer = None
+        if not self.transport.is_closing() and (self.cycle is None
+                                                or self.cycle.response_complete):
+            self.transport.close()
 
     # ------------------------------------------------------------------ head deadline
 
@@ -83,8 +124,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the deadline with the connection."""
+        """Forget the deadlines with the connection."""
         self._disarm_head_timer()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         super().connection_lost(exc)
 
     # ------------------------------------------------------------------ refusals
@@ -148,3 +192,53 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                          "(origin-form), not an absolute URL or an authority")
             raise _Refused
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # the last answer on this connection
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, not listening yet.
+
+    uvicorn listens on it once the application has started, so the kernel hands this
+    process no connection before it can answer; until then a gateway already running on
+    the port takes them all.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the gateway of ``$DJSCALE_TOPOLOGY`` on a ``SO_REUSEPORT`` socket (one process)."""
+    parser = argparse.ArgumentParser(prog="python -m djscale.gateway_server",
+                                     description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--app", default="djscale.services.gateway:create_app",
+                        help="an ASGI application factory (module:callable)")
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--graceful-timeout", type=float, default=30.0,
+                        help="seconds a graceful stop waits for requests in flight")
+    args = parser.parse_args(argv)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        parser.exit(1, f"gateway: cannot bind {args.host}:{args.port}: {exc.strerror}\n")
+    config = uvicorn.Config(args.app, factory=True, http=GatewayHttpProtocol,
+                            proxy_headers=False, access_log=False, log_level=args.log_level,
+                            timeout_graceful_shutdown=int(args.graceful_timeout))
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -530,10 +530,10 @@ class LocalCluster:
         # One worker: measured against two in front of the shop's products service on a
         # machine whose cores the services share (benchmarks/bench_gateway.py, notes of
         # its rows in docs/benchmarks.md), one served more requests in every run.
-        cmd = [sys.executable, "-m", "uvicorn", "--factory",
-               "djscale.services.gateway:create_app", "--host", spec.host, "--port", str(port),
-               "--workers", "1", "--no-proxy-headers", "--no-access-log", "--log-level",
-               "warning", "--http", "djscale.gateway_server:GatewayHttpProtocol"]
+        # uvicorn with djscale's protocol on a SO_REUSEPORT socket: a rollout starts the
+        # new gateway beside the old one on this port (djscale.gateway_server).
+        cmd = [sys.executable, "-m", "djscale.gateway_server", "--host", spec.host,
+               "--port", str(port)]
         proc = ManagedProcess(name="gateway", kind="gateway", role="gateway", host=spec.host,
                               port=port, cmd=cmd, log=str(self._log("gateway")),
                               env=self.env("gateway"), stop_signal=signal.SIGTERM)
@@ -711,6 +711,37 @@ class _GaveUp(BaseException):  # not an Exception: wait_until must let it throug
     pass
 
 
+def listens(pid: int, port: int) -> bool:
+    """True if process ``pid`` holds a TCP socket listening on ``port`` (read from /proc).
+
+    Several processes may listen on one port (``SO_REUSEPORT``): an answer on the port does
+    not say which one gave it. /proc/PID/net shows the process's own network namespace.
+    """
+    if pid <= 0:
+        return False
+    try:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        for table in ("tcp", "tcp6"):
+            path = Path(f"/proc/{pid}/net/{table}")
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines()[1:]:
+                fields = line.split()
+                # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 the inode
+                if (len(fields) > 9 and fields[3] == "0A"
+                        and int(fields[1].rsplit(":", 1)[1], 16) == port
+                        and fields[9] in inodes):
+                    return True
+    except OSError:  # the process is gone (or not ours to look at)
+        return False
+    return False
+
+
 def service_ready(proc: ManagedProcess, log_offset: int = 0) -> bool:
     """Return True once a (re)started service serves: the probe its kind needs.
 
@@ -722,7 +753,9 @@ def service_ready(proc: ManagedProcess, log_offset: int = 0) -> bool:
     if proc.kind == "relay":
         return _log_says(Path(proc.log), log_offset, "relaying events of")
     if proc.kind == "gateway":
-        return http_ok(proc.host, proc.port, "/")
+        # During a rollout the old gateway answers on the same port: ready means this
+        # process listens (it does once its application started) and the port answers.
+        return listens(proc.pid, proc.port) and http_ok(proc.host, proc.port, "/")
     if proc.kind == "watchdog":
         return http_ok(proc.host, proc.port, "/metrics")
     if proc.kind in ("gunicorn", "nginx", "haproxy", "dashboard"):

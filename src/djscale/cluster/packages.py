@@ -1,10 +1,11 @@
 """Which Python packages each part of the local cluster runs, checked before anything starts.
 
 The local cluster starts its app servers, Celery workers and gateway as ``python -m
-gunicorn``, ``-m celery`` and ``-m uvicorn`` in this interpreter. Those packages come with
-djscale's extras, not with a core ``pip install djscale``; without this check a missing one
-would show up as a service that failed to start, after the databases were booted. This
-module only looks packages up (:func:`importlib.util.find_spec`); it imports none of them.
+gunicorn``, ``-m celery`` and ``-m djscale.gateway_server`` (uvicorn) in this interpreter.
+Those packages come with djscale's extras, not with a core ``pip install djscale``;
+without this check a missing one would show up as a service that failed to start, after
+the databases were booted. This module only looks packages up
+(:func:`importlib.util.find_spec`); it imports none of them.
 """
 
 from __future__ import annotations

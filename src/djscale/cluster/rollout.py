@@ -10,9 +10,10 @@ code on disk, new settings, a new worker count), the way a Kubernetes rolling up
    its ``/health/ready`` answers 200, put it back into rotation; then the next;
 2. **Celery workers** (and the outbox relay): warm shutdown (SIGTERM: running tasks
    finish, queued ones wait in the broker), start the new one, wait until it is ready;
-3. **the gateway**: stopped and started again (locally it is a single process with no
-   load balancer in front: requests to it fail for the second it takes; in Kubernetes its
-   Deployment rolls like the app's).
+3. **the gateway**: the new one starts on the same port beside the old one
+   (``SO_REUSEPORT``, :mod:`djscale.gateway_server`); once it listens, the old one gets
+   SIGTERM, stops accepting and drains its keep-alive connections (each answers its last
+   request with ``Connection: close``). In Kubernetes its Deployment rolls like the app's.
 
 The watchdog does not fight the rollout: a service being replaced is marked ``stopped``
 before it is stopped and ``running`` once its successor is ready, and the watchdog only
@@ -150,12 +151,39 @@ def _from_record(record: dict[str, Any], env: dict[str, str] | None = None) -> M
 def _replace(pool: AppPool, name: str, build: Build) -> Replacement:
     started = time.monotonic()
     old = pool.cluster.process(name)
+    if _side_by_side(old):
+        return _replace_beside(pool, old, build(), started)
     if old.kind == "gunicorn":
         pool.drain(name)
     pool.stop(name)
     proc = build()
     _start(pool, proc)
     return Replacement(name, old.pid, proc.pid, time.monotonic() - started)
+
+
+def _side_by_side(proc: ManagedProcess) -> bool:
+    """A gateway that shares its port (``djscale.gateway_server``) and is running."""
+    return (proc.kind == "gateway" and "djscale.gateway_server" in proc.cmd
+            and proc.alive())
+
+
+def _replace_beside(pool: AppPool, old: ManagedProcess, proc: ManagedProcess,
+                    started: float) -> Replacement:
+    """Start ``proc`` on ``old``'s port beside it, then stop ``old`` (it drains).
+
+    Until the new process listens the old one takes every connection; once both listen
+    the kernel spreads new connections over them; the old one's SIGTERM closes its
+    listening socket first, then lets its connections finish. When the new one does not
+    become ready, the old one is recorded again and ServiceStartError propagates (the
+    old one never stopped: nothing to restore).
+    """
+    try:
+        pool.start_worker(proc)
+    except ServiceStartError:
+        pool.cluster._record(old, state="running")
+        raise
+    old.stop(timeout=pool.stop_timeout)
+    return Replacement(old.name, old.pid, proc.pid, time.monotonic() - started)
 
 
 def _start(pool: AppPool, proc: ManagedProcess) -> None:
@@ -167,5 +195,10 @@ def _start(pool: AppPool, proc: ManagedProcess) -> None:
 
 
 def _restore(pool: AppPool, name: str, record: dict[str, Any]) -> None:
-    """Start the previous version of ``name`` again (its successor failed to start)."""
+    """Start the previous version of ``name`` again (its successor failed to start).
+
+    Nothing to do when it still runs (a gateway is replaced side by side).
+    """
+    if ManagedProcess.from_record(record).alive():
+        return
     _start(pool, _from_record(record))
