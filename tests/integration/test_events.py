@@ -55,6 +55,43 @@ def celery_app(broker_url: str) -> Any:
     return app
 
 
+_running: list[ManagedProcess] = []   # the module's worker, once a test started it
+
+
+@pytest.fixture(autouse=True)
+def _no_delivery_outlives_its_test(transactional_db: None, broker_url: str) -> Iterator[None]:
+    """After each test, let the worker finish every delivery the test sent, then purge.
+
+    The worker is module-wide, so a test that relays events without asking for it still
+    has them consumed if an earlier test started it. A consumer's transaction that runs
+    into the test database flush (a TRUNCATE of every table, in this fixture's teardown's
+    wake) deadlocks with it; one still queued would write into a later test. Depending on
+    ``transactional_db`` makes this teardown run before the flush.
+    """
+    yield
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=2)
+    try:
+        if any(proc.alive() for proc in _running):
+            # acks_late: a message leaves "unacked" only once its task has returned. A
+            # message the worker just popped is in neither for an instant: idle twice.
+            seen = [False]
+
+            def idle() -> bool:
+                now = not client.llen("celery") and not client.hlen("unacked")
+                twice, seen[0] = now and seen[0], now
+                return twice
+
+            assert wait_until(idle, 30, interval=0.1), \
+                "the events worker was still busy 30 s after the test ended"
+        client.delete("celery", "unacked", "unacked_index")
+    except redis.ConnectionError:
+        pass   # the test left its broker stopped: nothing can be delivered either
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def worker(django_db_setup: None, broker_url: str, broker: LocalCluster,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
@@ -69,8 +106,10 @@ def worker(django_db_setup: None, broker_url: str, broker: LocalCluster,
     proc.start()
     try:
         proc.wait_ready(lambda: " ready." in log.read_text(errors="replace"), 60)
+        _running.append(proc)
         yield proc
     finally:
+        _running.clear()
         proc.stop()
 
 
