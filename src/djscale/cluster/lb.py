@@ -237,7 +237,9 @@ frontend djscale_front
     # Retry only safe methods on another server; never replay a POST.
     http-request disable-l7-retry unless METH_GET or METH_HEAD or METH_OPTIONS
     http-response set-header X-Upstream %[srv_name]
-    http-response set-header X-Request-ID %[var(txn.request_id)]
+    # On every answer, HAProxy's own too (a 503 when no server is up): the id the
+    # client reports is the one in the logs.
+    http-after-response set-header X-Request-ID %[var(txn.request_id)]
     # Metrics are scraped from each app server, never through the public entry.
     http-request deny deny_status 404 if {{ path /metrics }}
     default_backend djscale_app
