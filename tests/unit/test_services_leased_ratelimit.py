@@ -7,10 +7,13 @@ the script itself runs against Redis in tests/integration/test_gateway_ratelimit
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from djscale.services import leased_ratelimit
 from djscale.services.leased_ratelimit import LeasedRateLimiter
 
 
@@ -82,17 +85,25 @@ def test_a_refusal_is_remembered_until_a_token_frees_up() -> None:
     assert not refused.allowed and 4 < refused.retry_after <= 5
 
 
-def test_tokens_do_not_outlive_their_bucket() -> None:
-    grants = Grants(10_000, bucket_ms=1)
+def test_tokens_do_not_outlive_their_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The limiter's clock, moved by hand: with real time a 1 ms bucket could also end
+    # between a lease and its first use on a busy machine (a fourth call, seen in CI).
+    now = [1000.0]
+    monkeypatch.setattr(leased_ratelimit, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    grants = Grants(10_000, bucket_ms=100)
     limiter = _limiter(grants, max_batch=8)
 
-    async def main() -> None:
-        for _ in range(3):
+    async def hits(count: int) -> None:
+        for _ in range(count):
             assert (await limiter.hit("c")).allowed
-            await asyncio.sleep(0.01)  # the bucket of the lease is over
 
-    asyncio.run(main())
-    assert len(grants.wants) == 3
+    asyncio.run(hits(3))  # leases 1, then 2 (ran out within the bucket): 1 token left
+    assert grants.wants == [1, 2]
+    now[0] += 0.1  # the bucket of that token is over
+    asyncio.run(hits(1))  # the left token is not spent: a new lease, sized on 3
+    assert grants.wants == [1, 2, 3]
+    asyncio.run(hits(2))  # within the new bucket: no call
+    assert grants.wants == [1, 2, 3]
 
 
 def test_redis_out_of_reach_fails_open_as_the_exact_limiter_does() -> None:
