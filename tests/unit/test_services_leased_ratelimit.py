@@ -87,7 +87,8 @@ def test_a_refusal_is_remembered_until_a_token_frees_up() -> None:
 
 def test_tokens_do_not_outlive_their_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
     # The limiter's clock, moved by hand: with real time a 1 ms bucket could also end
-    # between a lease and its first use on a busy machine (a fourth call, seen in CI).
+    # between a lease and its first use on a busy machine (a fourth call, seen in a
+    # fresh-machine run).
     now = [1000.0]
     monkeypatch.setattr(leased_ratelimit, "time", SimpleNamespace(monotonic=lambda: now[0]))
     grants = Grants(10_000, bucket_ms=100)
