@@ -67,6 +67,8 @@ __all__ = [
     "CACHE_COMPUTATIONS",
     "CACHE_INVALIDATIONS",
     "CACHE_L1_FLUSHES",
+    "CACHE_L1_SYNCS",
+    "CACHE_L1_SYNC_SECONDS",
     "CACHE_L2_ERRORS",
     "CACHE_L2_SKIPPED",
     "CACHE_REQUESTS",
@@ -277,6 +279,18 @@ CACHE_WRITES_DROPPED = Counter(
 CACHE_L1_FLUSHES = Counter(
     "djscale_cache_l1_flushes", "Whole-L1 flushes (lost subscription, clear()).", ["reason"],
 )
+CACHE_L1_SYNCS = Counter(
+    "djscale_cache_l1_sync",
+    "Waits for every other process to evict what this one wrote (wait_for_l1, tag "
+    "invalidations), by result: ok, timeout (a live process did not acknowledge), "
+    "unavailable (Redis).",
+    ["result"],
+)
+CACHE_L1_SYNC_SECONDS = Histogram(
+    "djscale_cache_l1_sync_seconds",
+    "How long those waits took, until every live process acknowledged or the timeout.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 # ------------------------------------------------------------------ edge (djscale.edge)
 
 EDGE_PURGES = Counter(
@@ -390,6 +404,8 @@ def declare_cache_location(*, location: str) -> None:
     for reason in ("resubscribed", "subscription_lost", "redis_back", "listener_error",
                    "remote_clear"):
         CACHE_L1_FLUSHES.labels(reason)
+    for result in ("ok", "timeout", "unavailable"):
+        CACHE_L1_SYNCS.labels(result)
 
 
 def declare_session_cache() -> None:
@@ -472,6 +488,13 @@ def record_l2_skipped(*, location: str) -> None:
 def record_write_dropped(*, location: str) -> None:
     """Count one cache write of ``location`` lost because Redis was unreachable."""
     CACHE_WRITES_DROPPED.labels(location).inc()
+
+
+def record_l1_sync(*, result: Literal["ok", "timeout", "unavailable"], seconds: float) -> None:
+    """Count one wait for the other processes' L1 evictions, and how long it took."""
+    CACHE_L1_SYNCS.labels(result).inc()
+    if result != "unavailable":
+        CACHE_L1_SYNC_SECONDS.observe(seconds)
 
 
 def record_l1_flush(*, reason: str) -> None:

@@ -165,7 +165,7 @@ class SessionStore(CachedDBStore):
         if cache.l1.enabled:  # not recommended for sessions, but keep L1s coherent
             cache.l1.discard(full)
             if cache.bus is not None:
-                cache.l2.publish(*cache.bus.keys_message([full]))
+                cache.l2.publish(cache.bus.keys_message([full]))
         if acks is UNAVAILABLE:
             metrics.record_session_cache_write(result="failed")
             _mark(key, True)

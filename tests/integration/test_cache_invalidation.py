@@ -112,6 +112,109 @@ def test_invalidation_across_processes_on_a_redis_cluster(djscale_cluster_factor
             while a.call("get", key="k3")["value"] is not None:
                 assert time.monotonic() < deadline, "A still serves k3 100 ms after B's delete"
             assert a.call("get", key="k4")["value"] == "K4"
+            # Numbered evictions and their acknowledgements work across the cluster's
+            # slots too: B's wait ends only once A, held for 0.3 s, has evicted k2.
+            assert a.call("hold", seconds=0.3) == {"holding": True}
+            synced = b.call("delete_synced", key="k2", timeout=3)
+            assert synced["synced"] and synced["waited"] > 0.1, synced
+            assert a.call("get", key="k2")["value"] is None
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
+# ---------------------------------------------------------------- wait_for_l1: a writer
+# answers once every other process has evicted (issue 16: a worker whose listener was
+# behind served the old product card to a reader who asked after the write's answer).
+
+
+def test_without_waiting_a_lagging_process_serves_the_old_value_after_the_delete(
+        pair: tuple[Worker, Worker]) -> None:
+    # The failure wait_for_l1 exists for: A's listener cannot apply evictions for 0.5 s
+    # (here its store's lock is held; in production a starved thread), B's delete has
+    # returned, and A still answers from L1.
+    a, b = pair
+    b.call("set", key="lag:1", value="old")
+    _until_l1_hit(a, "lag:1", "old")
+    assert a.call("hold", seconds=0.5) == {"holding": True}
+    b.call("delete", key="lag:1")
+    assert a.call("get", key="lag:1")["value"] == "old"
+    assert wait_until(lambda: a.call("get", key="lag:1")["value"] is None, 5)
+
+
+def test_wait_for_l1_returns_once_a_lagging_process_evicted(pair: tuple[Worker, Worker]) -> None:
+    a, b = pair
+    b.call("set", key="lag:2", value="old")
+    _until_l1_hit(a, "lag:2", "old")
+    assert a.call("hold", seconds=0.4) == {"holding": True}
+    synced = b.call("delete_synced", key="lag:2", timeout=3)
+    print(f"B waited {synced['waited'] * 1000:.1f} ms for A")
+    assert synced["synced"], synced
+    assert 0.2 < synced["waited"] < 2.0, synced  # A acknowledged when it could, not at 3 s
+    assert a.call("get", key="lag:2")["value"] is None  # no stale read after the answer
+    # Without a lagging process the wait is a few round trips.
+    b.call("set", key="lag:2", value="new")
+    _until_l1_hit(a, "lag:2", "new")
+    quick = b.call("delete_synced", key="lag:2", timeout=3)
+    assert quick["synced"] and quick["waited"] < 0.2, quick
+    assert a.call("get", key="lag:2")["value"] is None
+
+
+def test_wait_for_l1_is_bounded_and_says_so(pair: tuple[Worker, Worker]) -> None:
+    a, b = pair
+    b.call("set", key="lag:3", value="old")
+    _until_l1_hit(a, "lag:3", "old")
+    assert a.call("hold", seconds=1.0) == {"holding": True}
+    synced = b.call("delete_synced", key="lag:3", timeout=0.15)
+    assert synced["synced"] is False and 0.15 <= synced["waited"] < 0.9, synced
+    assert wait_until(lambda: a.call("get", key="lag:3")["value"] is None, 5)
+
+
+def test_wait_for_l1_after_clear_restarts_the_numbering(pair: tuple[Worker, Worker]) -> None:
+    # clear() is FLUSHDB: the eviction counter and the acknowledgements are gone. The
+    # counter starts again above every number handed out before, so a wait still waits.
+    a, b = pair
+    b.call("clear")
+    assert wait_until(lambda: a.call("stats")["l1_flushes"].get("remote_clear"), 5)
+    b.call("set", key="lag:4", value="old")
+    _until_l1_hit(a, "lag:4", "old")
+    time.sleep(1.5)  # A's heartbeat has put its acknowledgement back
+    assert a.call("hold", seconds=0.4) == {"holding": True}
+    synced = b.call("delete_synced", key="lag:4", timeout=3)
+    assert synced["synced"] and synced["waited"] > 0.2, synced
+    assert a.call("get", key="lag:4")["value"] is None
+
+
+def test_wait_for_l1_does_not_wait_for_a_process_that_quit_or_died() -> None:
+    a = Worker(REDIS_URL, l1_timeout=60)
+    try:
+        b = Worker(REDIS_URL, l1_timeout=60)
+        try:
+            b.call("set", key="gone:1", value="x")
+            # A quits (its listener forgets itself): nobody to wait for.
+            a.close()
+            quick = b.call("delete_synced", key="gone:1", timeout=3)
+            assert quick["synced"] and quick["waited"] < 0.2, quick
+            # C is killed (no goodbye): waited for until its heartbeat is 3 s old, then not.
+            c = Worker(REDIS_URL, l1_timeout=60)
+            b.call("set", key="gone:2", value="x")
+            _until_l1_hit(c, "gone:2", "x")
+            c.proc.kill()
+            c.proc.wait(5)
+            killed = time.monotonic()
+            results = []
+            while time.monotonic() - killed < 8:
+                result = b.call("delete_synced", key="gone:2", timeout=0.3)
+                results.append(result)
+                if result["synced"]:
+                    break
+            waited_for = time.monotonic() - killed
+            print(f"a killed process was waited for during {waited_for:.1f} s "
+                  f"({len(results)} writes)")
+            assert results[-1]["synced"], results
+            assert results[-1]["waited"] < 0.2, results
+            assert waited_for < 6, results
         finally:
             b.close()
     finally:

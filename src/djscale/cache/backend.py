@@ -47,7 +47,7 @@ from django.core.cache.backends.base import (
 from djscale import metrics
 from djscale.cache.bus import InvalidationBus
 from djscale.cache.l1 import LocalStore
-from djscale.cache.l2 import UNAVAILABLE, RedisL2, as_payload, dumps, loads
+from djscale.cache.l2 import UNAVAILABLE, Eviction, RedisL2, as_payload, dumps, loads
 from djscale.cache.plain import Plain, freeze
 from djscale.cache.stampede import SingleFlight, Stamped, should_recompute_early
 from djscale.errors import CacheUnavailable, ConfigurationError
@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "RESET_TIMEOUT": 0.5,
     "MAX_RESET_TIMEOUT": 5.0,
     "CHANNEL": None,            # default: djscale:cache:invalidate:<db> (pub/sub ignores db)
+    "L1_SYNC_TIMEOUT": 0.5,     # seconds wait_for_l1() waits for the other processes
     "LOCK_TIMEOUT": 5.0,        # seconds another process waits for a recompute
     "XFETCH_BETA": 1.0,         # 0 disables early recompute
     "CONNECTION_KWARGS": {},
@@ -229,6 +230,21 @@ class TieredCache(BaseCache):
         """The invalidation listener (None when L1 is disabled)."""
         return self._bus
 
+    def wait_for_l1(self, timeout: float | None = None) -> bool:
+        """Wait until every other process evicted what this thread last wrote or deleted.
+
+        Writes reach the other processes' L1 asynchronously (a few milliseconds through
+        the invalidation bus); after this returns True, no process serves the old value
+        from its L1 any more. At most ``timeout`` seconds (default: the
+        ``L1_SYNC_TIMEOUT`` option); False when a live process did not acknowledge in time
+        or Redis could not be asked (see :meth:`djscale.cache.bus.InvalidationBus.wait_applied`).
+        True at once without L1 or when this thread has not written.
+        """
+        if self._bus is None:
+            return True
+        limit = float(self._opts["L1_SYNC_TIMEOUT"]) if timeout is None else timeout
+        return self._bus.wait_applied(timeout=limit)
+
     def get_backend_timeout(self, timeout: float | object | None = DEFAULT_TIMEOUT) -> int | None:
         """Seconds for Redis: None never expires, 0 (or less) means "do not keep"."""
         if timeout is DEFAULT_TIMEOUT:
@@ -243,7 +259,7 @@ class TieredCache(BaseCache):
         return self._bus is not None and (self._bus.connected.is_set()
                                           or not self._l2.available)
 
-    def _msg(self, keys: list[str]) -> tuple[str, bytes] | None:
+    def _msg(self, keys: list[str]) -> Eviction | None:
         return self._bus.keys_message(keys) if self._bus is not None else None
 
     def _lookup(self, key: str) -> tuple[Any, float | None, float]:

@@ -16,11 +16,23 @@ resubscribed (its back-off, a pub/sub node still cut off), the cache flushes too
 have been overwritten by a write it was not told about. :attr:`flushes` counts the
 flushes by reason and :attr:`flushed_entries` the entries they dropped (chaos reports).
 
-Wire format: ``<origin hex>|k|key\\0key...`` (evict keys) or ``<origin hex>|f|`` (flush).
+Evictions are numbered: Redis publishes each with the channel's next sequence number in
+one atomic step (:data:`djscale.cache.l2.Eviction`), so every listener receives them in
+increasing order. Each listener records in a Redis hash the number it has applied, with a
+heartbeat every second (:meth:`InvalidationBus.wait_applied`): a process that deleted keys
+can wait, bounded, until every other live process has evicted them too, and only then
+answer (what :func:`djscale.cache.tags.invalidate_tags` does, for the edge's "fresh once
+the write has answered"). A listener that stopped heartbeating for
+:data:`LIVE_SECONDS` (a process killed, cut off from Redis: its L1 is flushed when it
+resubscribes) is not waited for.
+
+Wire format: ``<origin hex>|K<sequence>|key\\0key...`` (evict keys), ``<origin hex>|k|...``
+(the same, unnumbered: earlier versions) or ``<origin hex>|f|`` (flush).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
@@ -31,7 +43,7 @@ from typing import Any
 
 from djscale import metrics
 from djscale.cache.l1 import LocalStore
-from djscale.cache.l2 import FAILURES, RedisL2
+from djscale.cache.l2 import FAILURES, UNAVAILABLE, Eviction, RedisL2
 
 __all__ = ["InvalidationBus"]
 
@@ -40,6 +52,11 @@ log = logging.getLogger("djscale.cache")
 _PING_EVERY = 2.0
 _RECONNECT: tuple[type[BaseException], ...] = (*FAILURES, TimeoutError)
 _MAX_BACKOFF = 1.0
+_HEARTBEAT = 1.0
+LIVE_SECONDS = 3
+"""A listener whose last heartbeat is older than this is not waited for."""
+_FORGET_SECONDS = 300
+_ACK_EVERY = 0.002  # while evictions keep coming, acknowledge at least this often
 
 
 class InvalidationBus:
@@ -59,6 +76,10 @@ class InvalidationBus:
         """Whole-L1 flushes of this process by reason (also the metric)."""
         self.flushed_entries = 0
         """Entries those flushes dropped."""
+        self.applied = 0
+        """The sequence number of the last eviction this process's listener applied."""
+        self._warned_lag = 0.0
+        atexit.register(self._forget)
 
     # ------------------------------------------------------------------ publishing side
 
@@ -67,10 +88,10 @@ class InvalidationBus:
         self._stores.add(store)
         self.start()
 
-    def keys_message(self, keys: list[str]) -> tuple[str, bytes]:
-        """``(channel, message)`` asking other processes to evict ``keys``."""
+    def keys_message(self, keys: list[str]) -> Eviction:
+        """The eviction asking other processes to evict ``keys``."""
         metrics.record_invalidation(direction="sent")
-        return self.channel, self.origin + b"|k|" + "\0".join(keys).encode()
+        return Eviction(self.channel, self.origin, "\0".join(keys).encode())
 
     def flush_message(self) -> tuple[str, bytes]:
         """``(channel, message)`` asking other processes to flush their L1."""
@@ -108,6 +129,51 @@ class InvalidationBus:
         if thread is not None:
             thread.join(timeout)
         self.connected.clear()
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._thread is not None:
+            with contextlib.suppress(Exception):  # at interpreter exit: best effort
+                self.l2.forget_listener(self.channel, self.origin)
+
+    def wait_applied(self, sequence: int | None = None, timeout: float = 0.5) -> bool:
+        """Wait until every other live process applied eviction ``sequence``.
+
+        ``sequence`` defaults to the last eviction this thread published. True once they
+        all have (at once when none is pending); False when ``timeout`` passed first or
+        Redis cannot be asked (logged at most every 10 s, counted in
+        ``djscale_cache_l1_sync_total``). Other processes acknowledge within a few
+        milliseconds; a process whose listener is starved (CPU) or cut off is what this
+        waits for.
+        """
+        if sequence is None:
+            sequence = self.l2.last_sequence(self.channel)
+            if sequence is None:
+                return True
+        started = time.monotonic()
+        deadline = started + timeout
+        pause = 0.0005
+        while True:
+            lagging = self.l2.lagging(self.channel, sequence, self.origin,
+                                      live=LIVE_SECONDS, forget=_FORGET_SECONDS)
+            if lagging is UNAVAILABLE:
+                metrics.record_l1_sync(result="unavailable", seconds=0.0)
+                return False
+            now = time.monotonic()
+            if not lagging:
+                metrics.record_l1_sync(result="ok", seconds=now - started)
+                return True
+            if now >= deadline:
+                metrics.record_l1_sync(result="timeout", seconds=now - started)
+                if now - self._warned_lag > 10:
+                    self._warned_lag = now
+                    log.warning("%d process(es) did not acknowledge cache eviction %d on %s "
+                                "within %.3f s (their L1 may serve the old value until they "
+                                "do): %s", len(lagging), sequence, self.channel, timeout,
+                                ", ".join(o.decode(errors="replace") for o in lagging))
+                return False
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 0.005)
 
     def wait_connected(self, timeout: float = 5.0) -> bool:
         """Block until subscribed; return False on timeout."""
@@ -164,25 +230,38 @@ class InvalidationBus:
                         break
                     if time.monotonic() > deadline:
                         raise TimeoutError("no subscribe confirmation")
+                # Every eviction numbered up to here was published before we read the
+                # number, and so was the deletion in Redis it announces: the flush below
+                # drops whatever L1 held from before; what fills L1 after it is newer.
+                caught_up = self.l2.current_sequence(self.channel)
                 # Writes this process could not send during the outage: delete those keys
                 # in Redis (and evict them everywhere) before L1 fills from Redis again.
                 self.l2.repair()
                 # Anything cached while we were not listening may be stale.
                 self._flush_all("resubscribed")
+                self.applied = max(self.applied, caught_up)
+                self._acknowledge()
                 self.connected.set()
                 backoff = 0.05
-                last_heard = last_ping = last_export = time.monotonic()
+                last_heard = last_ping = last_export = last_ack = time.monotonic()
+                unacked = False
                 while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=0.5)
+                    msg = pubsub.get_message(timeout=0.0 if unacked else 0.5)
                     now = time.monotonic()
                     if now - last_export >= 1.0:
                         self._export_stats()
                         last_export = now
                     if msg is not None:
                         last_heard = now
-                        if msg["type"] == "message":
-                            self._apply(msg["data"])
-                    elif now - last_ping > _PING_EVERY:
+                        if msg["type"] == "message" and self._apply(msg["data"]):
+                            unacked = True
+                    if (unacked and (msg is None or now - last_ack >= _ACK_EVERY)) \
+                            or now - last_ack >= _HEARTBEAT:
+                        # Once the evictions received so far are applied (or every 2 ms
+                        # while they keep coming), and as a heartbeat.
+                        self._acknowledge()
+                        last_ack, unacked = now, False
+                    if msg is None and now - last_ping > _PING_EVERY:
                         # A silently dead connection (no FIN, e.g. a partition) never
                         # errors on read: ask for a pong and give up if none comes.
                         if now - last_heard > 2 * _PING_EVERY + 1:
@@ -193,6 +272,8 @@ class InvalidationBus:
                 if self.connected.is_set():
                     self.connected.clear()
                     self._flush_all("subscription_lost")
+                    # L1 is empty: nothing for writers to wait for (if Redis hears us).
+                    self._forget()
                     log.warning("cache invalidation subscription to %s lost (%s); L1 flushed, "
                                 "resubscribing", self.l2.location, type(exc).__name__)
                 self._stop.wait(backoff)
@@ -210,16 +291,31 @@ class InvalidationBus:
                             closable.close()
         self.connected.clear()
 
-    def _apply(self, data: bytes) -> None:
+    def _acknowledge(self) -> None:
+        try:
+            self.l2.acknowledge(self.channel, self.origin, self.applied)
+        except FAILURES as exc:
+            # Writers waiting for us give up at their timeout; the subscription itself
+            # is watched by the PING above.
+            log.debug("could not acknowledge cache evictions on %s: %s", self.channel, exc)
+
+    def _apply(self, data: bytes) -> bool:
+        """Apply one message; True when it carried a sequence number."""
         origin, _, rest = data.partition(b"|")
-        if origin == self.origin:
-            return
         op, _, body = rest.partition(b"|")
+        numbered = op[:1] == b"K"
+        if numbered:
+            # In order, so the last one is the highest (after a lost counter: lower, and
+            # every later one is above it again).
+            self.applied = int(op[1:])
+        if origin == self.origin:
+            return numbered  # our own write: evicted from our L1 before it was sent
         self.received += 1
         metrics.record_invalidation(direction="received")
         if op == b"f":
             self._flush_all("remote_clear")
-            return
+            return numbered
         keys = body.decode().split("\0") if body else []
         for store in list(self._stores):
             store.discard_many(keys)
+        return numbered

@@ -107,8 +107,12 @@ class CachedFunction(Generic[P, R]):
         if computed and tags:
             if invalidated_at(self.cache, tags) != stamps:
                 # An invalidation of these tags ran while we computed: what we stored may
-                # be older than it (see djscale.cache.tags).
+                # be older than it (see djscale.cache.tags). Other processes may have
+                # copied it into their L1 meanwhile: gone from there too before we answer.
                 self.cache.delete(key, version=self.version)
+                wait = getattr(self.cache, "wait_for_l1", None)
+                if wait is not None:
+                    wait()
             else:
                 # Indexed again now that it is stored: an invalidation that stamped the
                 # tags before we read the stamps but emptied their index after we indexed

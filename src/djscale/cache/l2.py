@@ -33,7 +33,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -55,7 +55,7 @@ from djscale import metrics
 from djscale.breaker import CircuitBreaker
 from djscale.errors import ConfigurationError
 
-__all__ = ["UNAVAILABLE", "RedisL2", "dumps", "loads"]
+__all__ = ["UNAVAILABLE", "Eviction", "RedisL2", "dumps", "loads"]
 
 log = logging.getLogger("djscale.cache")
 
@@ -97,6 +97,75 @@ _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Publishes an eviction with the channel's next sequence number, in one atomic step, so
+# numbers reach every subscriber in increasing order. A counter that was lost (FLUSHDB, a
+# Redis restarted empty) starts again at the server's time in microseconds: above any
+# number it handed out before, at fewer than a million evictions a second. Numbers travel
+# as strings (Lua's numbers are doubles: printed with 14 digits).
+_EVICT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
+end
+local s = redis.call('GET', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. '|K' .. s .. '|' .. ARGV[3])
+return s
+"""
+# A listener's acknowledgement: ``<applied sequence> <server time, s>`` in its field.
+_ACK = """
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. t[1])
+return t[1]
+"""
+# The listeners (fields) that heartbeat within ARGV[3] s and have not applied sequence
+# ARGV[1], other than ARGV[2] (the caller); fields silent for ARGV[4] s are removed.
+# Sequences compare as decimal strings: by length, then characters.
+_LAGGING = """
+local now = tonumber(redis.call('TIME')[1])
+local want = ARGV[1]
+local lag = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local sp = string.find(v, ' ', 1, true)
+  local applied, at = '', 0
+  if sp then applied, at = string.sub(v, 1, sp - 1), tonumber(string.sub(v, sp + 1)) or 0 end
+  if now - at > tonumber(ARGV[4]) then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] ~= ARGV[2] and now - at <= tonumber(ARGV[3])
+      and (#applied < #want or (#applied == #want and applied < want)) then
+    lag[#lag + 1] = all[i]
+  end
+end
+return lag
+"""
+
+
+class Eviction(NamedTuple):
+    """Keys to evict from every other process's L1, published with a sequence number.
+
+    On the wire: ``<origin>|K<sequence>|<body>`` on ``channel`` (see
+    :mod:`djscale.cache.bus`); the sequence key is :func:`sequence_key` of the channel.
+    """
+
+    channel: str
+    origin: bytes
+    body: bytes
+
+
+Publish = Eviction | tuple[str, bytes]
+"""What a write publishes: an eviction (sequenced) or a plain ``(channel, message)``."""
+
+
+def sequence_key(channel: str) -> str:
+    """The Redis key numbering ``channel``'s evictions (a hash tag: one cluster slot)."""
+    return "{" + channel + "}:seq"
+
+
+def acks_key(channel: str) -> str:
+    """The Redis hash of ``channel``'s listeners: ``origin -> "<applied> <heartbeat>"``."""
+    return "{" + channel + "}:acks"
 
 
 def dumps(value: Any) -> bytes | int:
@@ -167,6 +236,10 @@ class RedisL2:
         metrics.declare_cache_location(location=self.location)
         self._incr = self.client.register_script(_INCR)
         self._unlock = self.client.register_script(_UNLOCK)
+        self._evict = self.client.register_script(_EVICT)
+        self._ack = self.client.register_script(_ACK)
+        self._lagging = self.client.register_script(_LAGGING)
+        self._sequences = threading.local()
         self._warned = threading.Event()
         # node -> (when its current outage began, its latest failure), for write_acked
         self._outages: dict[str, tuple[float, float]] = {}
@@ -174,7 +247,7 @@ class RedisL2:
         self._dropped: set[str] = set()
         self._dropped_clear = False
         self._dropped_lock = threading.Lock()
-        self.repair_message: Callable[[list[str]], tuple[str, bytes] | None] | None = None
+        self.repair_message: Callable[[list[str]], Publish | None] | None = None
         """Builds the eviction message published for repaired keys (set by the cache)."""
         self.on_reachable: list[Callable[[], None]] = []
         """Called on the first call that reaches Redis after failed ones (the caches
@@ -259,7 +332,7 @@ class RedisL2:
                 pipe.execute()
             message = self.repair_message(keys) if self.repair_message and keys else None
             if message is not None:
-                self.client.publish(*message)
+                self._send(self.client, message)
         except BaseException:
             with self._dropped_lock:
                 if cleared:
@@ -302,7 +375,7 @@ class RedisL2:
         return self.run(op, UNAVAILABLE)
 
     def set(self, key: str, raw: bytes | int, timeout: int | None,
-            publish: tuple[str, bytes] | None = None) -> bool:
+            publish: Publish | None = None) -> bool:
         """SET with expiry (0: delete); return False if Redis was unreachable."""
         def op(c: Any) -> bool:
             pipe = c.pipeline(transaction=False)
@@ -315,7 +388,7 @@ class RedisL2:
         return self.run(op, False, write=True, keys=(key,))
 
     def add(self, key: str, raw: bytes | int, timeout: int | None,
-            publish: tuple[str, bytes] | None = None) -> bool | Any:
+            publish: Publish | None = None) -> bool | Any:
         """SET NX; True if stored, False if present, UNAVAILABLE when down."""
         def op(c: Any) -> bool:
             if timeout == 0:
@@ -325,12 +398,12 @@ class RedisL2:
                 return stored
             stored = bool(c.set(key, raw, ex=timeout, nx=True))
             if stored and publish is not None:
-                c.publish(*publish)
+                self._send(c, publish)
             return stored
         return self.run(op, UNAVAILABLE, write=True, keys=(key,))
 
     def set_many(self, data: dict[str, bytes | int], timeout: int | None,
-                 publish: tuple[str, bytes] | None = None) -> bool:
+                 publish: Publish | None = None) -> bool:
         """SET several keys in one round trip; False if Redis was unreachable."""
         def op(c: Any) -> bool:
             pipe = c.pipeline(transaction=False)
@@ -343,7 +416,7 @@ class RedisL2:
             return True
         return self.run(op, False, write=True, keys=data)
 
-    def delete(self, keys: Iterable[str], publish: tuple[str, bytes] | None = None) -> int | Any:
+    def delete(self, keys: Iterable[str], publish: Publish | None = None) -> int | Any:
         """DEL; how many keys existed, UNAVAILABLE when down."""
         keys = list(keys)
 
@@ -356,7 +429,7 @@ class RedisL2:
         return self.run(op, UNAVAILABLE, write=True, keys=keys)
 
     def touch(self, key: str, timeout: int | None,
-              publish: tuple[str, bytes] | None = None) -> bool:
+              publish: Publish | None = None) -> bool:
         """EXPIRE / PERSIST / DEL (timeout 0); True if the key existed."""
         def op(c: Any) -> bool:
             pipe = c.pipeline(transaction=False)
@@ -376,7 +449,7 @@ class RedisL2:
         return self.run(lambda c: bool(c.exists(key)), UNAVAILABLE)
 
     def incr(self, key: str, delta: int,
-             publish: tuple[str, bytes] | None = None) -> int | Any | None:
+             publish: Publish | None = None) -> int | Any | None:
         """Atomic INCRBY of an existing key: new value, None if missing, UNAVAILABLE."""
         def op(c: Any) -> int | None:
             try:
@@ -385,7 +458,7 @@ class RedisL2:
                 raise TypeError(f"cannot increment the value of {key!r}: "
                                 "it is not an integer") from exc
             if value is not None and publish is not None:
-                c.publish(*publish)
+                self._send(c, publish)
             return None if value is None else int(value)
         return self.run(op, UNAVAILABLE, write=True, keys=(key,))
 
@@ -399,7 +472,7 @@ class RedisL2:
             return int(pipe.execute()[0])
         return self.run(op, UNAVAILABLE, write=True, keys=(key,))
 
-    def clear(self, publish: tuple[str, bytes] | None = None) -> bool:
+    def clear(self, publish: Publish | None = None) -> bool:
         """FLUSHDB (every primary of a cluster); False if Redis was unreachable."""
         def op(c: Any) -> bool:
             if self.cluster:
@@ -407,7 +480,7 @@ class RedisL2:
             else:
                 c.flushdb()
             if publish is not None:
-                c.publish(*publish)
+                self._send(c, publish)
             return True
         return self.run(op, False, write=True)
 
@@ -419,9 +492,9 @@ class RedisL2:
         """Release the lock if this caller still holds it."""
         self.run(lambda c: self._unlock(keys=[key], args=[token], client=c), None)
 
-    def publish(self, channel: str, message: bytes) -> None:
-        """PUBLISH (cluster-wide in a Redis Cluster)."""
-        self.run(lambda c: c.publish(channel, message), None)
+    def publish(self, publish: Publish) -> None:
+        """Publish an eviction or a message (cluster-wide in a Redis Cluster)."""
+        self.run(lambda c: self._send(c, publish), None)
 
     def write_acked(self, key: str, raw: bytes | int | None, timeout: int | None, *,
                     replicas: int, ack_timeout: float, retry_for: float) -> int | Any:
@@ -544,13 +617,66 @@ class RedisL2:
         with contextlib.suppress(*FAILURES):
             self.client.close()
 
-    def _publish(self, client: Any, pipe: Any, publish: tuple[str, bytes] | None) -> list[Any]:
+    def _publish(self, client: Any, pipe: Any, publish: Publish | None) -> list[Any]:
         if publish is not None and not self.cluster:
-            pipe.publish(*publish)
+            if isinstance(publish, Eviction):
+                # EVAL, not the registered script: a pipeline holding a script asks
+                # SCRIPT EXISTS first, a second round trip on every write.
+                pipe.eval(_EVICT, 1, sequence_key(publish.channel), publish.channel,
+                          publish.origin, publish.body)
+            else:
+                pipe.publish(*publish)
         results: list[Any] = pipe.execute()
         if publish is not None and self.cluster:
-            client.publish(*publish)
+            self._send(client, publish)
+        elif isinstance(publish, Eviction):
+            self._sent(publish.channel, results[-1])
         return results
+
+    def _send(self, client: Any, publish: Publish) -> None:
+        """Publish now on ``client`` (an eviction with its sequence number)."""
+        if isinstance(publish, Eviction):
+            self._sent(publish.channel, self._evict(
+                keys=[sequence_key(publish.channel)],
+                args=[publish.channel, publish.origin, publish.body], client=client))
+        else:
+            client.publish(*publish)
+
+    def _sent(self, channel: str, sequence: Any) -> None:
+        seen: dict[str, int] = self._sequences.__dict__.setdefault("last", {})
+        seen[channel] = int(sequence)
+
+    def last_sequence(self, channel: str) -> int | None:
+        """The sequence number of the last eviction this *thread* published on ``channel``."""
+        seen: dict[str, int] = self._sequences.__dict__.get("last", {})
+        return seen.get(channel)
+
+    def current_sequence(self, channel: str) -> int:
+        """The last sequence number handed out on ``channel`` (0: none yet). Raises on a
+        Redis failure."""
+        raw = self.client.get(sequence_key(channel))
+        return int(raw) if raw is not None else 0
+
+    def acknowledge(self, channel: str, origin: bytes, applied: int) -> None:
+        """Record that listener ``origin`` applied every eviction up to ``applied`` (and is
+        alive). Raises on a Redis failure."""
+        self._ack(keys=[acks_key(channel)], args=[origin, str(applied)], client=self.client)
+
+    def forget_listener(self, channel: str, origin: bytes) -> None:
+        """Remove listener ``origin`` (it stops); failures are ignored."""
+        with contextlib.suppress(*FAILURES):
+            self.client.hdel(acks_key(channel), origin)
+
+    def lagging(self, channel: str, sequence: int, origin: bytes, *, live: float,
+                forget: float) -> list[bytes] | Any:
+        """The live listeners (heartbeat within ``live`` s) other than ``origin`` that have
+        not applied ``sequence``; UNAVAILABLE when Redis is down."""
+        def op(c: Any) -> list[bytes]:
+            found: list[bytes] = self._lagging(
+                keys=[acks_key(channel)],
+                args=[str(sequence), origin, int(live), int(forget)], client=c)
+            return found
+        return self.run(op, UNAVAILABLE)
 
     def pubsub_connection(self) -> Any:
         """A plain client to subscribe with (in a cluster: the first reachable node)."""

@@ -152,7 +152,9 @@ def invalidate_tags(cache: BaseCache, tags: Iterable[str], *, now: float | None 
     """Delete every entry of ``cache`` that carries one of ``tags``; return how many.
 
     The tags are stamped with ``now`` (default: the current time) before anything is
-    deleted. Raises what the cache raises (the caller retries).
+    deleted. With a TieredCache it returns once every other live process has evicted
+    the entries from its L1 too (``wait_for_l1``, bounded by ``L1_SYNC_TIMEOUT``).
+    Raises what the cache raises (the caller retries).
     """
     client = _l2_client(cache)
     members: set[str] = set()
@@ -175,4 +177,8 @@ def invalidate_tags(cache: BaseCache, tags: Iterable[str], *, now: float | None 
         by_version.setdefault(version, []).append(key)
     for version, keys in by_version.items():
         cache.delete_many(keys, version=version)
+    wait = getattr(cache, "wait_for_l1", None)
+    if members and wait is not None:
+        # Answer once no process serves them from its L1 any more (bounded).
+        wait()
     return len(members)

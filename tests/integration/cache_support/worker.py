@@ -9,6 +9,12 @@ subscribed, prints ``{"ready": pid}`` and then answers one JSON line per command
 - ``{"op": "watch", "key": k, "timeout": s}``: get every 0.5 ms until it misses; answer
   ``{"watching": true}`` after the first :data:`WATCHING_AFTER` hits, and at the miss
   ``{"t": monotonic time of the first miss, "polls": n, "l1_hits": h}``
+- ``{"op": "delete_synced", "key": k, "timeout": s}``: delete, then ``wait_for_l1``;
+  answer ``{"synced": bool, "waited": seconds}``
+- ``{"op": "hold", "seconds": s}``: hold the L1 store's lock for s seconds in a thread (the
+  listener cannot apply evictions meanwhile, as when it is starved of CPU); answer
+  ``{"holding": true}`` once held. L1 hits do not take the lock.
+- ``{"op": "clear"}``: ``cache.clear()`` (FLUSHDB)
 - ``{"op": "stampede", "key": k, "threads": n, "counter": c, "start_at": t}``: n threads
   call one ``@cached`` function at monotonic time t; each computation INCRs Redis key c
 """
@@ -70,6 +76,25 @@ def main() -> None:
             t = time.monotonic()
             deleted = cache.delete(cmd["key"])
             reply({"t": t, "deleted": deleted})
+        elif op == "delete_synced":
+            cache.delete(cmd["key"])
+            t = time.monotonic()
+            synced = cache.wait_for_l1(cmd.get("timeout"))
+            reply({"synced": synced, "waited": time.monotonic() - t})
+        elif op == "hold":
+            held = threading.Event()
+
+            def hold(seconds: float, flag: threading.Event) -> None:
+                with cache.l1._lock:
+                    flag.set()
+                    time.sleep(seconds)
+
+            threading.Thread(target=hold, args=(cmd["seconds"], held), daemon=True).start()
+            held.wait(5)
+            reply({"holding": held.is_set()})
+        elif op == "clear":
+            cache.clear()
+            reply({"ok": True})
         elif op == "raw_delete":
             full = cache.make_key(cmd["key"])
             reply({"deleted": cache.l2.client.delete(full)})
