@@ -237,6 +237,7 @@ def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
                               f"fresh, X-Cache {cache}")
     visible_after.sort()
     answered_after.sort()
+    print(_l1_sync_summary(shop))
     print(f"200 updates: fresh at the edge for the first read sent after p50 "
           f"{visible_after[100] * 1000:.1f} ms, max {visible_after[-1] * 1000:.1f} ms "
           f"({retried} needed more than one read; that read answered after p50 "
@@ -246,6 +247,35 @@ def test_every_product_update_is_visible_at_the_edge_and_never_stale_after(
     assert visible_after[-1] <= 0.1
     assert stale_after == 0
     assert stale_reads == 0, stale_seen
+
+
+def _l1_sync_summary(cluster: LocalCluster) -> str:
+    """How long the writers waited for the other processes' L1 (every app server, since boot)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[float, float] = {}
+    results: dict[str, float] = {}
+    for server in ("app-1", "app-2"):
+        host, port = cluster.address(server)
+        conn = http.client.HTTPConnection(host, port, timeout=15)
+        try:
+            conn.request("GET", "/metrics", headers={"Host": "localhost"})
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "djscale_cache_l1_sync_seconds_bucket":
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + sample.value
+                elif sample.name == "djscale_cache_l1_sync_total":
+                    result = sample.labels["result"]
+                    results[result] = results.get(result, 0.0) + sample.value
+    total = buckets.get(float("inf"), 0.0)
+    shown = ", ".join(f"<= {le * 1000:g} ms: {int(count)}" for le, count in sorted(buckets.items())
+                      if le in (0.001, 0.005, 0.025, 0.1) or le == float("inf"))
+    return (f"L1 sync waits (the write waiting for every other process's L1): {int(total)} "
+            f"({shown}); results {dict((k, int(v)) for k, v in sorted(results.items()))}")
 
 
 def test_a_failed_purge_is_logged_and_the_page_is_stale_at_most_its_ttl(
