@@ -87,6 +87,9 @@ def _micro(ctx: Context) -> list[Result]:
                            "django-redis": lambda: djredis.get("object:123456")},
                           number=max(200, number // 20), rounds=rounds)
     served_by_l1 = tiered.l1.hits - hits_before
+    writes = interleaved({"tiered": lambda: tiered.set("write:1", VALUE, 600),
+                          "django-redis": lambda: djredis.set("write:1", VALUE, 600)},
+                         number=max(200, number // 20), rounds=rounds)
     us = 1e6
     return [
         Result(TOPIC, "L1 hit: TieredCache.get vs LocMemCache.get", value=1 / local["tiered"],
@@ -107,6 +110,12 @@ def _micro(ctx: Context) -> list[Result]:
                notes=f"per get: TieredCache L1 {objects['tiered'] * us:.2f} us, django-redis "
                      f"{objects['django-redis'] * us:.1f} us; the same fields as attributes "
                      "of an object, which L1 unpickles on every hit"),
+        Result(TOPIC, "write: TieredCache.set vs django-redis set",
+               value=1 / writes["tiered"], baseline=1 / writes["django-redis"], unit="sets/s",
+               baseline_name="django-redis set",
+               notes=f"per set: TieredCache {writes['tiered'] * us:.1f} us, django-redis "
+                     f"{writes['django-redis'] * us:.1f} us; one round trip each, TieredCache's "
+                     "also publishes the numbered eviction (EVAL: INCR + PUBLISH) and fills L1"),
     ]
 
 

@@ -290,6 +290,7 @@ class InvalidationBus:
                         with contextlib.suppress(Exception):  # closing a dead socket
                             closable.close()
         self.connected.clear()
+        self._forget()  # stopped (reset_shared_state() does not wait for us)
 
     def _acknowledge(self) -> None:
         try:
