@@ -310,7 +310,9 @@ class InvalidationBus:
             # every later one is above it again).
             self.applied = int(op[1:])
         if origin == self.origin:
-            return numbered  # our own write: evicted from our L1 before it was sent
+            # Our own write, evicted from our L1 before it was sent; nobody waits for us
+            # to apply it (the writer skips itself): the next acknowledgement carries it.
+            return False
         self.received += 1
         metrics.record_invalidation(direction="received")
         if op == b"f":
