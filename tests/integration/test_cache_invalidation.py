@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
 
+from djscale.cache.l2 import acks_key, sequence_key
 from djscale.cluster.supervisor import wait_until
 from tests.integration.cache_support.procs import Worker
 from tests.integration.cache_support.redis_cluster import boot_redis_cluster
@@ -16,6 +18,8 @@ from tests.integration.cache_support.redis_cluster import boot_redis_cluster
 pytestmark = pytest.mark.integration
 
 REDIS_URL = settings.CACHES["default"]["LOCATION"].rsplit("/", 1)[0] + "/4"
+SEQUENCE = sequence_key("djscale:cache:invalidate:4")  # the workers' channel (database 4)
+ACKS = acks_key("djscale:cache:invalidate:4")
 
 
 def _until_l1_hit(worker: Worker, key: str, value: object) -> None:
@@ -175,15 +179,33 @@ def test_wait_for_l1_after_clear_restarts_the_numbering(pair: tuple[Worker, Work
     # clear() is FLUSHDB: the eviction counter and the acknowledgements are gone. The
     # counter starts again above every number handed out before, so a wait still waits.
     a, b = pair
+    acks = redis.Redis.from_url(REDIS_URL)
     b.call("clear")
     assert wait_until(lambda: a.call("stats")["l1_flushes"].get("remote_clear"), 5)
+    # A acknowledges the flush at once (the FLUSHDB took its field), not at its heartbeat.
+    origin = a.call("origin")["origin"]
+    assert wait_until(lambda: acks.hexists(ACKS, origin), 0.5)
     b.call("set", key="lag:4", value="old")
     _until_l1_hit(a, "lag:4", "old")
-    time.sleep(1.5)  # A's heartbeat has put its acknowledgement back
     assert a.call("hold", seconds=0.4) == {"holding": True}
     synced = b.call("delete_synced", key="lag:4", timeout=3)
     assert synced["synced"] and synced["waited"] > 0.2, synced
     assert a.call("get", key="lag:4")["value"] is None
+
+
+def test_wait_for_l1_when_the_counter_went_back(pair: tuple[Worker, Worker]) -> None:
+    # Redis restored from an older snapshot, or a lagging replica promoted: the counter is
+    # below numbers already handed out, and A has applied one of those. The next number is
+    # at least the server's time in microseconds, so it is above them and B still waits.
+    a, b = pair
+    redis.Redis.from_url(REDIS_URL).set(SEQUENCE, "5")
+    b.call("set", key="lag:5", value="old")
+    _until_l1_hit(a, "lag:5", "old")
+    assert a.call("hold", seconds=0.4) == {"holding": True}
+    synced = b.call("delete_synced", key="lag:5", timeout=3)
+    assert synced["synced"] and synced["waited"] > 0.2, synced
+    assert a.call("get", key="lag:5")["value"] is None
+    assert int(redis.Redis.from_url(REDIS_URL).get(SEQUENCE) or 0) > time.time() * 1e6 - 60e6
 
 
 def test_wait_for_l1_does_not_wait_for_a_process_that_quit_or_died() -> None:

@@ -49,3 +49,16 @@ def test_waiting_without_redis_gives_up_at_once() -> None:
     assert bus.wait_applied(5, timeout=2.0) is False
     assert time.monotonic() - started < 1.0
     assert bus.wait_applied(timeout=2.0) is True  # this thread published nothing
+
+
+def test_a_flush_is_applied_and_acknowledged_at_once() -> None:
+    # clear() is FLUSHDB, which took the listener's acknowledgement with it.
+    bus, store = _bus()
+    assert bus._apply(b"other|f|") is True
+    assert len(store) == 0 and bus.flushes == {"remote_clear": 1}
+
+
+def test_an_eviction_that_could_not_be_numbered_is_not_waited_for() -> None:
+    bus, _ = _bus()
+    bus.l2._sent("chan", 0)  # what a failed or unnumbered publish leaves
+    assert bus.wait_applied(timeout=2.0) is False

@@ -106,6 +106,7 @@ def _after_fork_in_child() -> None:
         flight.after_fork()
     for l2 in _l2s.values():
         l2.breaker.after_fork()
+        l2.forget_sequences()
     for bus in _buses.values():
         bus.after_fork()
 
@@ -173,6 +174,7 @@ class TieredCache(BaseCache):
                     bus = _buses[bus_key] = InvalidationBus(l2, channel)
                     # Keys repaired after an outage are evicted from every process's L1.
                     l2.repair_message = bus.keys_message
+                    l2.repair_flush_message = bus.flush_message
                     # Redis answering again before the listener has resubscribed: what L1
                     # holds from the outage may be stale (see bus.py).
                     l2.on_reachable.append(bus.redis_back)
@@ -238,7 +240,8 @@ class TieredCache(BaseCache):
         from its L1 any more. At most ``timeout`` seconds (default: the
         ``L1_SYNC_TIMEOUT`` option); False when a live process did not acknowledge in time
         or Redis could not be asked (see :meth:`djscale.cache.bus.InvalidationBus.wait_applied`).
-        True at once without L1 or when this thread has not written.
+        True at once without L1 or when this thread has not written. Call it in the
+        thread that wrote (``adelete`` and friends may write from another one).
         """
         if self._bus is None:
             return True
@@ -364,6 +367,10 @@ class TieredCache(BaseCache):
         if self._l1_on:
             self._l1.discard(key)
         deleted = self._l2.delete([key], publish=self._msg([key]))
+        if self._l1_on:
+            # Again: another thread of this process may have filled L1 from Redis between
+            # the first discard and the DEL (our own eviction message is not applied here).
+            self._l1.discard(key)
         return bool(deleted) if deleted is not UNAVAILABLE else False
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
@@ -429,6 +436,8 @@ class TieredCache(BaseCache):
         if self._l1_on:
             self._l1.discard_many(safe)
         self._l2.delete(safe, publish=self._msg(safe))
+        if self._l1_on:
+            self._l1.discard_many(safe)  # as in delete()
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
         """Atomically add ``delta`` in Redis (``INCRBY``); ValueError if ``key`` is missing.

@@ -41,6 +41,8 @@ import uuid
 import weakref
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from djscale import metrics
 from djscale.cache.l1 import LocalStore
 from djscale.cache.l2 import FAILURES, UNAVAILABLE, Eviction, RedisL2
@@ -57,6 +59,8 @@ LIVE_SECONDS = 3
 """A listener whose last heartbeat is older than this is not waited for."""
 _FORGET_SECONDS = 300
 _ACK_EVERY = 0.002  # while evictions keep coming, acknowledge at least this often
+_ACK_FAILURES: tuple[type[Exception], ...] = (*FAILURES, ResponseError)
+_ACK_GIVE_UP = 2.0  # no acknowledgement went through for this long: resubscribe (flushes L1)
 
 
 class InvalidationBus:
@@ -79,7 +83,9 @@ class InvalidationBus:
         self.applied = 0
         """The sequence number of the last eviction this process's listener applied."""
         self._warned_lag = 0.0
-        atexit.register(self._forget)
+        self._leaving = False
+        self._last_acked = 0.0
+        atexit.register(self._leave)
 
     # ------------------------------------------------------------------ publishing side
 
@@ -119,6 +125,8 @@ class InvalidationBus:
         self._thread = None
         self.flushes = {}
         self.flushed_entries = 0
+        self._leaving = False
+        self._last_acked = 0.0
         if len(self._stores):
             self.start()
 
@@ -129,6 +137,11 @@ class InvalidationBus:
         if thread is not None:
             thread.join(timeout)
         self.connected.clear()
+        self._forget()
+
+    def _leave(self) -> None:
+        """At exit: no acknowledgement after this one puts our field back."""
+        self._leaving = True
         self._forget()
 
     def _forget(self) -> None:
@@ -150,6 +163,9 @@ class InvalidationBus:
             sequence = self.l2.last_sequence(self.channel)
             if sequence is None:
                 return True
+        if sequence == 0:  # it failed, or went out without a number: nothing to wait for
+            metrics.record_l1_sync(result="unavailable", seconds=0.0)
+            return False
         started = time.monotonic()
         deadline = started + timeout
         pause = 0.0005
@@ -239,7 +255,7 @@ class InvalidationBus:
                 self.l2.repair()
                 # Anything cached while we were not listening may be stale.
                 self._flush_all("resubscribed")
-                self.applied = max(self.applied, caught_up)
+                self.applied = caught_up
                 self._acknowledge()
                 self.connected.set()
                 backoff = 0.05
@@ -261,6 +277,10 @@ class InvalidationBus:
                         # while they keep coming), and as a heartbeat.
                         self._acknowledge()
                         last_ack, unacked = now, False
+                    if now - self._last_acked > _ACK_GIVE_UP:
+                        # Writers stop waiting for a listener whose heartbeat is older
+                        # than LIVE_SECONDS: stop serving L1 before they do.
+                        raise TimeoutError("acknowledgements failing")
                     if msg is None and now - last_ping > _PING_EVERY:
                         # A silently dead connection (no FIN, e.g. a partition) never
                         # errors on read: ask for a pong and give up if none comes.
@@ -282,6 +302,7 @@ class InvalidationBus:
                 log.exception("cache invalidation listener failed; L1 flushed, restarting")
                 self.connected.clear()
                 self._flush_all("listener_error")
+                self._forget()
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             finally:
@@ -293,12 +314,16 @@ class InvalidationBus:
         self._forget()  # stopped (reset_shared_state() does not wait for us)
 
     def _acknowledge(self) -> None:
+        if self._leaving:
+            return
         try:
             self.l2.acknowledge(self.channel, self.origin, self.applied)
-        except FAILURES as exc:
-            # Writers waiting for us give up at their timeout; the subscription itself
-            # is watched by the PING above.
+        except _ACK_FAILURES as exc:
+            # Writers waiting for us give up at their timeout. If this goes on, writers
+            # stop waiting for us after LIVE_SECONDS: the loop gives up before that.
             log.debug("could not acknowledge cache evictions on %s: %s", self.channel, exc)
+        else:
+            self._last_acked = time.monotonic()
 
     def _apply(self, data: bytes) -> bool:
         """Apply one message; True when it carried a sequence number."""
@@ -317,7 +342,7 @@ class InvalidationBus:
         metrics.record_invalidation(direction="received")
         if op == b"f":
             self._flush_all("remote_clear")
-            return numbered
+            return True  # a clear() (FLUSHDB) took our acknowledgement with it: at once
         keys = body.decode().split("\0") if body else []
         for store in list(self._stores):
             store.discard_many(keys)

@@ -98,17 +98,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 # Publishes an eviction with the channel's next sequence number, in one atomic step, so
-# numbers reach every subscriber in increasing order. A counter that was lost (FLUSHDB, a
-# Redis restarted empty) starts again at the server's time in microseconds: above any
-# number it handed out before, at fewer than a million evictions a second. Numbers travel
-# as strings (Lua's numbers are doubles: printed with 14 digits).
+# numbers reach every subscriber in increasing order. The number is the previous one + 1
+# or the server's time in microseconds, whichever is higher: numbers keep going up when
+# the counter is lost (FLUSHDB, a Redis restarted empty) or goes back (restored from an
+# older RDB/AOF, a lagging replica promoted), as long as evictions average fewer than a
+# million a second and the server's clock does not go back. Lua's numbers are doubles,
+# exact below 2^53 (µs since 1970: until the year 2255); they travel as strings ('%.0f':
+# a plain `..` prints 14 digits).
 _EVICT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[1], t[1] .. string.format('%06d', tonumber(t[2])))
-end
-local s = redis.call('GET', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+if now > n then n = now end
+local s = string.format('%.0f', n)
+redis.call('SET', KEYS[1], s)
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. '|K' .. s .. '|' .. ARGV[3])
 return s
 """
@@ -249,6 +252,8 @@ class RedisL2:
         self._dropped_lock = threading.Lock()
         self.repair_message: Callable[[list[str]], Publish | None] | None = None
         """Builds the eviction message published for repaired keys (set by the cache)."""
+        self.repair_flush_message: Callable[[], Publish] | None = None
+        """Builds the flush message published after a replayed ``clear()`` (set by the cache)."""
         self.on_reachable: list[Callable[[], None]] = []
         """Called on the first call that reaches Redis after failed ones (the caches
         flush L1 there when their listener is not subscribed yet)."""
@@ -330,7 +335,10 @@ class RedisL2:
                 for key in keys:  # one DEL per key: keys of a cluster live in different slots
                     pipe.delete(key)
                 pipe.execute()
-            message = self.repair_message(keys) if self.repair_message and keys else None
+            if cleared:
+                message = self.repair_flush_message() if self.repair_flush_message else None
+            else:
+                message = self.repair_message(keys) if self.repair_message and keys else None
             if message is not None:
                 self._send(self.client, message)
         except BaseException:
@@ -618,6 +626,8 @@ class RedisL2:
             self.client.close()
 
     def _publish(self, client: Any, pipe: Any, publish: Publish | None) -> list[Any]:
+        if isinstance(publish, Eviction):
+            self._sent(publish.channel, 0)  # unknown until the eviction is published
         if publish is not None and not self.cluster:
             if isinstance(publish, Eviction):
                 # EVAL, not the registered script: a pipeline holding a script asks
@@ -626,28 +636,58 @@ class RedisL2:
                           publish.origin, publish.body)
             else:
                 pipe.publish(*publish)
-        results: list[Any] = pipe.execute()
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if isinstance(publish, Eviction) and not self.cluster:
+            if isinstance(results[-1], ResponseError):
+                # Refused (Redis out of memory under noeviction): the writes before it
+                # may have gone through; evict without a number.
+                errors.remove(results[-1])
+                self._unnumbered(client, publish, results[-1])
+            elif not isinstance(results[-1], Exception):
+                self._sent(publish.channel, results[-1])
+        if errors:
+            raise errors[0]
         if publish is not None and self.cluster:
             self._send(client, publish)
-        elif isinstance(publish, Eviction):
-            self._sent(publish.channel, results[-1])
         return results
 
     def _send(self, client: Any, publish: Publish) -> None:
         """Publish now on ``client`` (an eviction with its sequence number)."""
-        if isinstance(publish, Eviction):
-            self._sent(publish.channel, self._evict(
-                keys=[sequence_key(publish.channel)],
-                args=[publish.channel, publish.origin, publish.body], client=client))
-        else:
+        if not isinstance(publish, Eviction):
             client.publish(*publish)
+            return
+        self._sent(publish.channel, 0)
+        # Out of memory, or (Redis Cluster) the master holding the channel's counter is
+        # down while the keys' masters answered: evict without a number.
+        refused: tuple[type[Exception], ...] = ((ResponseError, *FAILURES) if self.cluster
+                                                else (ResponseError,))
+        try:
+            number = self._evict(keys=[sequence_key(publish.channel)],
+                                 args=[publish.channel, publish.origin, publish.body],
+                                 client=client)
+        except refused as exc:
+            self._unnumbered(client, publish, exc)
+        else:
+            self._sent(publish.channel, number)
+
+    def _unnumbered(self, client: Any, publish: Eviction, why: Exception) -> None:
+        log.warning("cache eviction on %s published without a sequence number (%s): a "
+                    "wait_for_l1() after it returns False", publish.channel, why)
+        client.publish(publish.channel, publish.origin + b"|k|" + publish.body)
 
     def _sent(self, channel: str, sequence: Any) -> None:
         seen: dict[str, int] = self._sequences.__dict__.setdefault("last", {})
         seen[channel] = int(sequence)
 
+    def forget_sequences(self) -> None:
+        """Forget what every thread published (a forked child: its own writes only)."""
+        self._sequences = threading.local()
+
     def last_sequence(self, channel: str) -> int | None:
-        """The sequence number of the last eviction this *thread* published on ``channel``."""
+        """The sequence number of the last eviction this *thread* published on ``channel``:
+        None when it published none, 0 when the last one's number is unknown (it failed
+        or went out unnumbered)."""
         seen: dict[str, int] = self._sequences.__dict__.get("last", {})
         return seen.get(channel)
 

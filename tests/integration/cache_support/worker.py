@@ -14,7 +14,7 @@ subscribed, prints ``{"ready": pid}`` and then answers one JSON line per command
 - ``{"op": "hold", "seconds": s}``: hold the L1 store's lock for s seconds in a thread (the
   listener cannot apply evictions meanwhile, as when it is starved of CPU); answer
   ``{"holding": true}`` once held. L1 hits do not take the lock.
-- ``{"op": "clear"}``: ``cache.clear()`` (FLUSHDB)
+- ``{"op": "clear"}``: ``cache.clear()`` (FLUSHDB); ``{"op": "origin"}``: the listener's id
 - ``{"op": "stampede", "key": k, "threads": n, "counter": c, "start_at": t}``: n threads
   call one ``@cached`` function at monotonic time t; each computation INCRs Redis key c
 """
@@ -92,6 +92,8 @@ def main() -> None:
             threading.Thread(target=hold, args=(cmd["seconds"], held), daemon=True).start()
             held.wait(5)
             reply({"holding": held.is_set()})
+        elif op == "origin":
+            reply({"origin": bus.origin.decode()})
         elif op == "clear":
             cache.clear()
             reply({"ok": True})
