@@ -39,6 +39,14 @@ __all__ = [
 ]
 
 
+DEFAULT_SIGNALS = ["env", "--default-signal=HUP,INT"]
+"""Prefix of a child's command that gets SIGHUP and SIGINT as signals, not ignored.
+
+A suite started under ``nohup`` or as a background job of a script (``cmd &``) has them
+ignored, and a child inherits that: it would never see the signal a test sends it.
+"""
+
+
 def connect(cluster: LocalCluster, service: str = "pg-default") -> psycopg.Connection[Any]:
     """An autocommit connection to a PostgreSQL service of ``cluster`` (its main database)."""
     host, port = cluster.address(service)

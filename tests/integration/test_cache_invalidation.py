@@ -234,9 +234,10 @@ def test_wait_for_l1_does_not_wait_for_a_process_that_quit_or_died() -> None:
             waited_for = time.monotonic() - killed
             print(f"a killed process was waited for during {waited_for:.1f} s "
                   f"({len(results)} writes)")
-            assert results[-1]["synced"], results
-            assert results[-1]["waited"] < 0.2, results
+            assert results[-1]["synced"], results  # (C's heartbeat aged out during it)
             assert waited_for < 6, results
+            after = b.call("delete_synced", key="gone:2", timeout=3)
+            assert after["synced"] and after["waited"] < 0.2, after
         finally:
             b.close()
     finally:

@@ -36,6 +36,7 @@ from djscale.cluster import LocalCluster
 from djscale.cluster.supervisor import wait_until
 from djscale.testing import ClusterFactory
 from djscale.testing.netns import HostNetwork, unavailable_reason
+from tests.integration.helpers import DEFAULT_SIGNALS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples/demo/djscale.toml"
@@ -146,7 +147,8 @@ def test_a_cache_partition_flushes_l1_and_serves_nothing_stale_after(
 def test_an_interrupted_run_removes_its_rules(cluster: LocalCluster, scenario: str,
                                               args: list[str], signum: int) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "djscale.cli", "chaos", scenario, *args, "--seconds", "60",
+        [*DEFAULT_SIGNALS, sys.executable, "-m", "djscale.cli", "chaos", scenario, *args,
+         "--seconds", "60",
          "--fault-after", "0.5", "-t", cluster.topology.source,
          "--state-dir", str(cluster.state_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

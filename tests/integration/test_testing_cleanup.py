@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from djscale.cluster.supervisor import pid_alive, wait_until
+from tests.integration.helpers import DEFAULT_SIGNALS
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_terminated_process_stops_the_clusters_it_booted(tmp_path: Path, sig: int) -> None:
-    child = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)],
+    child = subprocess.Popen([*DEFAULT_SIGNALS, sys.executable, "-c", SCRIPT, str(tmp_path)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None

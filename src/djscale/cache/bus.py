@@ -140,8 +140,9 @@ class InvalidationBus:
         self._forget()
 
     def _leave(self) -> None:
-        """At exit: no acknowledgement after this one puts our field back."""
+        """At exit: stop, and no acknowledgement after this one puts our field back."""
         self._leaving = True
+        self._stop.set()
         self._forget()
 
     def _forget(self) -> None:
