@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from djscale.cache.bus import InvalidationBus
@@ -62,3 +63,18 @@ def test_an_eviction_that_could_not_be_numbered_is_not_waited_for() -> None:
     bus, _ = _bus()
     bus.l2._sent("chan", 0)  # what a failed or unnumbered publish leaves
     assert bus.wait_applied(timeout=2.0) is False
+
+
+def test_a_bus_that_is_not_subscribed_leaves_redis_alone_at_exit() -> None:
+    # Its Redis may be gone (a test's cluster stopped): the field ages out by itself.
+    bus, _ = _bus()
+    calls: list[tuple[str, bytes]] = []
+    bus.l2.forget_listener = lambda channel, origin: calls.append((channel, origin))  # type: ignore[method-assign]
+    bus._thread = threading.Thread(target=lambda: None)  # started once, no longer subscribed
+    bus._thread.start()
+    bus._leave()
+    bus.stop()
+    assert calls == []
+    bus.connected.set()
+    bus._leave()
+    assert calls == [("chan", bus.origin)]

@@ -132,20 +132,26 @@ class InvalidationBus:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the listener (tests, process shutdown)."""
+        was_connected = self.connected.is_set()
         self._stop.set()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
         self.connected.clear()
-        self._forget()
+        if was_connected:
+            self._forget()
 
     def _leave(self) -> None:
         """At exit: stop, and no acknowledgement after this one puts our field back."""
         self._leaving = True
         self._stop.set()
-        self._forget()
+        if self.connected.is_set():
+            self._forget()
 
     def _forget(self) -> None:
+        # Only while the listener is subscribed: a Redis that is gone (its cluster
+        # stopped, a network cut) would only cost a connect timeout at exit and a
+        # client's error log, for a field that ages out by itself (LIVE_SECONDS).
         if self._thread is not None:
             with contextlib.suppress(Exception):  # at interpreter exit: best effort
                 self.l2.forget_listener(self.channel, self.origin)
