@@ -59,8 +59,10 @@ class Shop:
 
 
 def _topology(name: str, state_dir: Path, urls: dict[str, str],
-              broker: str = "") -> LocalCluster:
+              broker: str = "", edge: bool = False) -> LocalCluster:
     data: dict[str, Any] = tomllib.loads((SHOP_DIR / f"{name}.toml").read_text())
+    if edge:  # the same Varnish edge as products_edge.toml, in front of this service
+        data["edge"] = tomllib.loads((SHOP_DIR / f"{name}_edge.toml").read_text())["edge"]
     for service, spec in data.get("services", {}).items():
         spec["urls"] = [urls[service]]
     if broker:
@@ -81,18 +83,21 @@ def previous(state_dir: Path) -> Shop:
     return shop
 
 
-def boot(state_dir: Path, *, parts: tuple[str, ...] = PARTS, shop: Shop | None = None) -> Shop:
+def boot(state_dir: Path, *, parts: tuple[str, ...] = PARTS, shop: Shop | None = None,
+         edge: bool = False) -> Shop:
     """Boot products, orders, users and the gateway (in that order) under ``state_dir``.
 
     ``parts`` limits what each service cluster starts (e.g. no dashboard in tests). Each
     cluster is added to ``shop`` (a new one by default) before it starts, so a caller
-    holding ``shop`` can stop what did start when a later cluster fails.
+    holding ``shop`` can stop what did start when a later cluster fails. ``edge`` puts
+    the Varnish edge of ``products_edge.toml`` in front of the products service (the
+    gateway still calls its load balancer).
     """
     shop = shop if shop is not None else Shop(state_dir)
     urls: dict[str, str] = {}
     broker = ""
     for name in SERVICES:
-        cluster = _topology(name, state_dir, urls, broker)
+        cluster = _topology(name, state_dir, urls, broker, edge=edge and name == "products")
         shop.clusters[name] = cluster
         cluster.up(only=parts)
         urls[name] = shop.url(name)
@@ -176,6 +181,65 @@ def wrk_load(base: str, *, seconds: int, products: int, users: int, token: str,
                    p50_ms=statistics.median(w.p50_ms for w in windows),
                    p99_ms=max(w.p99_ms for w in windows),
                    errors=sum(w.errors for w in windows))
+
+
+EDGE_LUA = """
+request = function()
+  if math.random() < 0.7 then
+    return wrk.format("GET", "/api/products/" .. math.random(1, {hot}))
+  end
+  return wrk.format("GET", "/api/products/?category=cat-" .. math.random(0, 19))
+end
+"""
+
+
+@dataclass
+class EdgeRun:
+    """Anonymous product and category pages, through the edge and without it."""
+
+    edge: Any
+    """wrk's result through Varnish."""
+    lb: Any
+    """wrk's result straight to the load balancer."""
+    hits: int
+    misses: int
+
+
+def edge_compare(cluster: LocalCluster, *, seconds: int, hot: int = 500) -> EdgeRun:
+    """``seconds`` of wrk on ``hot`` product pages and the category pages, through the
+    edge and then straight to the load balancer (each warmed first), with Varnish's
+    hits and misses of the edge run."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(SHOP_DIR.parent.parent))
+    from benchmarks.common import wrk
+
+    from djscale.cluster import varnish
+
+    work = cluster.process("edge").data_dir
+    urls = {name: "http://{}:{}/".format(*cluster.address(name)) for name in ("edge", "lb")}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(EDGE_LUA.format(hot=hot))
+        lua.flush()
+        for url in urls.values():
+            wrk(url, seconds=2, connections=16, script=lua.name)
+        before = varnish.edge_stats(work)
+        through = wrk(urls["edge"], seconds=seconds, connections=32, script=lua.name)
+        after = varnish.edge_stats(work)
+        direct = wrk(urls["lb"], seconds=seconds, connections=32, script=lua.name)
+    return EdgeRun(through, direct, after.hits - before.hits, after.misses - before.misses)
+
+
+def get_with_headers(url: str, token: str = "") -> tuple[int, Any, dict[str, str]]:
+    """GET ``url``: (status, decoded JSON body, response headers)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}
+                                 if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read() or b"null"), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
 
 
 def cache_stats(cluster: LocalCluster) -> dict[tuple[str, str], float]:
