@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,43 @@ def test_deleted_users_orders_are_archived_exactly_once_through_faults(
     assert inbox_count(shop) - before == 3
     assert pending_events(shop) == 0
     assert call("GET", f"{gw}/api/users/{uid1}", token=tok1)[0] == 404
+
+
+def test_writes_read_what_they_change_on_the_primary(shop: shopctl.Shop) -> None:
+    """A PATCH keeps a change committed just before it, and a POST finds a category created
+    just before it, while both replicas lag (replay paused, under ``max_lag_seconds``, so
+    reads still go there): each reads on the primary what it writes against.
+
+    Straight to the products service: its answer waits (``EDGE["WAIT_FOR_REPLICAS"]``,
+    2 s) for the paused replicas before purging, past the gateway's timeout.
+    """
+    base, staff = shop.url("products"), shopctl.staff_token()
+    products = shop.clusters["products"]
+    status, created = call("POST", f"{base}/api/products/",
+                           {"category": "books", "name": "paused", "price_cents": 100}, staff)
+    assert status == 201, created
+    pid = created["id"]
+    replicas = ("pg-default-replica1", "pg-default-replica2")
+    assert wait_until(lambda: all(rows(products, r, "SELECT count(*) FROM products_product "
+                                                    f"WHERE id = {pid}")[0][0]
+                                  for r in replicas), 10, interval=0.05)
+    for replica in replicas:
+        rows(products, replica, "SELECT pg_wal_replay_pause()")
+    try:
+        # Committed by "another request" the replicas have not replayed.
+        rows(products, "pg-default", f"UPDATE products_product SET name = 'renamed' "
+                                     f"WHERE id = {pid}")
+        rows(products, "pg-default",
+             "INSERT INTO products_category (slug, name) VALUES ('games', 'Games')")
+        with ThreadPoolExecutor(2) as pool:  # both read at once, before the lag grows
+            patched = pool.submit(call, "PATCH", f"{base}/api/products/{pid}",
+                                  {"price_cents": 4321}, staff)
+            posted = pool.submit(call, "POST", f"{base}/api/products/",
+                                 {"category": "games", "name": "new", "price_cents": 1}, staff)
+            assert patched.result()[0] == 200, patched.result()
+            assert posted.result()[0] == 201, posted.result()
+    finally:
+        for replica in replicas:
+            rows(products, replica, "SELECT pg_wal_replay_resume()")
+    assert rows(products, "pg-default", "SELECT name, price_cents FROM products_product "
+                                        f"WHERE id = {pid}") == [("renamed", 4321)]

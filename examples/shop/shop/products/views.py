@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 
 from django import forms
+from django.db import router, transaction
 from django.http import HttpRequest, JsonResponse
 
 from djscale.cache import cached
+from djscale.db import use_primary
 from djscale.edge import add_tags, edge_tags
 from djscale.http.cache_control import public_cache
 from shop.api import (
@@ -82,7 +84,10 @@ def products(request: HttpRequest) -> JsonResponse:
     if request.method == "POST":
         require_staff(request)
         data = validated(NewProduct, body(request))
-        category = Category.objects.filter(slug=data["category"]).first()
+        # What the new row refers to is read where the row is written: a replica a few
+        # milliseconds behind would refuse a category created just before.
+        with use_primary():
+            category = Category.objects.filter(slug=data["category"]).first()
         if category is None:
             raise ApiError(400, "invalid_request", "some fields are invalid",
                            {"category": [f"no category {data['category']!r}"]})
@@ -110,21 +115,24 @@ def product(request: HttpRequest, product_id: int) -> JsonResponse:
         require_staff(request)
         raw = body(request)
         data = validated(ProductChange, raw)
-        found = Product.objects.filter(pk=product_id).first() if product_id <= MAX_ID \
-            else None
-        if found is None:
-            raise ApiError(404, "not_found", f"no product {product_id}")
-        if "name" in raw and not data["name"]:
-            raise ApiError(400, "invalid_request", "some fields are invalid",
-                           {"name": ["This field may not be blank."]})
-        if "price_cents" in raw and data["price_cents"] is None:
-            # Django's IntegerField takes null, "", [] and {} for "no value": not here.
-            raise ApiError(400, "invalid_request", "some fields are invalid",
-                           {"price_cents": ["This field may not be empty."]})
-        for name in ("name", "price_cents", "featured"):
-            if name in raw:
+        changed = [name for name in ("name", "price_cents", "featured") if name in raw]
+        # Read, change and write on the primary, the row locked: a replica's copy may miss
+        # a change committed just before, and writing it back would undo that change.
+        with transaction.atomic(using=router.db_for_write(Product)):
+            found = Product.objects.select_for_update(of=("self",)).select_related("category") \
+                .filter(pk=product_id).first() if product_id <= MAX_ID else None
+            if found is None:
+                raise ApiError(404, "not_found", f"no product {product_id}")
+            if "name" in raw and not data["name"]:
+                raise ApiError(400, "invalid_request", "some fields are invalid",
+                               {"name": ["This field may not be blank."]})
+            if "price_cents" in raw and data["price_cents"] is None:
+                # Django's IntegerField takes null, "", [] and {} for "no value": not here.
+                raise ApiError(400, "invalid_request", "some fields are invalid",
+                               {"price_cents": ["This field may not be empty."]})
+            for name in changed:
                 setattr(found, name, data[name])
-        found.save()
+            found.save(update_fields=changed)
         return JsonResponse(found.as_json())
     card = product_card(product_id) if product_id <= MAX_ID else None
     if card is None:
