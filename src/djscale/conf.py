@@ -219,6 +219,11 @@ class ReplicationSettings:
                                      key="REPLICA_REFRESH_SECONDS", above=0)
     consistency_cookie_age: int = setting(300, "Seconds a read-your-writes token is "
                                           "honoured.", key="CONSISTENCY_COOKIE_AGE", above=0)
+    primary_for_unsafe_methods: bool = setting(
+        True, "Reads of a request that is not GET, HEAD or OPTIONS go to the primary "
+        "(ReplicaMiddleware), so a write request reads what it writes against as committed: "
+        "no lost update, no reference refused by a lagging replica. use_replica() still "
+        "reads replicas inside.", key="PRIMARY_FOR_UNSAFE_METHODS")
     by_alias: Mapping[str, ReplicationGroup] = setting(
         doc="Group of every primary and replica alias.", factory=dict, internal=True)
 

@@ -82,3 +82,33 @@ def test_async_requests_get_a_scope_seeded_from_their_token() -> None:
     response = asyncio.run(mw(request))
     assert seen[0].sticky and seen[0].tokens == {"default": 42}
     assert "djscale_lsn" not in response.cookies  # nothing new to tell the client
+
+
+@pytest.mark.parametrize(("method", "setting", "expected"), [
+    ("GET", True, None), ("HEAD", True, None), ("OPTIONS", True, None),
+    ("POST", True, "primary"), ("PUT", True, "primary"), ("PATCH", True, "primary"),
+    ("DELETE", True, "primary"), ("POST", False, None),
+])
+def test_a_request_that_may_write_reads_from_the_primary(method: str, setting: bool,
+                                                         expected: str | None) -> None:
+    from django.test import override_settings
+
+    from djscale import conf
+    from djscale.db import consistency, use_replica
+
+    seen: list[str | None] = []
+
+    def get_response(request: HttpRequest) -> HttpResponse:
+        seen.append(consistency.forced())
+        with use_replica():  # a view may still ask for a replica
+            seen.append(consistency.forced())
+        return HttpResponse()
+
+    with override_settings(DJSCALE={"PRIMARY_FOR_UNSAFE_METHODS": setting}):
+        conf.reset()
+        try:
+            ReplicaMiddleware(get_response)(_request(method))
+        finally:
+            conf.reset()
+    assert seen == [expected, "replica"]
+    assert consistency.forced() is None

@@ -23,6 +23,7 @@ __all__ = [
     "group",
     "group_of",
     "groups",
+    "primary_for_unsafe_methods",
     "refresh_seconds",
     "reset",
 ]
@@ -53,6 +54,11 @@ def group_of(alias: str | None) -> GroupConfig | None:
 def refresh_seconds() -> float:
     """How often the replica pool probes each replica."""
     return conf.get().replication.refresh_seconds
+
+
+def primary_for_unsafe_methods() -> bool:
+    """Whether a POST, PUT, PATCH or DELETE request reads from the primary."""
+    return conf.get().replication.primary_for_unsafe_methods
 
 
 def cookie_age() -> int:

@@ -7,6 +7,8 @@
   and/or the ``X-Djscale-Lsn`` header (for API clients that keep no cookies); when the
   request wrote, it sets both on the response with the primary's WAL position, so the
   user's next requests read from a replica only once it has replayed that write;
+- sends every read of a request that may write (any method but GET, HEAD, OPTIONS) to
+  the primary, unless ``PRIMARY_FOR_UNSAFE_METHODS`` is off;
 - when a safe-method view (GET, HEAD, OPTIONS) fails because a replica connection broke
   and no transaction is open, marks the replica down, drops its connection and runs the
   view once more (now routed to another replica or the primary).
@@ -17,6 +19,7 @@ retried (the status line has been sent).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +52,19 @@ def request_tokens(request: HttpRequest) -> dict[str, int]:
     return tokens
 
 
+def _reads_for(request: HttpRequest) -> contextlib.AbstractContextManager[object]:
+    """``use_primary()`` for a request that may write (``PRIMARY_FOR_UNSAFE_METHODS``).
+
+    Only a write pins a request to the primary, and a view reads before it writes: the
+    row it changes and saves (from a replica, a change committed a moment before would be
+    written back), the rows it refers to (a replica would not have one created a moment
+    before).
+    """
+    if request.method not in SAFE_METHODS and config.primary_for_unsafe_methods():
+        return consistency.use_primary()
+    return contextlib.nullcontext()
+
+
 class ReplicaMiddleware:
     """Read-your-writes across requests and one retry of reads whose replica died."""
 
@@ -64,14 +80,14 @@ class ReplicaMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        with consistency.scope(request_tokens(request)) as state:
+        with consistency.scope(request_tokens(request)) as state, _reads_for(request):
             response: HttpResponseBase = self.get_response(request)
             consistency.finish(state)
         return self._send_tokens(request, response, state)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
-        with consistency.scope(request_tokens(request)) as state:
+        with consistency.scope(request_tokens(request)) as state, _reads_for(request):
             response = await get_response(request)
             # Capturing the LSN runs a query: not on the event loop's thread.
             from asgiref.sync import sync_to_async
