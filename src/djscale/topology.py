@@ -457,7 +457,9 @@ class RouteSpec:
     """A gateway route: requests under ``prefix`` go to the service named ``service``.
 
     ``timeout`` and ``retries`` override the service's values for this route (None: the
-    service's); ``strip_prefix`` removes the prefix before forwarding.
+    service's); ``write_timeout`` is the timeout of requests that are not GET, HEAD or
+    OPTIONS (None: ``timeout``), for writes that wait for replicas or the edge's purge;
+    ``strip_prefix`` removes the prefix before forwarding.
     """
 
     prefix: str
@@ -465,6 +467,7 @@ class RouteSpec:
     strip_prefix: bool = False
     timeout: float | None = None
     retries: int | None = None
+    write_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -1281,9 +1284,11 @@ def _gateway(data: Mapping[str, Any], services: set[str],
     routes: list[RouteSpec] = []
     for i, raw in enumerate(_array(data, "gateway.routes", "routes")):
         path = f"gateway.routes[{i}]"
-        r = _Section(raw, path, ("prefix", "service", "strip_prefix", "timeout", "retries"))
+        r = _Section(raw, path, ("prefix", "service", "strip_prefix", "timeout", "retries",
+                                 "write_timeout"))
         r._note("service", "", "a service of [services]")
         r._note("timeout", None, "a number > 0 (none: the service's)")
+        r._note("write_timeout", None, "a number > 0 (none: the route's timeout)")
         r._note("retries", None, "an integer between 0 and 10 (none: the service's)")
         prefix = r.get_str("prefix", "", pattern=_PREFIX_RE,
                            what="a path starting with / (letters, digits, ._~-/)")
@@ -1295,6 +1300,8 @@ def _gateway(data: Mapping[str, Any], services: set[str],
             strip_prefix=r.get_bool("strip_prefix", False),
             timeout=_positive(r, "timeout", 1.0) if "timeout" in raw else None,
             retries=r.get_int("retries", 0, maximum=10) if "retries" in raw else None,
+            write_timeout=_positive(r, "write_timeout", 1.0) if "write_timeout" in raw
+            else None,
         ))
 
     compositions: list[CompositionSpec] = []

@@ -200,6 +200,8 @@ MEANINGS: dict[str, str] = {
     "gateway.routes[].strip_prefix": "remove the prefix before forwarding",
     "gateway.routes[].timeout": "override of the service's timeout",
     "gateway.routes[].retries": "override of the service's retries",
+    "gateway.routes[].write_timeout": "timeout of requests other than GET, HEAD and OPTIONS "
+                                      "(writes that wait for replicas or an edge purge)",
     "gateway.compositions[].path": "path of the aggregated endpoint, with {placeholders}",
     "gateway.compositions[].parts": "parts called concurrently",
     "gateway.compositions[].optional": "parts that become null when they fail",

@@ -172,7 +172,8 @@ def _topology(upstreams: dict[str, Upstream], **gateway: Any) -> Topology:
             "routes": [
                 {"prefix": "/api/users/", "service": "users"},
                 {"prefix": "/api/orders", "service": "orders", "strip_prefix": True},
-                {"prefix": "/api/slow/", "service": "slow", "timeout": 0.5},
+                {"prefix": "/api/slow/", "service": "slow", "timeout": 0.5,
+                 "write_timeout": 6.0},
                 {"prefix": "/api/flaky/", "service": "flaky"},
                 {"prefix": "/api/down/", "service": "down"},
                 {"prefix": "/api/sluggish/", "service": "sluggish"},
@@ -296,6 +297,20 @@ def test_a_slow_service_gives_504_at_the_route_timeout(
     assert r.json()["error"]["service"] == "slow"
     # The route's budget is 0.5 s (the service's 5 s and its 2 retries do not stack up).
     assert 0.45 <= elapsed < 1.5, elapsed
+
+
+def test_a_write_gets_the_route_write_timeout(
+        http: httpx.Client, upstreams: dict[str, Upstream]) -> None:
+    # A write may wait for replicas or an edge purge before answering: its route gives it
+    # 6 s where a read gets 0.5 s, so the 3 s answer arrives instead of a 504 after a
+    # commit. It is not retried: the upstream sees it once.
+    hits = len(upstreams["slow"].hits)
+    started = time.monotonic()
+    r = http.post("/api/slow/x", json={}, timeout=10)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert 2.9 <= elapsed < 5.5, elapsed
+    assert len(upstreams["slow"].hits) == hits + 1
 
 
 def test_idempotent_requests_are_retried_and_posts_are_not(

@@ -124,7 +124,8 @@ _SERVICES = {"users": {"urls": ["http://127.0.0.1:8101"], "timeout": 2.0, "retri
 def test_services_and_gateway_routes_load_with_defaults() -> None:
     topo = parse({"services": _SERVICES, "gateway": {
         "rate_limit": 10,
-        "routes": [{"prefix": "/api/users/", "service": "users", "timeout": 0.5},
+        "routes": [{"prefix": "/api/users/", "service": "users", "timeout": 0.5,
+                    "write_timeout": 4},
                    {"prefix": "/api/orders/", "service": "orders", "strip_prefix": True}],
         "compositions": [{"path": "/api/profile/{user_id}", "optional": ["orders"],
                           "parts": {"user": "users:/users/{user_id}",
@@ -133,9 +134,10 @@ def test_services_and_gateway_routes_load_with_defaults() -> None:
     assert topo.service("orders").retries == 2
     assert topo.service("orders").urls == ("http://127.0.0.1:8102/api",)
     route = topo.gateway.routes[0]
-    assert (route.prefix, route.service, route.timeout, route.retries) == (
-        "/api/users/", "users", 0.5, None)
+    assert (route.prefix, route.service, route.timeout, route.retries,
+            route.write_timeout) == ("/api/users/", "users", 0.5, None, 4.0)
     assert topo.gateway.routes[1].strip_prefix is True
+    assert topo.gateway.routes[1].write_timeout is None
     comp = topo.gateway.compositions[0]
     assert comp.parts == (("user", "users", "/users/{user_id}"),
                           ("orders", "orders", "/orders/?user={user_id}"))
@@ -169,6 +171,9 @@ def test_unknown_service_lookup_names_the_configured_ones() -> None:
     ({"services": _SERVICES, "gateway": {"routes": [{"prefix": "/a", "service": "users",
                                                      "colour": "red"}]}},
      "unknown key 'gateway.routes[0].colour'"),
+    ({"services": _SERVICES, "gateway": {"routes": [{"prefix": "/a", "service": "users",
+                                                     "write_timeout": 0}]}},
+     "gateway.routes[0].write_timeout = 0.0 is invalid: expected a number > 0"),
     ({"services": _SERVICES, "gateway": {"compositions": [
         {"path": "/p/{a}", "parts": {"x": "users:/y/{b}"}}]}},
      "gateway.compositions[0].parts.x = 'users:/y/{b}' is invalid: placeholder {b}"),

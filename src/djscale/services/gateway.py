@@ -90,6 +90,7 @@ _RESPONSE_DROP = HOP_BY_HOP | {"server", "date", "x-request-id"}
 _REQUEST_DROP_B = frozenset(h.encode() for h in _REQUEST_DROP)
 _RESPONSE_DROP_B = frozenset(h.encode() for h in _RESPONSE_DROP)
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _IDEMPOTENCY_KEY_B = IDEMPOTENCY_KEY.lower().encode()
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$")
 
@@ -135,6 +136,13 @@ class _Route:
     strip_prefix: bool
     timeout: float | None
     retries: int | None
+    write_timeout: float | None = None
+
+    def timeout_for(self, method: str) -> float | None:
+        """``write_timeout`` for a request that may write, else ``timeout``."""
+        if self.write_timeout is not None and method not in _READ_METHODS:
+            return self.write_timeout
+        return self.timeout
 
     def matches(self, path: str) -> bool:
         if self.prefix.endswith("/"):
@@ -231,7 +239,8 @@ class Gateway:
                 raise ValueError(f"gateway route uses unknown service {name!r}")
         # Longest prefix first, so "/api/users/admin/" wins over "/api/users/".
         self.routes = sorted(
-            (_Route(r.prefix, r.service, r.strip_prefix, r.timeout, r.retries) for r in routes),
+            (_Route(r.prefix, r.service, r.strip_prefix, r.timeout, r.retries, r.write_timeout)
+             for r in routes),
             key=lambda r: len(r.prefix), reverse=True)
         self.compositions = [_Composition(c) for c in compositions]
         self.limiter = limiter
@@ -469,7 +478,8 @@ class Gateway:
         lines.append(b"\r\n")
         idempotent = method in IDEMPOTENT_METHODS or head.idempotency_key
         response = await upstream.send(base, method, scope["path"], b"".join(lines), body,
-                                       idempotent=idempotent, timeout=route.timeout,
+                                       idempotent=idempotent,
+                                       timeout=route.timeout_for(method),
                                        retries=route.retries)
         try:
             await self._answer(response, route.service, reply)
