@@ -25,3 +25,20 @@ def test_the_middleware_last_is_fine(settings: Any) -> None:
 
 def test_an_exception_handler_after_it_warns(settings: Any) -> None:
     assert ids(settings, [SESSIONS, MIDDLEWARE_PATH, UNAVAILABLE]) == ["djscale.W402"]
+
+
+def test_a_graphql_app_warns_while_posts_read_the_primary(settings: Any, monkeypatch: Any) -> None:
+    from djscale import conf
+    from djscale.db import checks
+
+    monkeypatch.setattr(checks, "_installed_apps", lambda: ["django.contrib.auth",
+                                                            "graphene_django"])
+    assert ids(settings, [SESSIONS, MIDDLEWARE_PATH]) == ["djscale.W403"]
+    settings.DJSCALE = {**getattr(settings, "DJSCALE", {}), "PRIMARY_FOR_UNSAFE_METHODS": False}
+    conf.reset()
+    try:
+        assert ids(settings, [SESSIONS, MIDDLEWARE_PATH]) == []
+    finally:
+        conf.reset()
+    monkeypatch.setattr(checks, "_installed_apps", lambda: ["django.contrib.auth"])
+    assert ids(settings, [SESSIONS, MIDDLEWARE_PATH]) == []

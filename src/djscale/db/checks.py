@@ -6,6 +6,8 @@
 - ``djscale.W402``: a middleware listed after ``ReplicaMiddleware`` handles exceptions; its
   ``process_exception`` runs first and may answer a replica's connection error (with a 503,
   say) before the failover can retry the read.
+- ``djscale.W403``: a GraphQL app is installed while ``PRIMARY_FOR_UNSAFE_METHODS`` is on:
+  GraphQL queries arrive as POST, so every one of them reads from the primary.
 
 This module only inspects settings.
 """
@@ -25,6 +27,13 @@ from djscale import conf
 __all__ = ["check_replica_middleware"]
 
 MIDDLEWARE_PATH = "djscale.db.middleware.ReplicaMiddleware"
+GRAPHQL_APPS = ("graphene_django", "strawberry_django", "strawberry.django", "ariadne_django")
+"""Apps that serve GraphQL, whose queries arrive as POST requests."""
+
+
+def _installed_apps() -> list[str]:
+    return [app if isinstance(app, str) else type(app).__module__
+            for app in getattr(settings, "INSTALLED_APPS", []) or []]
 
 
 @register("djscale")
@@ -42,6 +51,18 @@ def check_replica_middleware(app_configs: Sequence[AppConfig] | None = None,
             "replica dies fails instead of being retried.",
             hint=f"Add {MIDDLEWARE_PATH!r} at the end of MIDDLEWARE.", id="djscale.W401")]
     found: list[CheckMessage] = []
+    graphql = [app for app in _installed_apps()
+               if any(app == g or app.startswith(g + ".") for g in GRAPHQL_APPS)]
+    if graphql and conf.get(validate=False).replication.primary_for_unsafe_methods:
+        found.append(Warning(
+            f"{', '.join(graphql)} serves GraphQL, whose queries arrive as POST, and "
+            "ReplicaMiddleware sends every read of a POST to the primary "
+            "(PRIMARY_FOR_UNSAFE_METHODS): the replicas take none of those reads.",
+            hint="Wrap read-only resolvers or the GraphQL view's queries in "
+                 "djscale.db.use_replica(), or set DJSCALE['PRIMARY_FOR_UNSAFE_METHODS'] = "
+                 "False and read on the primary where a write needs it (docs/replicas.md); "
+                 "silence djscale.W403 once handled.",
+            id="djscale.W403"))
     for path in middleware[middleware.index(MIDDLEWARE_PATH) + 1:]:
         try:
             cls = import_string(path)
