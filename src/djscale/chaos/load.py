@@ -28,7 +28,8 @@ class Sample:
     status: int
     method: str
     tag: str = ""
-    """What the run's ``tag`` function read from the answer (e.g. the database that served it)."""
+    """What the run's ``tag`` function read from the answer (e.g. the database that served
+    it), or ``no answer: <exception>`` for a request that got none."""
 
 
 @dataclass
@@ -101,6 +102,8 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
                 if conn is not None:
                     conn.close()
                 conn = None
+                # The report counts answers by tag: say what went wrong instead of "?".
+                label = f"no answer: {type(exc).__name__}{' (reused)' if reused else ''}"
                 stale = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError
                                    | BrokenPipeError)
                 if not (attempt == 1 and reused and stale and method in ("GET", "HEAD")):
