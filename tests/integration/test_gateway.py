@@ -302,14 +302,12 @@ def test_a_slow_service_gives_504_at_the_route_timeout(
 def test_a_write_gets_the_route_write_timeout(
         http: httpx.Client, upstreams: dict[str, Upstream]) -> None:
     # A write may wait for replicas or an edge purge before answering: its route gives it
-    # 6 s where a read gets 0.5 s, so the 3 s answer arrives instead of a 504 after a
-    # commit. It is not retried: the upstream sees it once.
+    # 6 s where a read gets 0.5 s (a GET of the same path is a 504), so the upstream's
+    # 3 s answer arrives instead of a 504 after a commit. It is not retried: the upstream
+    # sees it once.
     hits = len(upstreams["slow"].hits)
-    started = time.monotonic()
     r = http.post("/api/slow/x", json={}, timeout=10)
-    elapsed = time.monotonic() - started
     assert r.status_code == 200, r.text
-    assert 2.9 <= elapsed < 5.5, elapsed
     assert len(upstreams["slow"].hits) == hits + 1
 
 
