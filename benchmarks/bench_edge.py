@@ -27,6 +27,7 @@ import threading
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import ROOT, Context, Result, wrk
 from djscale.cluster import LocalCluster, varnish
@@ -34,16 +35,7 @@ from djscale.cluster import LocalCluster, varnish
 TOPIC = "edge"
 SHOP = ROOT / "examples/shop"
 TOPOLOGY = SHOP / "products_edge.toml"
-PRODUCTS, HOT, CATEGORIES = 2000, 500, 20
-
-LUA = f"""
-request = function()
-  if math.random() < 0.7 then
-    return wrk.format("GET", "/api/products/" .. math.random(1, {HOT}))
-  end
-  return wrk.format("GET", "/api/products/?category=cat-" .. math.random(0, {CATEGORIES - 1}))
-end
-"""
+PRODUCTS, HOT = 2000, 500  # the seed makes 20 categories, as shopctl.EDGE_LUA asks for
 
 
 def _get(address: tuple[str, int], path: str, method: str = "GET", body: object = None,
@@ -71,13 +63,18 @@ def _price(page: object, pid: int) -> int | None:
     return int(page["price_cents"]) if isinstance(page, dict) else None
 
 
-def _staff_token() -> str:
+def _shopctl() -> Any:
+    """The example shop's control module (examples/shop/shopctl.py)."""
     sys.path.insert(0, str(SHOP))
     try:
         import shopctl
-        return str(shopctl.staff_token())
+        return shopctl
     finally:
         sys.path.remove(str(SHOP))
+
+
+def _staff_token() -> str:
+    return str(_shopctl().staff_token())
 
 
 def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
@@ -142,7 +139,7 @@ def run(ctx: Context) -> list[Result]:
                           name="edgebench", source=TOPOLOGY)
     cluster.django_admin("seed_products", "--count", str(PRODUCTS), service="seed")
     lua = ctx.scratch / "edge.lua"
-    lua.write_text(LUA)
+    lua.write_text(_shopctl().EDGE_LUA.format(hot=HOT))
     urls = {name: "http://{}:{}/".format(*cluster.address(name)) for name in ("edge", "lb")}
     work = cluster.process("edge").data_dir
     seconds = 2 if ctx.quick else 5
