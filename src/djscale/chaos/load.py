@@ -30,6 +30,9 @@ class Sample:
     tag: str = ""
     """What the run's ``tag`` function read from the answer (e.g. the database that served
     it), or ``no answer: <exception>`` for a request that got none."""
+    retried: str = ""
+    """Why the request was sent a second time, on a new connection: ``""`` (it was not),
+    ``stale connection`` or ``cut short`` (see :func:`run_load`)."""
 
 
 @dataclass
@@ -47,6 +50,10 @@ class LoadResult:
     def window(self, since: float, until: float) -> list[Sample]:
         """Requests started in [since, until)."""
         return [s for s in self.samples if since <= s.started < until]
+
+    def retried(self) -> Counter[str]:
+        """How many requests were sent a second time, by reason (:attr:`Sample.retried`)."""
+        return Counter(s.retried for s in self.samples if s.retried)
 
     def statuses(self, method: str | None = None) -> Counter[int]:
         """How many requests (of ``method``) got each status."""
@@ -78,12 +85,10 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
         method, path = plan(n)
         started = time.monotonic()
         status = 0
-        label = ""
-        # Like browsers and urllib3: an idempotent request that failed on a *reused*
-        # keep-alive connection (the server may close an idle or old one at any time) is
-        # sent once more on a new connection. A fresh connection's failure counts.
+        label = retried = ""
         for attempt in (1, 2):
             reused = conn is not None
+            label = ""
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -104,15 +109,38 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
                 conn = None
                 # The report counts answers by tag: say what went wrong instead of "?".
                 label = f"no answer: {type(exc).__name__}{' (reused)' if reused else ''}"
-                stale = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError
-                                   | BrokenPipeError)
-                if not (attempt == 1 and reused and stale and method in ("GET", "HEAD")):
+                why = _retry_reason(exc, reused=reused)
+                if attempt == 2 or method not in ("GET", "HEAD") or not why:
                     break
-        sample = Sample(started, time.monotonic() - started, status, method, label)
+                retried = why
+        sample = Sample(started, time.monotonic() - started, status, method, label, retried)
         with lock:
             result.samples.append(sample)
     if conn is not None:
         conn.close()
+
+
+def _retry_reason(exc: Exception, *, reused: bool) -> str:
+    """Why an idempotent request that failed with ``exc`` may be sent once more, or ``""``.
+
+    As HTTP clients do (RFC 9110, 9.2.2: an idempotent request may be repeated when the
+    connection fails before its response could be read):
+
+    - ``stale connection``: a *reused* keep-alive connection closed under the request
+      (the server may close an idle or old one at any time; browsers and urllib3 retry);
+    - ``cut short``: the answer ended before its ``Content-Length``. A server killed after
+      it sent the head of an answer and before its body leaves the proxy nothing to retry:
+      the head has already gone to the client (nginx logs "upstream prematurely closed
+      connection while reading upstream"). urllib3's ``Retry(read=...)`` sends it again.
+
+    A fresh connection that fails otherwise (refused, reset, timeout) is a failure.
+    """
+    if isinstance(exc, http.client.IncompleteRead):
+        return "cut short"
+    if reused and isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError
+                             | BrokenPipeError):
+        return "stale connection"
+    return ""
 
 
 def run_load(host: str, port: int, plan: Callable[[int], tuple[str, str]], *, requests: int,
@@ -121,7 +149,9 @@ def run_load(host: str, port: int, plan: Callable[[int], tuple[str, str]], *, re
              tag: Callable[[str, bytes], str] | None = None) -> LoadResult:
     """Send ``requests`` requests (``plan(i)`` -> (method, path)) from ``concurrency`` threads.
 
-    ``tag(method, body)``, when given, labels each 2xx answer (:attr:`Sample.tag`).
+    ``tag(method, body)``, when given, labels each 2xx answer (:attr:`Sample.tag`). A GET or
+    HEAD whose connection failed in the ways HTTP clients recover from is sent once more on
+    a new connection, and says so (:attr:`Sample.retried`, :meth:`LoadResult.retried`).
 
     Stops after ``requests`` requests, at ``max_seconds``, or when ``stop`` is set,
     whichever comes first. Blocks until done; run it in a thread to inject faults meanwhile.

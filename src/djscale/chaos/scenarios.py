@@ -201,6 +201,9 @@ class ChaosReport:
     crashed: list[str] = field(default_factory=list)
     events_recovery_seconds: float | None = None
     statuses: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
+    """Reads sent a second time on a new connection, by reason (``cut short``: an answer
+    the fault cut after its head; ``stale connection``): see :mod:`djscale.chaos.load`."""
     passed: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -216,6 +219,8 @@ class ChaosReport:
             f"requests   {self.requests} (by status: "
             f"{', '.join(f'{k}: {v}' for k, v in self.statuses.items())})",
             f"failed     reads {self.reads_failed}, writes {self.writes_failed}",
+            *(["retried    reads sent again on a new connection: " + ", ".join(
+                f"{why} {n}" for why, n in self.retried.items())] if self.retried else []),
             f"p99        {self.p99_before_ms:.1f} ms before the fault, "
             f"{self.p99_fault_ms:.1f} ms during it",
             f"throughput {self.throughput_before:.0f} req/s before the fault, "
@@ -915,6 +920,7 @@ def run_scenario(cluster: LocalCluster, name: str, options: ChaosOptions | None 
 
     report.requests = len(load.samples)
     report.statuses = {str(k): v for k, v in sorted(load.statuses().items())}
+    report.retried = dict(sorted(load.retried().items()))
     report.reads_failed = len(load.failed("GET"))
     report.writes_failed = len(load.failed("POST"))
     report.writes_ok = load.ok("POST")
