@@ -11,11 +11,13 @@ data lives under ``/tmp/djscale-pg-<hash>`` and the state folder holds a symlink
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pwd
 import shutil
 import signal
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ import psycopg
 from djscale.cluster.supervisor import ManagedProcess, run
 from djscale.db import lag
 from djscale.errors import ClusterError
+
+log = logging.getLogger("djscale.cluster")
 
 __all__ = [
     "PG_BIN",
@@ -100,9 +104,26 @@ def pg_home(state_dir: Path) -> Path:
         return link
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:12]
     home = Path("/tmp") / f"djscale-pg-{digest}"
-    home.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if home.exists():
+        _set_aside(home)
+    home.mkdir(mode=0o755, parents=True)
     link.symlink_to(home)
     return home
+
+
+def _set_aside(home: Path) -> None:
+    """Move away the data folders of an earlier cluster whose state folder had this path.
+
+    The state folder is gone (deleted without ``djscale cluster down --purge``, which
+    removes its data too), so the cluster starting there now records none of it: adopted,
+    its primary would keep the old rows and its replicas would follow the old primary's
+    port, never stream, and every read would go to the primary. Kept, not deleted: it is
+    somebody's data.
+    """
+    aside = home.with_name(f"{home.name}-orphan-{time.strftime('%Y%m%d-%H%M%S')}")
+    home.rename(aside)
+    log.warning("%s held the PostgreSQL data of an earlier cluster whose state folder is "
+                "gone; moved to %s (delete it when it is not needed)", home, aside)
 
 
 def _own(path: Path) -> None:
