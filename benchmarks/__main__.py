@@ -97,11 +97,13 @@ def _previous() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _kept(previous: dict[str, Any], modules: set[str]) -> list[Result]:
-    """Results of earlier runs for modules not in ``modules``."""
+def _kept(previous: dict[str, Any], modules: set[str], *, inside: bool = False
+          ) -> list[Result]:
+    """Results of earlier runs for modules not in ``modules`` (``inside``: in them)."""
     fields = set(Result.__dataclass_fields__)
     return [Result(**{k: v for k, v in row.items() if k in fields})
-            for row in previous.get("results", []) if row.get("module") not in modules]
+            for row in previous.get("results", [])
+            if (row.get("module") in modules) == inside]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(factory=ClusterFactory(), quick=args.quick)
     results: list[Result] = []
     failures: list[str] = []
+    failed: set[str] = set()
     try:
         for name in modules:
             print(f"== {name}", flush=True)
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 traceback.print_exc()
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                failed.add(name)
                 continue
             for r in got:
                 r.module = name
@@ -146,10 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     now = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}"
     this = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     plots = [p.relative_to(ROOT / "docs").as_posix() for p in ctx.plots]
+    previous = _previous()
+    # A module that failed keeps the rows of its last successful run (the failure is
+    # listed in the report): a broken bench must not erase the measurements.
+    for row in _kept(previous, failed, inside=True):
+        if "earlier run" not in row.notes:
+            row.notes = "; ".join(filter(None, [row.notes, "from an earlier run (this "
+                                                "run's bench failed, see below)"]))
+        results.append(row)
     if args.topics:
         # A partial run replaces only its own topics' rows; the others, the full run's
         # command and its plots are kept, and the update is said.
-        previous = _previous()
         results = _kept(previous, set(modules)) + results
         kept_plots = [p for p in previous.get("plots", []) if p not in plots]
         write_report(results, failures, previous.get("command", "make bench"),

@@ -74,7 +74,11 @@ def _shopctl() -> Any:
 
 
 def _staff_token() -> str:
-    return str(_shopctl().staff_token())
+    sys.path.insert(0, str(SHOP))  # staff_token() imports the shop's own modules
+    try:
+        return str(_shopctl().staff_token())
+    finally:
+        sys.path.remove(str(SHOP))
 
 
 def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
