@@ -163,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         # command and its plots are kept, and the update is said.
         results = _kept(previous, set(modules)) + results
         kept_plots = [p for p in previous.get("plots", []) if p not in plots]
+        measured = [m for m in modules if m not in failed]
         write_report(results, failures, previous.get("command", "make bench"),
                      kept_plots + plots,
-                     [*previous.get("updates", []), f"{', '.join(modules)} rows by `{this}` "
-                                                    f"at {now}"],
+                     [*previous.get("updates", []),
+                      *([f"{', '.join(measured)} rows by `{this}` at {now}"] if measured
+                        else [])],
                      previous.get("run", now))
     else:
         write_report(results, failures, "make bench" if not args.quick else this, plots, [],
