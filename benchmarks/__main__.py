@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     modules = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
     if args.topics:
         modules = [m for m in modules if m.removeprefix("bench_") in args.topics]
-    ctx = Context(factory=ClusterFactory(), quick=args.quick)
+    ctx = Context(factory=ClusterFactory(), quick=args.quick,
+                  record=not args.quick or args.write)
     results: list[Result] = []
     failures: list[str] = []
     failed: set[str] = set()
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{_fmt(r.baseline)} {r.unit} = {_fmt(r.ratio)}x {r.target}", flush=True)
             results.extend(got)
     finally:
+        stop_all()  # first: it stops this process's cache listeners and replica probes too
         ctx.factory.close()
-        stop_all()
         if failures:
             print(f"logs of this run are kept in {ctx.scratch}", file=sys.stderr)
         else:

@@ -41,8 +41,8 @@ from djscale.testing import write_topology
 
 TOPIC = "autoscale"
 LOAD = ROOT / "examples/demo/load.lua"
-SVG = ROOT / "docs/img/autoscale-trace.svg"
-TRACE = ROOT / "benchmarks/autoscale-trace.json"
+SVG = "docs/img/autoscale-trace.svg"
+TRACE = "benchmarks/autoscale-trace.json"
 COOLDOWN = 15.0
 BASE, STEP = 2, 8
 WAIT_MS = 40
@@ -98,7 +98,7 @@ def run(ctx: Context) -> list[Result]:
     late_step = [p.p95_ms for p in trace if back_at - 15 <= p.t < back_at and p.p95_ms]
     p95_end_of_step = max(late_step) if late_step else float("nan")
     servers_after = trace[-1].servers if trace else 0
-    TRACE.write_text(json.dumps({"target_ms": target, "cooldown": COOLDOWN,
+    ctx.output(TRACE).write_text(json.dumps({"target_ms": target, "cooldown": COOLDOWN,
                                  "pause_ms": PAUSE_MS, "wait_ms": WAIT_MS, "marks": marks,
                                  "end": end,
                                  "trace": [asdict(p) for p in trace]}, indent=1) + "\n")
@@ -184,7 +184,7 @@ def _plot(ctx: Context, trace: list[TracePoint], marks: list[tuple[str, float]],
                 f"cool-down {COOLDOWN:.0f} s",
                 fontsize=10)
     fig.tight_layout()
-    SVG.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(SVG, format="svg", metadata={"Date": None})
+    svg = ctx.output(SVG)
+    fig.savefig(svg, format="svg", metadata={"Date": None})
     plt.close(fig)
-    ctx.plots.append(SVG)
+    ctx.plots.append(svg)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 
-from benchmarks.common import ROOT, Context, Result, demo_project, start_lb, wrk
+from benchmarks.common import Context, Result, demo_project, start_lb, wrk
 from djscale.topology import parse
 
 TOPIC = "scale-out"
@@ -91,8 +91,7 @@ def _plot(ctx: Context, sizes: tuple[int, ...], rps: dict[object, float],
     b.set_xticks(list(sizes))
     fig.suptitle("DB-backed view, 1 worker per app server, wrk 32 connections")
     fig.tight_layout()
-    out = ROOT / "docs/img/scaleout.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = ctx.output("docs/img/scaleout.png")
     fig.savefig(out, dpi=90)
     plt.close(fig)
     ctx.plots.append(out)

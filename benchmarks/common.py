@@ -63,6 +63,15 @@ class Context:
     scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="djbench-")))
     quick: bool = False
     plots: list[Path] = field(default_factory=list)
+    record: bool = True
+    """False for a ``--quick`` run without ``--write``: it must leave the repository as is."""
+
+    def output(self, relative: str) -> Path:
+        """Where a bench writes the file ``relative`` (to the repository) it records: there,
+        or in the scratch folder when this run records nothing."""
+        path = (ROOT if self.record else self.scratch) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 def demo_project() -> dict[str, str]:

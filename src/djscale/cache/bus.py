@@ -301,8 +301,10 @@ class InvalidationBus:
                     self._flush_all("subscription_lost")
                     # L1 is empty: nothing for writers to wait for (if Redis hears us).
                     self._forget()
-                    log.warning("cache invalidation subscription to %s lost (%s); L1 flushed, "
-                                "resubscribing", self.l2.location, type(exc).__name__)
+                    if not self._stop.is_set():  # not a Redis stopped after us (tests)
+                        log.warning("cache invalidation subscription to %s lost (%s); L1 "
+                                    "flushed, resubscribing", self.l2.location,
+                                    type(exc).__name__)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except Exception:

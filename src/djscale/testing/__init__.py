@@ -84,10 +84,15 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def stop_all() -> None:
-    """Stop and delete every cluster this process booted (idempotent)."""
+    """Stop and delete every cluster this process booted (idempotent).
+
+    First this process's background clients of those services: the replica probe thread
+    and the cache invalidation listeners would report the stopped servers as lost.
+    """
     if _owned and "djscale.db.pool" in sys.modules:
-        # The replica probe thread would report the stopped servers as failures.
         sys.modules["djscale.db.pool"].reset_pools()
+    if _owned and "djscale.cache.backend" in sys.modules:
+        sys.modules["djscale.cache.backend"].reset_shared_state()
     while _owned:
         cluster = _owned.pop()
         with contextlib.suppress(Exception):
