@@ -261,13 +261,16 @@ def _wait_for_repurges(cluster: LocalCluster, last_write: float) -> None:
     edge: past :data:`REPURGE_WINDOW` and no purge for 1 s. The next test's fetches would
     otherwise overlap them and not be stored (PASS, the VCL's one clock for all tags)."""
     work = cluster.process("edge").data_dir
-    purges, changed = varnish.edge_stats(work).purges, time.monotonic()
-    while time.monotonic() < last_write + REPURGE_WINDOW or time.monotonic() - changed < 1:
-        assert time.monotonic() < last_write + 30, "the app servers kept purging"
-        time.sleep(0.2)
-        now = varnish.edge_stats(work).purges
-        if now != purges:
-            purges, changed = now, time.monotonic()
+    last = [varnish.edge_stats(work).purges, time.monotonic()]  # purges, when they changed
+
+    def settled() -> bool:
+        purges, now = varnish.edge_stats(work).purges, time.monotonic()
+        if purges != last[0]:
+            last[:] = [purges, now]
+        return now >= last_write + REPURGE_WINDOW and now - last[1] >= 1
+
+    assert wait_until(settled, last_write + 30 - time.monotonic(), interval=0.2), \
+        "the app servers kept purging"
 
 
 def _l1_sync_summary(cluster: LocalCluster) -> str:
@@ -307,15 +310,18 @@ def _stored_at_edge(shop: LocalCluster, page: str, timeout: float = 10) -> tuple
     by the app servers (``REPURGE_MS`` and again after ``L1_TIMEOUT`` + 0.5 s): such a
     fetch is asked again.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    fetched: list[tuple[Answer, float]] = []  # (answer, when it was asked), in order
+
+    def stored() -> bool:
         asked = time.monotonic()
-        answer = get(shop, page)
-        if answer.cache == "MISS":
-            assert get(shop, page).cache == "HIT"
-            return answer, asked
-        assert answer.cache == "PASS" and time.monotonic() < deadline, answer.headers
-        time.sleep(0.1)
+        fetched.append((get(shop, page), asked))
+        return fetched[-1][0].cache != "PASS"
+
+    assert wait_until(stored, timeout, interval=0.1), [a.headers for a, _ in fetched[-1:]]
+    answer, asked = fetched[-1]
+    assert answer.cache == "MISS", answer.headers
+    assert get(shop, page).cache == "HIT"
+    return answer, asked
 
 
 def test_a_failed_purge_is_logged_and_the_page_is_stale_at_most_its_ttl(
