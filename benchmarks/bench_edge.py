@@ -18,6 +18,7 @@ when that read reached it); how long that read took to answer is reported too.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,22 +65,21 @@ def _price(page: object, pid: int) -> int | None:
     return int(page["price_cents"]) if isinstance(page, dict) else None
 
 
-def _shopctl() -> Any:
-    """The example shop's control module (examples/shop/shopctl.py)."""
+@contextlib.contextmanager
+def _shopctl() -> Iterator[Any]:
+    """The example shop's control module (examples/shop/shopctl.py), with the shop on
+    ``sys.path`` while it is used (``staff_token()`` imports the shop's own modules)."""
     sys.path.insert(0, str(SHOP))
     try:
         import shopctl
-        return shopctl
+        yield shopctl
     finally:
         sys.path.remove(str(SHOP))
 
 
 def _staff_token() -> str:
-    sys.path.insert(0, str(SHOP))  # staff_token() imports the shop's own modules
-    try:
-        return str(_shopctl().staff_token())
-    finally:
-        sys.path.remove(str(SHOP))
+    with _shopctl() as shopctl:
+        return str(shopctl.staff_token())
 
 
 def updates_under_load(cluster: LocalCluster, count: int, *, seconds_hint: int,
@@ -143,7 +144,8 @@ def run(ctx: Context) -> list[Result]:
                           name="edgebench", source=TOPOLOGY)
     cluster.django_admin("seed_products", "--count", str(PRODUCTS), service="seed")
     lua = ctx.scratch / "edge.lua"
-    lua.write_text(_shopctl().EDGE_LUA.format(hot=HOT))
+    with _shopctl() as shopctl:
+        lua.write_text(shopctl.EDGE_LUA.format(hot=HOT))
     urls = {name: "http://{}:{}/".format(*cluster.address(name)) for name in ("edge", "lb")}
     work = cluster.process("edge").data_dir
     seconds = 2 if ctx.quick else 5

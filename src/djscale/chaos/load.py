@@ -85,7 +85,7 @@ def _worker(host: str, port: int, plan: Callable[[int], tuple[str, str]], counte
         method, path = plan(n)
         started = time.monotonic()
         status = 0
-        label = retried = ""
+        retried = ""
         for attempt in (1, 2):
             reused = conn is not None
             label = ""
